@@ -1,14 +1,19 @@
 """Streaming readers for the project's tables (DESIGN.md, Formats).
 
-Tables are read in batches of plain dicts, never whole into RAM: a memory of hundreds of
-millions of rows streams through the same code as ShapeWorld's 50,000. Relative paths inside a
-table (``path`` of a video, ``image`` of a memory row) are resolved against the table's folder.
+Tables are read in batches of plain dicts (``iter_table``) or columns (``iter_columns``), never
+whole into RAM: a memory of hundreds of millions of rows streams through the same code as
+ShapeWorld's 50,000. Relative paths inside a table (``path`` of a video, ``image`` of a memory
+row) are resolved against the table's folder.
+
+The mapping of real formats onto the memory / video tables (img2dataset Parquet and tar shards,
+WebVid CSVs) lives in ``data_pipelines/ingest.py`` and is re-exported here: ``iter_memory``,
+``iter_videos``, ``load_image``, ``MissingImageError``, ``IngestStats``, ``iter_tar_samples``.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -39,47 +44,104 @@ def _table_files(path: Path) -> list[Path]:
     return [path]
 
 
-def iter_table(path: str | Path, batch_size: int = 4096, columns: list[str] | None = None) -> Iterator[list[dict]]:
-    """Yield batches (lists of row dicts) from a Parquet / JSONL / CSV table or folder of them."""
-    path = Path(path)
-    for f in _table_files(path):
-        if f.suffix == ".parquet":
-            dataset = ds.dataset(f, format="parquet")
-            missing = [c for c in columns or [] if c not in dataset.schema.names]
-            if missing:
-                raise TableError(f"{f}: missing column(s) {missing}; has {dataset.schema.names}")
-            for rb in dataset.to_batches(columns=columns, batch_size=batch_size):
-                yield rb.to_pylist()
-        elif f.suffix == ".csv":
-            reader = pacsv.open_csv(f, read_options=pacsv.ReadOptions(block_size=1 << 22))
-            for rb in reader:
-                tbl = pa.Table.from_batches([rb])
-                missing = [c for c in columns or [] if c not in tbl.column_names]
-                if missing:
-                    raise TableError(f"{f}: missing column(s) {missing}; has {tbl.column_names}")
-                rows = tbl.to_pylist()
-                for i in range(0, len(rows), batch_size):
-                    yield rows[i : i + batch_size]
-        else:  # JSONL, one object per line, read line by line
-            batch: list[dict] = []
-            with open(f, encoding="utf-8", errors="strict") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise TableError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
-                    if columns:
-                        missing = [c for c in columns if c not in row]
-                        if missing:
-                            raise TableError(f"{f}:{lineno}: missing column(s) {missing}")
-                    batch.append(row)
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-            if batch:
-                yield batch
+def table_files(path: str | Path) -> list[Path]:
+    """The table files a path stands for: itself, or a folder's files of one format (Parquet first)."""
+    return _table_files(Path(path))
+
+
+def iter_table(
+    path: str | Path, batch_size: int = 4096, columns: list[str] | None = None, *, string_columns: Sequence[str] = ()
+) -> Iterator[list[dict]]:
+    """Yield batches (lists of row dicts) from a Parquet / JSONL / CSV table or folder of them.
+
+    ``string_columns``: CSV columns read as text, not type-inferred (ids such as ``000123`` would
+    otherwise lose their zeros; a caption column that is empty in the first block would be null).
+    """
+    for f in _table_files(Path(path)):
+        for batch in _file_batches(f, batch_size, columns, string_columns):
+            yield batch if isinstance(batch, list) else batch.to_pylist()
+
+
+def iter_columns(
+    path: str | Path, batch_size: int = 4096, columns: list[str] | None = None, *, string_columns: Sequence[str] = ()
+) -> Iterator[dict[str, list]]:
+    """Like :func:`iter_table`, column-major: ``{column: [values]}`` per batch.
+
+    Several times faster than row dicts on Parquet/CSV (no per-row dict from Arrow). ``columns``
+    projects Parquet and is checked (not projected) for CSV / JSONL; a JSONL row lacking a key
+    that others in its batch have gives None there.
+    """
+    for f in _table_files(Path(path)):
+        for batch in _file_batches(f, batch_size, columns, string_columns):
+            if isinstance(batch, list):  # JSONL: every key seen in the batch, as CSV gives every column
+                names = list(dict.fromkeys(k for row in batch for k in row))
+                yield {c: [row.get(c) for row in batch] for c in names}
+            else:
+                yield {name: col.to_pylist() for name, col in zip(batch.schema.names, batch.columns)}
+
+
+def _file_batches(
+    f: Path, batch_size: int, columns: list[str] | None, string_columns: Sequence[str]
+) -> Iterator[pa.RecordBatch | list[dict]]:
+    """Batches of one table file: Arrow record batches (Parquet, CSV) or lists of dicts (JSONL)."""
+    if f.suffix == ".parquet":
+        dataset = ds.dataset(f, format="parquet")
+        missing = [c for c in columns or [] if c not in dataset.schema.names]
+        if missing:
+            raise TableError(f"{f}: missing column(s) {missing}; has {dataset.schema.names}")
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+    elif f.suffix == ".csv":
+        reader = pacsv.open_csv(
+            f,
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            # Captions may hold quoted newlines; without this a block boundary can split a row.
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in string_columns}),
+        )
+        missing = [c for c in columns or [] if c not in reader.schema.names]
+        if missing:
+            raise TableError(f"{f}: missing column(s) {missing}; has {reader.schema.names}")
+        for rb in reader:
+            for i in range(0, rb.num_rows, batch_size):
+                yield rb.slice(i, batch_size)
+    else:  # JSONL, one object per line, read line by line
+        batch: list[dict] = []
+        with open(f, encoding="utf-8", errors="strict") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise TableError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
+                if columns:
+                    missing = [c for c in columns if c not in row]
+                    if missing:
+                        raise TableError(f"{f}:{lineno}: missing column(s) {missing}")
+                batch.append(row)
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """Column names of a table file (first file of a folder), reading only its header/first row."""
+    f = _table_files(Path(path))[0]
+    if f.suffix == ".parquet":
+        return list(ds.dataset(f, format="parquet").schema.names)
+    if f.suffix == ".csv":
+        reader = pacsv.open_csv(f, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+        return list(reader.schema.names)
+    with open(f, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    return list(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise TableError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
+    return []
 
 
 def resolve(base: Path, ref: str | None) -> str | None:
@@ -93,3 +155,16 @@ def resolve(base: Path, ref: str | None) -> str | None:
 def table_dir(path: str | Path) -> Path:
     path = Path(path)
     return path if path.is_dir() else path.parent
+
+
+# Real-format ingestion (memory / video tables, img2dataset tars, WebVid CSVs) lives in
+# data_pipelines/ingest.py, which imports this module; re-exported lazily to avoid a cycle.
+_INGEST_NAMES = ("iter_memory", "iter_videos", "load_image", "MissingImageError", "IngestStats", "iter_tar_samples")
+
+
+def __getattr__(name: str):
+    if name in _INGEST_NAMES:
+        from data_pipelines import ingest
+
+        return getattr(ingest, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

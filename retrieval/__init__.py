@@ -1,0 +1,41 @@
+"""Retrieval over the image-text memory (DESIGN.md, Retrieval): BM25 indexes behind one interface.
+
+    from retrieval import open_index
+    index = open_index("indexes/shapeworld")
+    hits = index.search(["a small red circle moves left on sand"], k=4)   # list[list[Hit]]
+    data = index.image(hits[0][0])                                        # image bytes
+
+Build with ``python -m retrieval.build_index --memory PATH --out INDEX``; serve over HTTP with
+``python -m retrieval.serve --index INDEX``. ``Hit.image`` is an absolute image path,
+``<index>/images.bin#j`` for image bytes copied into the index, or None; ``read_image(ref)``
+turns a reference into bytes (see retrieval/docstore.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from retrieval.api import Hit, IndexRetriever, Retriever, SearchError
+from retrieval.docstore import MissingImageError, read_image
+from retrieval.index_format import IndexBuildError, IndexFormatError, read_meta
+
+__all__ = ["Hit", "Retriever", "IndexRetriever", "open_index", "read_image", "SearchError",
+           "MissingImageError", "IndexFormatError", "IndexBuildError"]
+
+
+def open_index(path: str | Path) -> IndexRetriever:
+    """Open a complete index folder with the backend named in its ``index.json``."""
+    meta = read_meta(path)
+    backend = meta.get("backend")
+    if backend == "bm25s":
+        from retrieval.sparse import SparseRetriever
+
+        return SparseRetriever(Path(path), meta)
+    if backend == "pyserini":
+        from retrieval.lucene import LuceneRetriever
+
+        return LuceneRetriever(Path(path), meta)
+    if backend == "rank_bm25":
+        from retrieval.reference import ReferenceRetriever
+
+        return ReferenceRetriever(Path(path), meta)
+    raise IndexFormatError(f"{path}: unknown backend {backend!r} in index.json")

@@ -1,0 +1,238 @@
+"""Write a ShapeWorld dataset folder (layout in the project brief, world in SHAPEWORLD.md).
+
+    OUT/videos/{id}.mp4, OUT/videos.parquet (+ .jsonl)     training videos (lossless H.264)
+    OUT/memory/{id}.png, OUT/memory.parquet (+ .jsonl)     image-text memory
+    OUT/references/{Name}_{j}.png                          subject reference pictures
+    OUT/eval/{split}.jsonl, eval/gt/{id}.npy, eval/cond/   eval inputs and exact ground truth
+    OUT/world.json                                         what was generated (written last)
+
+Items are rendered and encoded by a process pool in chunks; the tables and world.json are
+written only after every file they name exists, each to a temporary name then renamed, so a
+killed run never leaves a table pointing at missing files. Paths inside a table are relative to
+the table's folder (`data_pipelines.tables.resolve`): eval records name `gt/...`, `cond/...` and
+`../references/...`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from vimi.config import to_dict
+
+from . import spec
+from .captions import memory_caption, subject_prompt, video_caption
+from .render import ClipParams, ShapeWorldError, render_clip, render_image
+from .world import EVAL_SPLITS, SUBJECT_NAMES, VERSION, WorldConfig, eval_params, is_novel, memory_params, reference_params, train_video_params
+
+CHUNK = 250  # items per pool task: large enough to amortise pickling, small enough for a smooth bar
+MARKER = ".shapeworld"  # written first: marks a folder this generator may clean and rewrite
+
+_STR = pa.string()
+_ATTRS = [("kind", _STR), ("scene", _STR), ("color", _STR), ("shape", _STR), ("size", _STR), ("subject", _STR)]
+_CLIP = [("motion", _STR), ("cx0", pa.float64()), ("cy0", pa.float64()), ("frames", pa.int64()), ("size_px", pa.int64())]
+VIDEO_SCHEMA = pa.schema([("id", _STR), ("caption", _STR), ("path", _STR), ("split", _STR)] + _ATTRS + _CLIP + [("references", pa.list_(_STR))])
+MEMORY_SCHEMA = pa.schema([("id", _STR), ("caption", _STR), ("image", _STR)] + _ATTRS + [("cx0", pa.float64()), ("cy0", pa.float64()), ("size_px", pa.int64())])
+
+
+# ---------------------------------------------------------------------------------------------
+# Files (atomic: temporary name, then rename)
+# ---------------------------------------------------------------------------------------------
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", compress_level=1))
+
+
+def save_npy(path: Path, frames: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, frames, allow_pickle=False)
+
+    _atomic(path, write)
+
+
+def _write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
+    """`path` (.parquet) and its JSONL twin."""
+    _atomic(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp))
+    _write_jsonl(rows, path.with_suffix(".jsonl"))
+
+
+def _write_jsonl(rows: list[dict], path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+
+    _atomic(path, write)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: one function per part of the world, each writing its files and returning its table row
+# ---------------------------------------------------------------------------------------------
+
+def _attributes(p: ClipParams) -> dict:
+    return {"kind": p.kind, "scene": p.scene, "color": p.color, "shape": p.shape, "size": p.size, "subject": p.subject}
+
+
+def _clip_fields(p: ClipParams) -> dict:
+    return {"motion": p.motion, "cx0": p.cx0, "cy0": p.cy0, "frames": p.frames, "size_px": p.size_px}
+
+
+def reference_paths(cfg: WorldConfig, name: str) -> list[str]:
+    """A subject's reference pictures, relative to OUT."""
+    return [f"references/{name}_{j}.png" for j in range(cfg.references_per_subject)]
+
+
+def _video_row(cfg: WorldConfig, i: int) -> dict:
+    from data_pipelines.video_io import write_video
+
+    p = train_video_params(cfg, i)
+    vid = f"v{i:07d}"
+    write_video(cfg.out / "videos" / f"{vid}.mp4", render_clip(p), fps=spec.FPS, lossless=True)
+    refs = reference_paths(cfg, p.subject) if p.subject else []
+    return {"id": vid, "caption": video_caption(p), "path": f"videos/{vid}.mp4", "split": "train",
+            **_attributes(p), **_clip_fields(p), "references": refs}
+
+
+def _memory_row(cfg: WorldConfig, i: int) -> dict:
+    p = memory_params(cfg, i)
+    mid = f"m{i:07d}"
+    save_png(cfg.out / "memory" / f"{mid}.png", render_image(p))
+    return {"id": mid, "caption": memory_caption(p), "image": f"memory/{mid}.png", **_attributes(p),
+            "cx0": p.cx0, "cy0": p.cy0, "size_px": p.size_px}
+
+
+def _reference_row(cfg: WorldConfig, i: int) -> dict:
+    name, j = SUBJECT_NAMES[i // cfg.references_per_subject], i % cfg.references_per_subject
+    p = reference_params(cfg, name, j)
+    save_png(cfg.out / "references" / f"{name}_{j}.png", render_image(p))
+    return {"subject": name, "path": f"references/{name}_{j}.png"}
+
+
+def _eval_row(cfg: WorldConfig, split: str, i: int) -> dict:
+    p = eval_params(cfg, split, i)
+    eid = f"{split}-{i:04d}"
+    clip = render_clip(p)
+    save_npy(cfg.out / "eval" / "gt" / f"{eid}.npy", clip)
+    caption = video_caption(p)
+    row = {"id": eid, "task": "t2v", "split": split, "prompt": caption, "caption": caption,
+           **_attributes(p), **_clip_fields(p), "novel": is_novel(p), "images": [], "gt": f"gt/{eid}.npy"}
+    if split == "prediction":
+        row["task"], row["num_cond_frames"] = "prediction", cfg.num_cond_frames
+        for f in range(cfg.num_cond_frames):
+            save_png(cfg.out / "eval" / "cond" / f"{eid}_{f}.png", clip[f])
+            row["images"].append(f"cond/{eid}_{f}.png")
+    elif split == "subject":
+        j = (i // len(SUBJECT_NAMES)) % cfg.references_per_subject  # rotate through the references
+        row["task"], row["prompt"] = "subject", subject_prompt(p)
+        row["images"] = [f"../{reference_paths(cfg, p.subject)[j]}"]
+    return row
+
+
+def _rows(cfg: WorldConfig, part: str, start: int, stop: int) -> list[dict]:
+    """Rows start..stop-1 of one part ('videos', 'memory', 'references' or an eval split)."""
+    if part == "videos":
+        return [_video_row(cfg, i) for i in range(start, stop)]
+    if part == "memory":
+        return [_memory_row(cfg, i) for i in range(start, stop)]
+    if part == "references":
+        return [_reference_row(cfg, i) for i in range(start, stop)]
+    return [_eval_row(cfg, part, i) for i in range(start, stop)]
+
+
+def _rows_job(job: tuple[WorldConfig, str, int, int]) -> tuple[str, int, list[dict]]:
+    cfg, part, start, stop = job
+    return part, stop - start, _rows(cfg, part, start, stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole world
+# ---------------------------------------------------------------------------------------------
+
+def _prepare_out(cfg: WorldConfig) -> None:
+    """Make `out` ready: empty, or ours (marker) to clean, or replaced on --overwrite."""
+    out = cfg.out
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        if not cfg.overwrite:
+            raise ShapeWorldError(f"{out} is not empty and holds no ShapeWorld world; pass --overwrite to write into it")
+    if (out / "world.json").exists() and not cfg.overwrite:
+        raise ShapeWorldError(f"{out} already holds a world; pass --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    # Tables first: from here on no table exists that could point at a file being replaced.
+    for name in ("world.json", "videos.parquet", "videos.jsonl", "memory.parquet", "memory.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    for folder in ("videos", "memory", "references", "eval"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    for folder in ("videos", "memory", "references", "eval/gt", "eval/cond"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+
+
+def _jobs(cfg: WorldConfig) -> Iterator[tuple[WorldConfig, str, int, int]]:
+    counts = {"references": len(SUBJECT_NAMES) * cfg.references_per_subject, "videos": cfg.videos,
+              "memory": cfg.memory} | {split: cfg.eval_per_split for split in EVAL_SPLITS}
+    for part, n in counts.items():
+        for start in range(0, n, CHUNK):
+            yield cfg, part, start, min(n, start + CHUNK)
+
+
+def generate_world(cfg: WorldConfig) -> dict:
+    """Render and write a whole world; returns the contents of world.json."""
+    _prepare_out(cfg)
+    jobs = list(_jobs(cfg))
+    rows: dict[str, list[dict]] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(stop - start for _, _, start, stop in jobs), desc="shapeworld", unit="item")
+    with bar:
+        if cfg.workers == 1:
+            results = map(_rows_job, jobs)
+            for part, n, part_rows in results:
+                rows.setdefault(part, []).extend(part_rows)
+                bar.update(n)
+        else:
+            with ProcessPoolExecutor(cfg.workers) as pool:
+                # map keeps job order, so tables come out in index order whatever the scheduling.
+                for part, n, part_rows in pool.map(_rows_job, jobs):
+                    rows.setdefault(part, []).extend(part_rows)
+                    bar.update(n)
+    out = cfg.out
+    _write_table(rows.get("videos", []), VIDEO_SCHEMA, out / "videos.parquet")
+    _write_table(rows.get("memory", []), MEMORY_SCHEMA, out / "memory.parquet")
+    for split in EVAL_SPLITS:
+        _write_jsonl(rows.get(split, []), out / "eval" / f"{split}.jsonl")
+    world = {
+        "version": VERSION,
+        "seed": cfg.seed,
+        "size": cfg.size,
+        "frames": cfg.frames,
+        "fps": spec.FPS,
+        "counts": {"videos": cfg.videos, "memory": cfg.memory, "references": len(rows.get("references", [])),
+                   "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS}},
+        "novel_subjects": sorted(spec.NOVEL_SUBJECTS),
+        "novel_compositions": [" ".join(cs) for cs in sorted(spec.NOVEL_COMPOSITIONS)],
+        "references": {name: reference_paths(cfg, name) for name in SUBJECT_NAMES},
+        "config": {k: v for k, v in to_dict(cfg).items() if k not in ("out", "workers", "overwrite")},
+    }
+    _atomic(out / "world.json", lambda tmp: tmp.write_text(json.dumps(world, indent=2) + "\n"))
+    world["seconds"] = time.perf_counter() - t0  # returned, not stored: world.json depends on the seed only
+    return world

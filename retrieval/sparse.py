@@ -1,0 +1,279 @@
+"""The default backend ("bm25s"): an in-RAM BM25 index stored as plain numpy arrays.
+
+Build: captions stream in; each batch becomes (document, term, tf) triples. At the end,
+documents with identical token bags are collapsed into *groups* (exactly: same terms, same
+frequencies, hence same length and same score), and BM25 weights (``retrieval.bm25``, Lucene
+variant by default) are precomputed per (group, term) into two CSR matrices:
+
+- inverted, term -> groups (``post_groups``, ``post_weights``), plus each term's largest weight;
+- forward, group -> terms (``group_terms``, ``group_weights``), to score a candidate exactly.
+
+Search is term-at-a-time MaxScore (Turtle & Flood, IP&M 1995): query terms are visited in
+order of their upper bound (count x largest weight); candidates from each visited term's
+postings are scored exactly through the forward matrix; once the sum of the bounds of the
+unvisited terms falls below the k-th best row score found, no unseen document can still enter
+the top k (it would need a term already visited), and the search stops. Rankings are exact:
+the same as scoring every document.
+
+Files (``np.load(..., allow_pickle=False)``, memory-mapped): ``vocab.txt`` (one term per line,
+line i = term id i), ``term_indptr.npy``, ``post_groups.npy``, ``post_weights.npy``,
+``term_max.npy``, ``doc_freq.npy``, ``group_indptr.npy``, ``group_terms.npy``,
+``group_weights.npy``, ``member_indptr.npy``, ``member_rows.npy`` (rows of each group, ascending).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from retrieval import bm25
+from retrieval.api import IndexRetriever, Ranked
+from retrieval.tokenizer import Tokenizer
+from retrieval.topk import expand, group_threshold
+
+_ARRAYS = ("term_indptr", "post_groups", "post_weights", "term_max", "doc_freq",
+           "group_indptr", "group_terms", "group_weights", "member_indptr", "member_rows")
+
+
+def _csr_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Flat positions of the CSR slices [starts[i], starts[i] + lens[i]), concatenated."""
+    total = int(lens.sum())
+    return np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------
+class SparseBuilder:
+    """Accumulates term ids batch by batch; ``finish`` writes the arrays."""
+
+    def __init__(self, tokenizer: Tokenizer, k1: float, b: float, variant: str,
+                 quantize_lengths: bool, collapse: bool = True):
+        if variant not in bm25.VARIANTS:
+            raise ValueError(f"unknown BM25 variant {variant!r}; expected one of {bm25.VARIANTS}")
+        self.tok, self.k1, self.b, self.variant = tokenizer, k1, b, variant
+        self.quantize_lengths, self.collapse = quantize_lengths, collapse
+        self.terms: list[str] = []
+        self.lut = tokenizer.lookup_table()
+        self._doc: list[np.ndarray] = []
+        self._term: list[np.ndarray] = []
+        self._tf: list[np.ndarray] = []
+        self._len: list[np.ndarray] = []
+        self.n_docs = 0
+
+    def add(self, texts: list[str]) -> np.ndarray:
+        """Index the texts that have terms (in order); return every text's term count."""
+        ids, lengths = self.tok.encode_batch(texts, self.lut, self.terms)
+        nonempty = lengths > 0
+        # document number of each token: texts without terms get no number
+        local = np.repeat(np.cumsum(nonempty)[nonempty] - 1, lengths[nonempty])
+        key = (local.astype(np.int64) << 32) | ids.astype(np.int64)
+        uniq, tf = np.unique(key, return_counts=True)  # sorted by (doc, term)
+        self._doc.append((uniq >> 32).astype(np.int32) + np.int32(self.n_docs))
+        self._term.append((uniq & 0xFFFFFFFF).astype(np.int32))
+        self._tf.append(tf.astype(np.int32))
+        self._len.append(lengths[nonempty].astype(np.int32))
+        self.n_docs += int(nonempty.sum())
+        return lengths
+
+    def _groups(self, doc_indptr: np.ndarray, term: np.ndarray, tf: np.ndarray) -> np.ndarray:
+        """Group id per document: identical (term, tf) bags share one (verified, not just hashed)."""
+        n = self.n_docs
+        if not self.collapse:
+            return np.arange(n, dtype=np.int64)
+        rng = np.random.default_rng(0x5EED)
+        v = len(self.terms)
+        r1 = rng.integers(0, 2**63, v, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        r2 = rng.integers(0, 2**63, v, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        tfu = tf.astype(np.uint64)
+        starts = doc_indptr[:-1]
+        with np.errstate(over="ignore"):  # wrap-around is the point of the hash
+            h1 = np.add.reduceat(r1[term] * tfu, starts)
+            h2 = np.add.reduceat(r2[term] * (tfu * tfu + np.uint64(7)), starts)
+        order = np.lexsort((np.arange(n), h2, h1))  # rows ascending inside a group
+        new = np.ones(n, dtype=bool)
+        new[1:] = (h1[order][1:] != h1[order][:-1]) | (h2[order][1:] != h2[order][:-1])
+        gid_sorted = np.cumsum(new) - 1
+        rep_sorted = order[np.flatnonzero(new)][gid_sorted]
+        rep = np.empty(n, dtype=np.int64)
+        rep[order] = rep_sorted
+        # Verify that each document's bag equals its representative's; a hash collision
+        # (never seen, but possible) makes the document its own group.
+        nnz = np.diff(doc_indptr)
+        cand = np.flatnonzero(rep != np.arange(n))
+        bad = cand[nnz[cand] != nnz[rep[cand]]]
+        same = cand[nnz[cand] == nnz[rep[cand]]]
+        if same.size:
+            pd = _csr_positions(doc_indptr[same], nnz[same])
+            pr = _csr_positions(doc_indptr[rep[same]], nnz[same])
+            eq = (term[pd] == term[pr]) & (tf[pd] == tf[pr])
+            ok = np.logical_and.reduceat(eq, np.cumsum(nnz[same]) - nnz[same])
+            bad = np.concatenate([bad, same[~ok]])
+        rep[bad] = bad
+        # group ids in order of each group's first row
+        uniq_rep, gid = np.unique(rep, return_inverse=True)
+        return gid.astype(np.int64)
+
+    def finish(self, folder: Path) -> dict:
+        """Compute weights, write the arrays into ``folder``; return metadata for index.json."""
+        if self.n_docs == 0:
+            return {}
+        doc = np.concatenate(self._doc)
+        term = np.concatenate(self._term)
+        tf = np.concatenate(self._tf)
+        dl = np.concatenate(self._len).astype(np.int64)
+        del self._doc, self._term, self._tf, self._len
+        n, v = self.n_docs, len(self.terms)
+        doc_indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(doc, minlength=n), out=doc_indptr[1:])
+        del doc
+
+        df = np.bincount(term, minlength=v).astype(np.int64)
+        avgdl = float(dl.sum()) / n  # Lucene: sumTotalTermFreq / docCount
+        term_idf = bm25.idf(df, n, self.variant)
+
+        gid = self._groups(doc_indptr, term, tf)
+        g = int(gid.max()) + 1
+        member_rows = np.argsort(gid, kind="stable")  # rows ascending inside each group
+        sizes = np.bincount(gid, minlength=g)
+        member_indptr = np.zeros(g + 1, dtype=np.int64)
+        np.cumsum(sizes, out=member_indptr[1:])
+        rep = member_rows[member_indptr[:-1]]  # first row of each group
+
+        # forward matrix over groups: the representative's (term, tf) pairs
+        nnz = np.diff(doc_indptr)[rep]
+        pos = _csr_positions(doc_indptr[rep], nnz)
+        g_terms = term[pos]
+        g_tf = tf[pos]
+        g_len = np.repeat(dl[rep], nnz)
+        del term, tf
+        g_w = bm25.term_weights(g_tf, g_len, term_idf[g_terms], avgdl, self.k1, self.b, self.quantize_lengths)
+        group_indptr = np.zeros(g + 1, dtype=np.int64)
+        np.cumsum(nnz, out=group_indptr[1:])
+
+        # inverted matrix: stable sort by term keeps groups ascending inside each posting list
+        order = np.argsort(g_terms, kind="stable")
+        term_indptr = np.zeros(v + 1, dtype=np.int64)
+        np.cumsum(np.bincount(g_terms, minlength=v), out=term_indptr[1:])
+        post_groups = np.repeat(np.arange(g, dtype=np.int32), nnz)[order]
+        post_weights = g_w[order]
+        term_max = np.zeros(v, dtype=np.float32)
+        has = np.diff(term_indptr) > 0
+        term_max[has] = np.maximum.reduceat(post_weights, term_indptr[:-1][has])
+
+        folder = Path(folder)
+        arrays = dict(term_indptr=term_indptr, post_groups=post_groups, post_weights=post_weights,
+                      term_max=term_max, doc_freq=df, group_indptr=group_indptr,
+                      group_terms=g_terms.astype(np.int32), group_weights=g_w,
+                      member_indptr=member_indptr, member_rows=member_rows.astype(np.int32 if n < 2**31 else np.int64))
+        for name, arr in arrays.items():
+            np.save(folder / f"{name}.npy", arr, allow_pickle=False)
+        (folder / "vocab.txt").write_text("\n".join(self.terms), encoding="utf-8")
+        return {"num_groups": g, "vocab_size": v, "avgdl": avgdl, "collapse_duplicates": self.collapse}
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+# ---------------------------------------------------------------------------------------------
+class SparseRetriever(IndexRetriever):
+    """MaxScore search over the group matrices (see module doc)."""
+
+    def __init__(self, path: Path, meta: dict):
+        super().__init__(path, meta)
+        # memory-mapped (processes serving one index share the pages); np.asarray drops the
+        # np.memmap subclass, whose Python-level indexing is slow
+        a = {name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)) for name in _ARRAYS}
+        self.term_indptr = np.asarray(a["term_indptr"])
+        self.term_max = np.asarray(a["term_max"], dtype=np.float64)
+        self.group_indptr = np.asarray(a["group_indptr"])
+        self.member_indptr = np.asarray(a["member_indptr"])
+        self.post_groups, self.post_weights = a["post_groups"], a["post_weights"]
+        self.group_terms, self.group_weights = a["group_terms"], a["group_weights"]
+        self.member_rows = a["member_rows"]
+        self.group_sizes = np.diff(self.member_indptr)
+        terms = (self.path / "vocab.txt").read_text(encoding="utf-8").split("\n") if meta.get("vocab_size") else []
+        self.lut = self.tokenizer.lookup_table(terms)
+        self._local = threading.local()
+
+    def _scratch(self) -> tuple[np.ndarray, ...]:
+        s = getattr(self._local, "s", None)
+        if s is None:  # per thread, all zero between queries: query weight by term; partial score,
+            # "candidate" flag and "in threshold buffer" flag by group
+            g = len(self.group_sizes)
+            s = self._local.s = (np.zeros(len(self.term_max)), np.zeros(g), np.zeros(g, bool), np.zeros(g, bool))
+        return s
+
+    def _exact(self, groups: np.ndarray, qw: np.ndarray) -> np.ndarray:
+        """Full scores of groups through the forward matrix (terms summed in id order, so equal
+        bags of weights give bit-identical scores whatever path found them)."""
+        if groups.size == 0:
+            return np.zeros(0)
+        starts = self.group_indptr[groups]
+        lens = self.group_indptr[groups + 1] - starts
+        pos = _csr_positions(starts, lens)
+        contrib = qw[self.group_terms[pos]] * self.group_weights[pos]
+        return np.add.reduceat(contrib, np.cumsum(lens) - lens)
+
+    def rank_ids(self, term_ids: np.ndarray, k: int) -> Ranked:
+        """Top-k rows for one query given as term ids (repeats count, as in Lucene and rank-bm25).
+
+        Term-at-a-time MaxScore: terms in decreasing upper bound ``ub`` accumulate partial
+        scores into ``acc``; ``theta`` is a lower bound on the k-th best row score (the k-th best
+        partial score, partials never exceed full scores). Once the bounds of the terms left sum
+        below theta, documents not yet met cannot reach the top k, and among those met only the
+        ones whose partial score plus that sum reaches theta are scored in full.
+        """
+        empty = (np.zeros(0, np.int64), np.zeros(0))
+        if term_ids.size == 0:
+            return empty
+        qw, acc, seen, inbuf = self._scratch()
+        sizes = self.group_sizes
+        terms, counts = np.unique(term_ids, return_counts=True)
+        ub = counts * self.term_max[terms]
+        order = np.argsort(-ub, kind="stable")
+        rest = np.zeros(len(order) + 1)
+        rest[:-1] = np.cumsum(ub[order][::-1])[::-1]   # rest[i]: bound of terms order[i:]
+        slack = 1.0 + 1e-9                              # float sums may differ in the last bits
+        theta = -np.inf
+        buf = np.zeros(0, np.int64)                     # groups holding the best partial scores
+        met: list[np.ndarray] = []
+        qw[terms] = counts
+        i = 0
+        try:
+            while i < len(order):
+                if rest[i] * slack < theta:
+                    break
+                t, c = terms[order[i]], counts[order[i]]
+                a, b = self.term_indptr[t], self.term_indptr[t + 1]
+                post = self.post_groups[a:b]
+                acc[post] += c * self.post_weights[a:b]  # one entry per group in a posting list
+                new = post[~seen[post]]
+                seen[new] = True
+                met.append(new)
+                i += 1
+                if i < len(order) and rest[i] * slack >= theta:
+                    # raise theta: partial scores changed only on this posting list
+                    cand = np.concatenate([buf, post[~inbuf[post]]])
+                    part = acc[cand]
+                    th = group_threshold(part, sizes[cand], k)
+                    theta = max(theta, th)
+                    inbuf[buf] = False
+                    buf = cand[part >= th] if np.isfinite(th) else cand
+                    inbuf[buf] = True
+            cands = np.concatenate(met) if met else np.zeros(0, np.int64)
+            if np.isfinite(theta):
+                cands = cands[(acc[cands] + rest[i]) * slack >= theta]
+            scores = self._exact(cands, qw)
+        finally:
+            qw[terms] = 0.0
+            for arr in met:
+                acc[arr] = 0.0
+                seen[arr] = False
+            inbuf[buf] = False
+        th = group_threshold(scores, sizes[cands], k)
+        keep = (scores >= th) & (scores > 0)
+        return expand(cands[keep].astype(np.int64), scores[keep], self.member_indptr, self.member_rows, k)
+
+    def rank(self, queries: list[str], k: int) -> list[Ranked]:
+        return [self.rank_ids(ids, k) for ids in self.tokenizer.encode_queries(queries, self.lut)]

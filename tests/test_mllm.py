@@ -1,0 +1,194 @@
+"""MLLM encoder on a tiny LLaVA saved to disk and loaded through the user's path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vimi.mllm import (
+    MLLMConfig,
+    MLLMEncoder,
+    MLLMLoadError,
+    build_tiny_llava,
+    pad_hidden,
+    pretrain_prompt,
+    task_prompt,
+    tiny_llava,
+)
+from vimi.mllm.align import AlignConfig, align
+
+OUT = 24
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("llava"), seed=0)
+
+
+def make_encoder(folder, **kw) -> MLLMEncoder:
+    torch.manual_seed(0)  # projection + null init
+    return MLLMEncoder(MLLMConfig(path=str(folder), **kw), out_dim=OUT)
+
+
+@pytest.fixture(scope="module")
+def enc(folder):
+    return make_encoder(folder)
+
+
+def shape_image(color, square: bool) -> np.ndarray:
+    """A 32x32 ShapeWorld-like picture: a coloured disc or square on sand."""
+    im = np.empty((32, 32, 3), dtype=np.uint8)
+    im[:] = (194, 178, 128)
+    yy, xx = np.mgrid[:32, :32]
+    mask = (np.abs(xx - 16) < 7) & (np.abs(yy - 16) < 7) if square else (xx - 16) ** 2 + (yy - 16) ** 2 < 49
+    im[mask] = color
+    return im
+
+
+RED, BLUE = (220, 30, 30), (40, 70, 220)
+
+
+def prompts():
+    return [
+        task_prompt("t2v", "a red circle moves left on sand", context=[("a photo of a red circle", shape_image(RED, False))]),
+        task_prompt("prediction", "a blue square moves up", images=[shape_image(BLUE, True)]),
+        task_prompt("subject", "A <image> moves left on sand", images=[shape_image(RED, True)]),
+        pretrain_prompt("a red circle"),
+    ]
+
+
+def test_saved_tiny_llava_loads_through_user_path_and_is_deterministic(folder, tmp_path):
+    model, _ = tiny_llava(seed=0)
+    enc = make_encoder(folder)
+    for (name, a), b in zip(model.state_dict().items(), enc.llava.state_dict().values()):
+        assert torch.equal(a, b), name  # the folder holds exactly the seed's weights
+    other, _ = tiny_llava(seed=1)
+    assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
+    assert enc.n_image_tokens == 16  # 32x32 image, 8x8 patches, CLS dropped as in llava-1.5
+    assert (folder / "config.json").is_file() and (folder / "processor_config.json").is_file()
+    with pytest.raises(MLLMLoadError, match="not a local folder"):
+        MLLMEncoder(MLLMConfig(path="llava-hf/llava-1.5-7b-hf"), out_dim=OUT)
+
+
+def test_encode_shapes_masks_and_batch_independence(enc):
+    ps = prompts()
+    c, mask = enc.encode(ps)
+    lengths = [len(t.ids) for t in enc.tokenize(ps)]
+    assert c.shape == (4, max(lengths), OUT) and c.dtype == torch.float32
+    assert mask.dtype == torch.bool and mask.sum(1).tolist() == lengths
+    assert torch.all(c[~mask] == 0)
+    assert lengths[1] > 16 and lengths[3] < 16  # the image prompt carries its 16 image tokens
+    alone, m1 = enc.encode(ps[1:2])  # padding and batch neighbours must not change a prompt's C
+    torch.testing.assert_close(alone[0, : lengths[1]], c[1, : lengths[1]], atol=1e-5, rtol=1e-5)
+
+
+def test_different_images_change_condition(enc):
+    a = task_prompt("subject", "A <image> moves left on sand", images=[shape_image(RED, False)])
+    b = task_prompt("subject", "A <image> moves left on sand", images=[shape_image(BLUE, True)])
+    ca, _ = enc.encode([a])
+    cb, _ = enc.encode([b])
+    ca2, _ = enc.encode([a])
+    assert torch.equal(ca, ca2)
+    n_head = len(enc.tokenize([a])[0].ids) - 16 - len(enc.processor.tokenizer("moves left on sand", add_special_tokens=False)["input_ids"])
+    assert torch.allclose(ca[0, :n_head], cb[0, :n_head])  # causal: tokens before the image cannot see it
+    assert (ca[0, n_head:] - cb[0, n_head:]).abs().amax(-1).min() > 1e-4  # every token from the image on differs
+
+
+def test_frozen_mllm_has_no_trainable_params_and_no_grads(folder):
+    enc = make_encoder(folder)
+    enc.train()
+    assert not enc.llava.training  # frozen MLLM stays in eval mode
+    names = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert names == {"proj.weight", "proj.bias", "null"}
+    assert {id(p) for p in enc.trainable_parameters()} == {id(enc.proj.weight), id(enc.proj.bias), id(enc.null)}
+    c, mask = enc.encode(prompts()[:2])
+    c.pow(2).sum().backward()
+    assert enc.proj.weight.grad is not None and enc.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.llava.parameters())
+    assert set(enc.trainable_state_dict()) == names
+
+
+def test_lora_adds_trainable_lm_params_only_and_starts_equal_to_frozen(folder, enc):
+    lora = make_encoder(folder, tuning="lora", lora_r=4)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    lora_names = [n for n in trainable if "lora_" in n]
+    assert lora_names and all("language_model" in n for n in lora_names)
+    assert set(trainable) == set(lora_names) | {"proj.weight", "proj.bias", "null"}
+    ps = prompts()[:2]
+    c0, _ = enc.encode(ps)
+    c1, _ = lora.encode(ps)
+    torch.testing.assert_close(c0, c1)  # LoRA's B starts at zero
+    c1.pow(2).sum().backward()
+    # layer=-2 reads the output of the second-to-last LM layer: LoRA in every layer up to it gets gradients
+    last = f"layers.{lora.llava.config.text_config.num_hidden_layers - 1}."
+    assert all(p.grad is not None for n, p in lora.named_parameters() if "lora_B" in n and last not in n)
+
+    full = make_encoder(folder, tuning="full")
+    assert all(p.requires_grad for p in full.parameters())
+
+
+def test_hidden_cache_then_project_equals_encode(enc):
+    ps = prompts()
+    rows = enc.hidden_many(ps, batch_size=3, progress=False)
+    c_cached, m_cached = enc.project(*pad_hidden(rows))
+    c, m = enc.encode(ps)
+    assert torch.equal(m, m_cached)
+    torch.testing.assert_close(c_cached, c, atol=1e-5, rtol=1e-5)
+
+
+def test_null_condition_and_drop(enc):
+    c0, m0 = enc.null_condition(3)
+    assert c0.shape == (3, 1, OUT) and m0.all()
+    c, m = enc.encode(prompts()[:3])
+    cd, md = enc.drop_condition(c, m, torch.tensor([False, True, False]))
+    assert cd.shape == c.shape and torch.equal(cd[0], c[0]) and torch.equal(md[2], m[2])
+    assert md[1].tolist() == [True] + [False] * (c.shape[1] - 1)
+    torch.testing.assert_close(cd[1, 0], enc.null[0])
+
+
+def test_truncation_in_encoder_drops_context_first(folder):
+    ctx = [(f"a photo of a red circle number {i}", shape_image(RED, False)) for i in range(4)]
+    p = task_prompt("t2v", "a blue square moves up", context=ctx)
+    full = make_encoder(folder, max_length=1000).tokenize([p])[0]
+    enc = make_encoder(folder, max_length=len(full.ids) - 30)
+    t = enc.tokenize([p])[0]
+    assert t.dropped_pairs == 2 and len(t.images) == 2 and t.ids[-6:] == full.ids[-6:]
+    c, m = enc.encode([p])
+    assert c.shape[1] == len(t.ids) <= enc.cfg.max_length
+
+
+def test_trainable_state_roundtrip(folder):
+    a = make_encoder(folder)
+    torch.manual_seed(1)
+    b = MLLMEncoder(MLLMConfig(path=str(folder)), out_dim=OUT)
+    assert not torch.equal(a.proj.weight, b.proj.weight)
+    b.load_trainable_state_dict(a.trainable_state_dict())
+    ps = prompts()[:2]
+    torch.testing.assert_close(a.encode(ps)[0], b.encode(ps)[0])
+    with pytest.raises(KeyError, match="mismatch"):
+        b.load_trainable_state_dict({"proj.weight": a.proj.weight})
+
+
+def test_align_reduces_caption_loss_and_output_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    colors = {"red": RED, "blue": BLUE, "green": (40, 190, 60)}
+    rows = []
+    (tmp_path / "mem").mkdir()
+    for i in range(48):
+        name = list(colors)[i % 3]
+        square = bool(rng.integers(2))
+        Image.fromarray(shape_image(colors[name], square)).save(tmp_path / "mem" / f"{i}.png")
+        rows.append({"id": f"m{i}", "caption": f"a photo of a {name} {'square' if square else 'circle'} on sand", "image": f"mem/{i}.png"})
+    rows.append({"id": "noimg", "caption": "skipped", "image": None})
+    (tmp_path / "memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "aligned"
+    report = align(AlignConfig(memory=str(tmp_path / "memory.jsonl"), out=str(out), steps=25, batch=8, eval_rows=6,
+                               lr=3e-3, warmup=5), progress=False)
+    assert report["skipped_rows"] == 1 and report["heldout_rows"] == 6 and report["train_rows"] == 42
+    assert report["heldout_caption_loss_after"] < report["heldout_caption_loss_before"] - 3.0
+    assert json.loads((out / "align_report.json").read_text())["heldout_caption_loss_after"] == report["heldout_caption_loss_after"]
+    enc = MLLMEncoder(MLLMConfig(path=str(out)), out_dim=OUT)  # the aligned folder is a drop-in MLLM
+    assert enc.encode(prompts()[:1])[0].shape[-1] == OUT

@@ -1,0 +1,48 @@
+"""EDM's training loss (Karras et al. 2022, eq. 8 and Table 1 "Training"), with Snap Video's input scale.
+
+ln σ ~ N(P_mean, P_std²); the denoiser is trained to recover x from x/σ_in + σε with weight
+λ(σ) = (σ² + σ_d²) / (σ σ_d)². The loss only calls ``net(x_noisy, sigma, sigma_in=..., **cond)``
+and compares its output with x: it knows nothing of the preconditioning inside ``net``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from vimi.diffusion.precond import EDMConfig, per_sample
+from vimi.diffusion.rng import randn_per_sample
+
+
+class EDMLoss:
+    """Per-sample EDM loss; pass ``generators`` (one per sample) for reproducible σ and ε."""
+
+    def __init__(
+        self,
+        P_mean: float = -1.2,     # mean of ln σ during training
+        P_std: float = 1.2,       # std of ln σ during training
+        sigma_data: float = 1.0,  # σ_d, std of the clean data
+        sigma_in: float = 1.0,    # default input scale σ_in (Snap Video); override per call for other T
+    ):
+        if P_std <= 0 or sigma_data <= 0 or sigma_in <= 0:
+            raise ValueError("P_std, sigma_data and sigma_in must be > 0")
+        self.P_mean, self.P_std = float(P_mean), float(P_std)
+        self.sigma_data, self.sigma_in = float(sigma_data), float(sigma_in)
+
+    @classmethod
+    def from_config(cls, cfg: EDMConfig, sigma_in: float | None = None) -> "EDMLoss":
+        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, sigma_in if sigma_in is not None else (cfg.sigma_in or 1.0))
+
+    def __call__(self, net: Callable[..., Tensor], x: Tensor, *, sigma_in: Tensor | float | None = None,
+                 generators: Sequence[torch.Generator] | None = None, **cond) -> Tensor:
+        """x: clean batch (B, ...) -> loss (B,), the weighted squared error averaged per sample."""
+        B, nd = x.shape[0], x.ndim
+        s_in = per_sample(self.sigma_in if sigma_in is None else sigma_in, B, nd, x)   # (B, 1, ..., 1)
+        # Noise level first, then ε, from the same per-sample stream: fixed order keeps runs exact.
+        ln_sigma = randn_per_sample((B,), generators, x.device, x.dtype) * self.P_std + self.P_mean
+        sigma = ln_sigma.exp().reshape(B, *([1] * (nd - 1)))                            # (B, 1, ..., 1)
+        eps = randn_per_sample(x.shape, generators, x.device, x.dtype)                  # (B, ...)
+        weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
+        D = net(x / s_in + sigma * eps, sigma.reshape(B), sigma_in=s_in.reshape(B), **cond)
+        return (weight * (D.to(x.dtype) - x) ** 2).reshape(B, -1).mean(dim=1)

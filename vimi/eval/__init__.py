@@ -1,0 +1,1 @@
+"""Evaluation: ShapeWorld analytic scores (`vimi.eval.shapeworld`)."""

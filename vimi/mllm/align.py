@@ -1,0 +1,268 @@
+"""LLaVA-style alignment of the tiny default MLLM on the image-text memory.
+
+LLaVA's first stage (Liu et al., NeurIPS 2023, sec. 4.1) trains on image -> caption next-token
+prediction so that the projector maps vision features into the LM's space. Our tiny LLaVA starts
+from random weights, so by default every part is trained (``--train all``); with a pretrained
+llava folder as ``--init``, ``--train projector`` is LLaVA's stage 1 proper. Afterwards the frozen
+encoder carries meaning: its hidden states over an image tell colour, shape, size and scene.
+
+    python -m vimi.mllm.align --memory data/shapeworld/memory.parquet --out outputs/mllm-tiny
+
+Reports the held-out caption loss (nats per caption token) before and after, and after with the
+held-out images shuffled (the gap is what the image contributes), in ``OUT/align_report.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vimi.config import to_dict
+from vimi.mllm.encoder import load_llava
+from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, save_llava
+
+
+@dataclass
+class AlignConfig:
+    memory: str = ""             # image-text memory: table or img2dataset tars (data_pipelines.tables.iter_memory)
+    out: str = ""                # output folder: aligned LLaVA (save_pretrained) + align_report.json
+    init: str = ""               # LLaVA folder to start from; "" = tiny LLaVA built from seed
+    seed: int = 0
+    image_size: int = 32         # tiny LLaVA vision input (init="" only)
+    steps: int = 400
+    batch: int = 32
+    lr: float = 2e-3             # peak AdamW learning rate (high: the tiny model starts from scratch)
+    warmup: int = 20             # linear warm-up steps, then cosine decay to 0
+    weight_decay: float = 0.0
+    clip: float = 1.0            # gradient-norm clip
+    train: str = "all"           # "all" (tiny, from scratch) | "projector" (LLaVA stage 1 on a pretrained init)
+    eval_rows: int = 128         # held-out rows (chosen by id hash, never trained on)
+    max_rows: int = 20000        # training rows read from the memory (streamed; the rest is not read)
+
+
+# ---------------------------------------------------------------------- data
+def _memory_batches(path: str) -> Iterator[list[dict]]:
+    """Rows {"id", "caption", "image": bytes | path | None} in streaming batches."""
+    try:
+        from data_pipelines.tables import iter_memory
+    except ImportError:  # until data_pipelines.tables grows iter_memory: plain tables, paths resolved
+        from data_pipelines.tables import iter_table, resolve, table_dir
+
+        base = table_dir(path)
+        for rows in iter_table(path, columns=["id", "caption", "image"]):
+            yield [dict(r, image=r["image"] if isinstance(r["image"], bytes) else resolve(base, r["image"])) for r in rows]
+        return
+    yield from iter_memory(path)
+
+
+def _load_image(ref):
+    try:
+        from data_pipelines.tables import load_image
+    except ImportError:  # same fallback as above
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref).convert("RGB")
+    return load_image(ref).convert("RGB")
+
+
+def read_memory(path: str, eval_rows: int, max_rows: int) -> tuple[list[tuple[str, object]], list[tuple[str, object]], int]:
+    """-> (train [(caption, image)], held-out [(caption, image)], rows skipped for lack of an image).
+
+    A row is held out when crc32(id) % 8 == 0 (stable across runs and memory orderings) until
+    ``eval_rows`` are held out; reading stops once both lists are full.
+    """
+    train: list = []
+    held: list = []
+    skipped = 0
+    for rows in _memory_batches(path):
+        for r in rows:
+            if r.get("image") is None or not str(r.get("caption") or "").strip():
+                skipped += 1
+                continue
+            to_eval = zlib.crc32(str(r["id"]).encode()) % 8 == 0 and len(held) < eval_rows
+            target = held if to_eval else train
+            if target is train and len(train) >= max_rows:
+                continue
+            target.append((str(r["caption"]).strip(), _load_image(r["image"])))
+        if len(train) >= max_rows and len(held) >= eval_rows:
+            break
+    if not train or not held:
+        raise ValueError(f"{path}: need image rows for training and held-out evaluation, got {len(train)} and {len(held)}")
+    return train, held, skipped
+
+
+class CaptionBatcher:
+    """(caption, image) pairs -> LLaVA captioning batches: [BOS] <image>*N caption [EOS], loss on caption + EOS."""
+
+    def __init__(self, llava, processor):
+        tok = processor.tokenizer
+        self.processor = processor
+        self.tok = tok
+        self.image_token_id = llava.config.image_token_id
+        self.bos = [] if tok.bos_token_id is None else [tok.bos_token_id]
+        self.eos = [] if tok.eos_token_id is None else [tok.eos_token_id]
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def __call__(self, pairs: list[tuple[str, object]], n_image: int) -> dict[str, torch.Tensor]:
+        caps = self.tok([c for c, _ in pairs], add_special_tokens=False)["input_ids"]
+        seqs, labels = [], []
+        for ids in caps:
+            ids = [t for t in ids if t != self.image_token_id] + self.eos
+            prefix = self.bos + [self.image_token_id] * n_image
+            seqs.append(prefix + ids)
+            labels.append([-100] * len(prefix) + ids)
+        L = max(len(s) for s in seqs)
+        B = len(seqs)
+        input_ids = torch.full((B, L), self.pad, dtype=torch.long)
+        lab = torch.full((B, L), -100, dtype=torch.long)
+        attn = torch.zeros(B, L, dtype=torch.long)
+        for i, (s, y) in enumerate(zip(seqs, labels)):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            lab[i, : len(y)] = torch.tensor(y)
+            attn[i, : len(s)] = 1
+        pixels = self.processor.image_processor(images=[im for _, im in pairs], return_tensors="pt")["pixel_values"]
+        return {"input_ids": input_ids, "labels": lab, "attention_mask": attn, "pixel_values": pixels}
+
+
+def caption_loss(llava, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over caption tokens, and their count.
+
+    The LM head runs only where a label exists: with a 30k vocabulary the full logits of the
+    image positions would cost more than the rest of the step.
+    """
+    out = llava.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"].to(llava.dtype),
+                      attention_mask=batch["attention_mask"])
+    h = out.last_hidden_state[:, :-1]          # (B, L-1, H): position t predicts token t+1
+    target = batch["labels"][:, 1:]            # (B, L-1)
+    keep = target != -100
+    logits = llava.lm_head(h[keep])            # (N, V)
+    return F.cross_entropy(logits.float(), target[keep]), int(keep.sum())
+
+
+@torch.no_grad()
+def evaluate(llava, batcher: CaptionBatcher, pairs: list, n_image: int, batch: int = 64) -> float:
+    """Held-out caption loss, nats per caption token."""
+    llava.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(pairs), batch):
+        loss, n = caption_loss(llava, batcher(pairs[i : i + batch], n_image))
+        total += float(loss) * n
+        count += n
+    return total / max(count, 1)
+
+
+def _image_tokens(llava, batcher: CaptionBatcher, image) -> int:
+    pixels = batcher.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = llava.model.get_image_features(pixel_values=pixels.to(llava.dtype), return_dict=True)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    return int(feats[0].shape[0])
+
+
+def _set_trainable(llava, train: str) -> list[torch.nn.Parameter]:
+    if train not in ("all", "projector"):
+        raise ValueError(f"--train must be 'all' or 'projector', got {train!r}")
+    llava.requires_grad_(train == "all")
+    llava.model.multi_modal_projector.requires_grad_(True)
+    return [p for p in llava.parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------- run
+def align(cfg: AlignConfig, progress: bool = True) -> dict:
+    """Run the alignment and write OUT (LLaVA folder + align_report.json) -> report dict."""
+    if not cfg.memory or not cfg.out:
+        raise ValueError("align needs --memory and --out")
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    if cfg.init:
+        llava, processor = load_llava(cfg.init)
+    else:  # same path as a user's folder: build to disk, then load it back
+        with tempfile.TemporaryDirectory(prefix="vimi-tiny-llava-") as tmp:
+            llava, processor = load_llava(build_tiny_llava(tmp, cfg.seed, TinyLlavaConfig(image_size=cfg.image_size)))
+    train, held, skipped = read_memory(cfg.memory, cfg.eval_rows, cfg.max_rows)
+    batcher = CaptionBatcher(llava, processor)
+    n_image = _image_tokens(llava, batcher, held[0][1])
+    shuffled = [(c, held[(i + 1) % len(held)][1]) for i, (c, _) in enumerate(held)]  # each caption, another's image
+
+    before = evaluate(llava, batcher, held, n_image)
+    params = _set_trainable(llava, cfg.train)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))
+    )
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    llava.train()
+    bar = tqdm(range(cfg.steps), desc="align", disable=not progress, unit="step")
+    ema = None
+    for _ in bar:
+        if len(order) < cfg.batch:  # epochs of shuffled rows
+            perm = list(range(len(train)))
+            rng.shuffle(perm)
+            order.extend(perm)
+        idx, order = order[: cfg.batch], order[cfg.batch :]
+        loss, _ = caption_loss(llava, batcher([train[i] for i in idx], n_image))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{ema:.3f}")
+    llava.eval()
+    llava.requires_grad_(False)
+    after = evaluate(llava, batcher, held, n_image)
+    after_shuffled = evaluate(llava, batcher, shuffled, n_image)
+
+    out = Path(cfg.out)
+    save_llava(llava, processor, out)
+    report = {
+        "heldout_caption_loss_before": before,
+        "heldout_caption_loss_after": after,
+        "heldout_caption_loss_after_shuffled_images": after_shuffled,
+        "train_rows": len(train), "heldout_rows": len(held), "skipped_rows": skipped,
+        "image_tokens": n_image, "parameters": sum(p.numel() for p in llava.parameters()),
+        "trained_parameters": sum(p.numel() for p in params), "seconds": round(time.time() - t0, 1),
+        "config": to_dict(cfg),
+    }
+    (out / "align_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = AlignConfig()
+    ap = argparse.ArgumentParser(prog="python -m vimi.mllm.align", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--memory", required=True, help="image-text memory (table, folder, or img2dataset tars)")
+    ap.add_argument("--out", required=True, help="output folder for the aligned LLaVA")
+    ap.add_argument("--init", default=d.init, help="LLaVA folder to start from (default: tiny LLaVA from --seed)")
+    for name in ("seed", "image_size", "steps", "batch", "warmup", "eval_rows", "max_rows"):
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "clip"):
+        ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    ap.add_argument("--train", choices=("all", "projector"), default=d.train)
+    ap.add_argument("--no-progress", action="store_true")
+    args = vars(ap.parse_args(argv))
+    progress = not args.pop("no_progress")
+    report = align(AlignConfig(**args), progress=progress)
+    print(f"held-out caption loss: before {report['heldout_caption_loss_before']:.3f} -> after "
+          f"{report['heldout_caption_loss_after']:.3f} (shuffled images {report['heldout_caption_loss_after_shuffled_images']:.3f}) "
+          f"nats/token; {report['seconds']} s; wrote {args['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""MLLM encoder: interleaved prompt -> conditioning tokens C for the video backbone.
+
+VIMI (Fang et al., EMNLP 2024, sec. 3) feeds the multimodal instruction through a frozen MLLM
+and conditions the diffusion model on its hidden states over the *whole* interleaved sequence.
+Here the MLLM is any LLaVA-family ``transformers`` folder (vision tower + projector + causal LM,
+with its processor), loaded from a local path with ``from_pretrained``. C = hidden states of
+``cfg.layer``, normalised and projected by a trainable Linear to the backbone width, with a
+padding mask (True = valid). Frozen is the default (as in VIMI); LoRA (peft) and full tuning are
+options. A learned null sequence stands in for C when conditioning is dropped for
+classifier-free guidance.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vimi.mllm.prompt import Prompt
+from vimi.mllm.sequence import PromptTokenizer, TokenizedPrompt
+from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, save_llava
+
+log = logging.getLogger(__name__)
+
+TUNINGS = ("frozen", "lora", "full")
+
+
+class MLLMLoadError(ValueError):
+    """The MLLM folder is missing, not local, or not a LLaVA-family model."""
+
+
+@dataclass
+class MLLMConfig:
+    path: str = ""               # local LLaVA folder (llava-hf layout); "" = built-in tiny default (untrained)
+    layer: int = -2              # hidden_states index of the LM (0 = embeddings, -1 = last); negative ok
+    max_length: int = 256        # longest token sequence; retrieved pairs are dropped first (sequence.py)
+    tuning: str = "frozen"       # "frozen" (VIMI) | "lora" (peft) | "full"
+    lora_r: int = 8              # LoRA rank
+    lora_alpha: int = 16         # LoRA scale numerator (scale = alpha / r)
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # LM modules only
+    image_size: int = 32         # vision input of the built-in tiny default (path=""); a real folder's processor decides
+    seed: int = 0                # weights of the built-in tiny default
+    null_tokens: int = 1         # length of the learned null condition (classifier-free guidance)
+    normalize: bool = True       # LayerNorm (no affine) before the projection; LLM states have outlier channels
+    dtype: str = "float32"       # MLLM weights: float32 | bfloat16 | float16 (the projection stays float32)
+
+
+def load_llava(path: str | Path, dtype: str = "float32"):
+    """Local LLaVA folder -> (LlavaForConditionalGeneration, processor). Never touches a hub."""
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+
+    p = Path(path).expanduser()
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise MLLMLoadError(f"MLLM path {str(path)!r} is not a local folder with a config.json (hub names are not loaded)")
+    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    if getattr(config, "model_type", None) != "llava":
+        raise MLLMLoadError(f"{p}: model_type {getattr(config, 'model_type', None)!r} is not 'llava' (LlavaForConditionalGeneration)")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise MLLMLoadError(f"unknown MLLM dtype {dtype!r}")
+    model = LlavaForConditionalGeneration.from_pretrained(p, dtype=getattr(torch, dtype), local_files_only=True)
+    processor = AutoProcessor.from_pretrained(p, local_files_only=True)
+    return model, processor
+
+
+def pad_hidden(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(L_i, H)] -> (H (B, L, H) zero-padded on the right, mask (B, L) bool True=valid)."""
+    if not rows:
+        raise ValueError("pad_hidden needs at least one row")
+    L = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros(len(rows), L, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), L, dtype=torch.bool, device=rows[0].device)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = True
+    return out, mask
+
+
+class MLLMEncoder(nn.Module):
+    """Wraps a LLaVA model: ``encode(prompts) -> (C (B, L, out_dim), mask (B, L) bool)``."""
+
+    def __init__(self, cfg: MLLMConfig, out_dim: int):
+        super().__init__()
+        if cfg.tuning not in TUNINGS:
+            raise ValueError(f"MLLMConfig.tuning must be one of {TUNINGS}, got {cfg.tuning!r}")
+        self.cfg = cfg
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if cfg.path:
+            self.source = Path(cfg.path).expanduser()
+        else:
+            log.warning("MLLMConfig.path is empty: using an untrained tiny LLaVA (seed %d); "
+                        "align one with `python -m vimi.mllm.align` for a meaningful frozen encoder", cfg.seed)
+            self._tmp = tempfile.TemporaryDirectory(prefix="vimi-tiny-llava-")
+            # Built to disk and loaded back so the default takes exactly a user's llava-1.5 path.
+            self.source = build_tiny_llava(self._tmp.name, cfg.seed, TinyLlavaConfig(image_size=cfg.image_size))
+        self.llava, self.processor = load_llava(self.source, cfg.dtype)
+        text_cfg = self.llava.config.text_config
+        n_states = text_cfg.num_hidden_layers + 1  # hidden_states = embeddings + one per layer
+        if not -n_states <= cfg.layer < n_states:
+            raise ValueError(f"MLLMConfig.layer={cfg.layer} out of range for {n_states} hidden states")
+
+        self.hidden_size = text_cfg.hidden_size
+        self.out_dim = out_dim
+        self.norm = nn.LayerNorm(self.hidden_size, elementwise_affine=False) if cfg.normalize else nn.Identity()
+        self.proj = nn.Linear(self.hidden_size, out_dim)  # always trained, even with a frozen MLLM
+        self.null = nn.Parameter(torch.randn(cfg.null_tokens, out_dim) * 0.02)  # (N_null, D)
+        self._setup_tuning()
+
+        tok = self.processor.tokenizer
+        self.sequencer = PromptTokenizer(
+            tok, image_token_id=self.llava.config.image_token_id, n_image_tokens=self._count_image_tokens(),
+            max_length=cfg.max_length, bos_token_id=tok.bos_token_id,
+        )
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    # ------------------------------------------------------------------ setup
+    def _setup_tuning(self) -> None:
+        cfg = self.cfg
+        self.llava.requires_grad_(cfg.tuning == "full")
+        if cfg.tuning == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            # LoRA on the language model only: the vision tower has q/k/v projections of the same names.
+            targets = "|".join(cfg.lora_targets)
+            lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                              target_modules=rf".*language_model.*\.({targets})")
+            inject_adapter_in_model(lora, self.llava)
+        if cfg.tuning == "frozen":
+            self.llava.eval()
+
+    def train(self, mode: bool = True) -> "MLLMEncoder":
+        super().train(mode)
+        if self.cfg.tuning == "frozen":
+            self.llava.eval()  # a frozen MLLM stays in eval mode (no dropout) inside a training model
+        return self
+
+    @torch.no_grad()
+    def _count_image_tokens(self) -> int:
+        """Features per image as LLaVA computes them (tower patches, CLS kept or dropped by strategy)."""
+        from PIL import Image
+
+        pixels = self._pixels([Image.new("RGB", (8, 8))])
+        out = self.llava.model.get_image_features(pixel_values=pixels, return_dict=True)
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 | 4
+        return int(feats[0].shape[0])
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.proj.weight.device
+
+    @property
+    def n_image_tokens(self) -> int:
+        return self.sequencer.n_image_tokens
+
+    def _pixels(self, images) -> torch.Tensor:
+        pv = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return pv.to(self.device, self.llava.dtype)  # (N, 3, S, S)
+
+    def tokenize(self, prompts: Sequence[Prompt]) -> list[TokenizedPrompt]:
+        return [self.sequencer(p) for p in prompts]
+
+    # ------------------------------------------------------------------ encoding
+    def hidden(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (MLLM hidden states of cfg.layer (B, L, H), mask (B, L) bool). Cacheable when frozen."""
+        if not prompts:
+            raise ValueError("encode needs at least one prompt")
+        toks = self.tokenize(prompts)
+        B, L = len(toks), max(len(t.ids) for t in toks)
+        ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(B, L, dtype=torch.bool)
+        for i, t in enumerate(toks):  # right padding: causal attention never lets valid tokens see pads
+            ids[i, : len(t.ids)] = torch.tensor(t.ids)
+            mask[i, : len(t.ids)] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        images = [im for t in toks for im in t.images]  # LLaVA scatters features in row-major token order
+        pixels = self._pixels(images) if images else None
+        grad = contextlib.nullcontext() if self.cfg.tuning != "frozen" else torch.no_grad()
+        with grad:
+            out = self.llava.model(input_ids=ids, pixel_values=pixels, attention_mask=mask.long(), output_hidden_states=True)
+        return out.hidden_states[self.cfg.layer], mask  # (B, L, H), (B, L)
+
+    def project(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, H) hidden states -> (C (B, L, out_dim) float32, zero at padding, mask)."""
+        c = self.proj(self.norm(hidden.to(self.proj.weight.dtype)))
+        return c * mask.unsqueeze(-1).to(c.dtype), mask
+
+    def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (C (B, L, out_dim), mask (B, L) bool True=valid)."""
+        return self.project(*self.hidden(prompts))
+
+    forward = encode
+
+    @torch.no_grad()
+    def hidden_many(self, prompts: Sequence[Prompt], batch_size: int = 32, progress: bool = True) -> list[torch.Tensor]:
+        """Hidden states of many prompts, in batches, unpadded on CPU: [(L_i, H)].
+
+        With a frozen MLLM these never change, so a training loop can compute them once and call
+        ``project(*pad_hidden(rows))`` per step (the projection is the only MLLM-side trainable part).
+        """
+        rows: list[torch.Tensor] = []
+        for start in tqdm(range(0, len(prompts), batch_size), desc="MLLM encode", disable=not progress, unit="batch"):
+            h, m = self.hidden(prompts[start : start + batch_size])
+            rows.extend(h[i, m[i]].cpu() for i in range(h.shape[0]))
+        return rows
+
+    # ------------------------------------------------------------------ classifier-free guidance
+    def null_condition(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Learned null condition -> (C (B, N_null, out_dim), mask (B, N_null) all True)."""
+        c = self.null.unsqueeze(0).expand(batch, -1, -1)
+        return c, torch.ones(batch, self.null.shape[0], dtype=torch.bool, device=self.null.device)
+
+    def drop_condition(self, c: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace rows where ``drop`` (B,) bool is True by the null condition, keeping (B, L) shapes."""
+        n = self.null.shape[0]
+        if c.shape[1] < n:  # (B, L, D) -> (B, n, D): room for the null sequence
+            c = torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[1]))
+            mask = torch.nn.functional.pad(mask, (0, n - mask.shape[1]))
+        null_c = torch.zeros_like(c)
+        null_c[:, :n] = self.null.to(c.dtype)
+        null_m = torch.zeros_like(mask)
+        null_m[:, :n] = True
+        drop = drop.to(c.device).bool()
+        return torch.where(drop[:, None, None], null_c, c), torch.where(drop[:, None], null_m, mask)
+
+    # ------------------------------------------------------------------ parameters and saving
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Projection + null tokens, plus LoRA weights (tuning=lora) or the whole MLLM (tuning=full)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must store beside the MLLM folder (which stays as loaded unless tuning=full)."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad}
+        if set(state) != expected:
+            raise KeyError(f"trainable state mismatch: missing {sorted(expected - set(state))[:5]}, "
+                           f"unexpected {sorted(set(state) - expected)[:5]}")
+        with torch.no_grad():
+            for n, v in state.items():
+                own[n].copy_(v)
+
+    def save_mllm(self, out: str | Path) -> Path:
+        """Write the MLLM folder this encoder needs (frozen/LoRA: the source unchanged; full: tuned weights)."""
+        out = Path(out)
+        if self.cfg.tuning == "full":
+            return save_llava(self.llava, self.processor, out)
+        shutil.copytree(self.source, out, dirs_exist_ok=True)
+        return out

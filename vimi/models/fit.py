@@ -1,0 +1,369 @@
+"""FIT backbone: Snap Video's far-reaching interleaved transformer for video (Menapace et al., CVPR 2024, §4).
+
+FIT (Chen & Li, "FIT: Far-reaching Interleaved Transformers", 2023) splits data tokens into
+groups and does most of its computation on a small set of latent tokens. Snap Video adapts it to
+video: a clip is cut into 1×p×p patch tokens, patches are grouped in space-time windows spanning
+all frames (so motion is modelled jointly with appearance), each group owns a few learnable latent
+tokens, and every block
+
+    1. reads the conditioning tokens (a σ token from c_noise + the MLLM tokens C) into the latents,
+    2. reads each group's patches into that group's latents (cross-attention),
+    3. runs self-attention over ALL latents of the clip (the "far-reaching", global part),
+    4. writes each group's latents back to its patches (cross-attention patches ← latents),
+
+with a feed-forward layer after every read and write. Compute grows with the number of latents,
+not of pixels, which is what lets Snap Video model space and time jointly at scale.
+
+Beyond Snap Video, ``extra`` input channels carry clean conditioning frames plus a mask channel
+(video prediction, long-video extension); they are zeros when absent.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+class FITInputError(ValueError):
+    """The inputs do not match the backbone's config (shapes, channels, divisibility)."""
+
+
+@dataclass
+class FITConfig:
+    in_channels: int = 3              # channels of x (RGB pixels, or VAE latents)
+    extra_channels: int = 4           # clean conditioning frames (RGB) + mask; zeros when absent
+    patch_size: int = 4               # p: tokens are 1×p×p patches (one frame each)
+    group_frames: int = 0             # frames per patch group; 0 = all frames (Snap Video groups span the clip)
+    group_size: tuple[int, int] = (4, 4)  # patches per group along height, width
+    patch_dim: int = 128              # width of patch tokens
+    latents_per_group: int = 16       # learnable latent tokens per group
+    latent_dim: int = 256             # width of latent tokens (where most compute happens)
+    num_blocks: int = 4               # FIT blocks (read cond → read patches → self-attn → write)
+    latent_layers: int = 2            # latent self-attention layers per block
+    num_heads: int = 4                # attention heads (latent_dim must divide evenly)
+    mlp_ratio: float = 4.0            # feed-forward hidden width / token width
+    cond_dim: int = 256               # width of the incoming conditioning tokens C
+    qk_norm: bool = True              # RMS-normalise queries and keys (stable attention logits in bf16)
+    gradient_checkpointing: bool = False  # recompute each block in backward to save activation memory
+
+    def __post_init__(self) -> None:
+        self.group_size = tuple(int(v) for v in self.group_size)  # YAML gives lists
+        if len(self.group_size) != 2:
+            raise ValueError(f"group_size must be (height, width) in patches, got {self.group_size}")
+        for name in ("in_channels", "patch_size", "patch_dim", "latents_per_group", "latent_dim",
+                     "num_blocks", "num_heads", "cond_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FITConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.extra_channels < 0 or self.group_frames < 0 or self.latent_layers < 0 or min(self.group_size) < 1:
+            raise ValueError("extra_channels, group_frames, latent_layers must be >= 0 and group_size >= 1")
+        if self.latent_dim % self.num_heads:
+            raise ValueError(f"latent_dim {self.latent_dim} is not divisible by num_heads {self.num_heads}")
+
+
+# Named sizes (DiT's registry idea). fit-500m follows Snap Video's ~500M-parameter ablation model
+# (16×36×64 clips, 1×4×4 patches, 12 groups of 4×3 patches × all frames → 768 latents); its widths
+# and depths are ours, chosen to land on the reported size. fit-tiny is for the 32×32 CPU world.
+FIT_CONFIGS: dict[str, FITConfig] = {
+    "fit-tiny": FITConfig(patch_size=4, group_size=(4, 4), patch_dim=128, latents_per_group=16, latent_dim=192,
+                          num_blocks=3, latent_layers=2, num_heads=4, cond_dim=192),
+    "fit-s": FITConfig(patch_size=4, group_size=(4, 4), patch_dim=192, latents_per_group=32, latent_dim=384,
+                       num_blocks=4, latent_layers=3, num_heads=6, cond_dim=384),
+    "fit-b": FITConfig(patch_size=4, group_size=(4, 4), patch_dim=384, latents_per_group=64, latent_dim=768,
+                       num_blocks=4, latent_layers=3, num_heads=12, cond_dim=768),
+    "fit-500m": FITConfig(patch_size=4, group_size=(3, 4), patch_dim=768, latents_per_group=64, latent_dim=1024,
+                          num_blocks=6, latent_layers=4, num_heads=16, cond_dim=1024),
+}
+
+
+def fit_config(name: str, **overrides) -> FITConfig:
+    """A registry config by name, with field overrides (e.g. ``cond_dim=4096``)."""
+    if name not in FIT_CONFIGS:
+        raise KeyError(f"unknown FIT size {name!r}; known: {sorted(FIT_CONFIGS)}")
+    return replace(FIT_CONFIGS[name], **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------
+
+def sincos_1d(pos: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Transformer sinusoidal embedding of positions ``pos`` (N,) -> (N, dim) (dim even)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=pos.device) / half)
+    args = pos.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def sincos_3d(t: int, h: int, w: int, dim: int, device: torch.device) -> Tensor:
+    """Fixed space-time position embedding of a t×h×w grid -> (t·h·w, dim), axes in (t, h, w) order.
+
+    Fixed (not learned) so one model runs at any frame count and resolution; each axis gets an
+    equal even share of the channels, the remainder is zero.
+    """
+    per_axis = 2 * (dim // 6)
+    grid = torch.stack(torch.meshgrid(torch.arange(t, device=device), torch.arange(h, device=device),
+                                      torch.arange(w, device=device), indexing="ij"), dim=-1).reshape(-1, 3)
+    parts = [sincos_1d(grid[:, a], per_axis) for a in range(3)]
+    emb = torch.cat(parts, dim=1)
+    return F.pad(emb, (0, dim - emb.shape[1]))
+
+
+class NoiseEmbedding(nn.Module):
+    """c_noise (B,) -> the σ token (B, 1, D): sinusoidal features through an MLP (as DiT embeds timesteps).
+
+    c_noise = ln(σ)/4 spans about [-1.6, 1.1]; it is scaled by 1000 so the sinusoid frequencies
+    resolve it like DiT's timesteps in [0, 1000).
+    """
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        feats = sincos_1d(c_noise * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)  # (B, freq_dim)
+        return self.mlp(feats)[:, None]                                                    # (B, 1, D)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention and feed-forward layers
+# ----------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head attention of queries (N, Lq, Dq) over a context (N, Lk, Dk), on torch SDPA."""
+
+    def __init__(self, query_dim: int, context_dim: int, inner_dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, inner_dim // heads
+        self.to_q = nn.Linear(query_dim, inner_dim)
+        self.to_kv = nn.Linear(context_dim, 2 * inner_dim)
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(inner_dim, query_dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        N, Lq, _ = x.shape
+        Lk = context.shape[1]
+        q = self.to_q(x).view(N, Lq, self.heads, self.head_dim).transpose(1, 2)            # (N, h, Lq, d)
+        k, v = self.to_kv(context).view(N, Lk, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, h, Lk, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None if mask is None else mask[:, None, None, :]                       # (N, 1, 1, Lk) True=attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)                  # (N, h, Lq, d)
+        return self.proj(out.transpose(1, 2).reshape(N, Lq, self.heads * self.head_dim))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, ratio: float):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class CrossAttentionLayer(nn.Module):
+    """x ← x + Attn(LN x, LN context); x ← x + FF(LN x): one read or write, with its feed-forward."""
+
+    def __init__(self, dim: int, context_dim: int, inner_dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm_x, self.norm_ctx = nn.LayerNorm(dim), nn.LayerNorm(context_dim)
+        self.attn = Attention(dim, context_dim, inner_dim, heads, qk_norm)
+        self.norm_ff = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, mlp_ratio)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm_x(x), self.norm_ctx(context), mask)
+        return x + self.ff(self.norm_ff(x))
+
+
+class SelfAttentionLayer(nn.Module):
+    """A pre-LN transformer layer over the latent tokens."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm, self.attn = nn.LayerNorm(dim), Attention(dim, dim, dim, heads, qk_norm)
+        self.norm_ff, self.ff = nn.LayerNorm(dim), FeedForward(dim, mlp_ratio)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(x)
+        x = x + self.attn(h, h)
+        return x + self.ff(self.norm_ff(x))
+
+
+class FITBlock(nn.Module):
+    """Read conditioning → read patches → latent self-attention → write patches (Snap Video Fig. 3b)."""
+
+    def __init__(self, cfg: FITConfig):
+        super().__init__()
+        Dl, Dp, h, r, qk = cfg.latent_dim, cfg.patch_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm
+        self.read_cond = CrossAttentionLayer(Dl, Dl, Dl, h, r, qk)
+        self.read_patches = CrossAttentionLayer(Dl, Dp, Dl, h, r, qk)
+        self.latent_layers = nn.ModuleList(SelfAttentionLayer(Dl, h, r, qk) for _ in range(cfg.latent_layers))
+        self.write = CrossAttentionLayer(Dp, Dl, Dl, h, r, qk)
+
+    def forward(self, patches: Tensor, latents: Tensor, cond: Tensor, cond_mask: Tensor) -> tuple[Tensor, Tensor]:
+        # patches (B·G, N, Dp) grouped; latents (B, G·M, Dl); cond (B, 1+L, Dl); cond_mask (B, 1+L)
+        BG, _, _ = patches.shape
+        B = latents.shape[0]
+        latents = self.read_cond(latents, cond, cond_mask)                 # (B, G·M, Dl)
+        per_group = latents.reshape(BG, -1, latents.shape[-1])             # (B·G, M, Dl)
+        per_group = self.read_patches(per_group, patches)                  # (B·G, M, Dl)
+        latents = per_group.reshape(B, -1, per_group.shape[-1])            # (B, G·M, Dl)
+        for layer in self.latent_layers:                                   # global: all groups' latents
+            latents = layer(latents)
+        patches = self.write(patches, latents.reshape(BG, -1, latents.shape[-1]))  # (B·G, N, Dp)
+        return patches, latents
+
+
+# ----------------------------------------------------------------------------------------------
+# The backbone
+# ----------------------------------------------------------------------------------------------
+
+class FIT(nn.Module):
+    """F(x_in; c_noise, C): (B, C, T, H, W) -> (B, C, T, H, W), the network that EDMPrecond wraps."""
+
+    def __init__(self, cfg: FITConfig):
+        super().__init__()
+        self.config = cfg
+        p = cfg.patch_size
+        self.patch_embed = nn.Conv3d(cfg.in_channels + cfg.extra_channels, cfg.patch_dim,
+                                     kernel_size=(1, p, p), stride=(1, p, p))
+        self.latents = nn.Parameter(torch.zeros(cfg.latents_per_group, cfg.latent_dim))   # (M, Dl)
+        self.noise_embed = NoiseEmbedding(cfg.latent_dim)
+        self.cond_norm = nn.LayerNorm(cfg.cond_dim)    # MLLM hidden states carry large outlier channels
+        self.cond_proj = nn.Linear(cfg.cond_dim, cfg.latent_dim)
+        self.blocks = nn.ModuleList(FITBlock(cfg) for _ in range(cfg.num_blocks))
+        self.out_norm = nn.LayerNorm(cfg.patch_dim)
+        self.out_proj = nn.Linear(cfg.patch_dim, p * p * cfg.in_channels)
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier linears (as DiT), small random latents, and a zero output layer so F = 0 at init.
+
+        A zero F makes the initial denoiser D = c_skip x, the best linear guess, so training
+        starts from a sane model instead of random noise (DiT zero-initialises its final layer too).
+        """
+        def _basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.apply(_basic)
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.latents, std=0.02)
+        nn.init.normal_(self.noise_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.noise_embed.mlp[2].weight, std=0.02)
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _groups(self, T: int, H: int, W: int) -> tuple[int, int, int, int, int, int]:
+        """(gt, gh, gw) patches per group and (nt, nh, nw) groups along each axis; checks sizes."""
+        cfg = self.config
+        p, (gh, gw) = cfg.patch_size, cfg.group_size
+        gt = cfg.group_frames or T
+        if H % (p * gh) or W % (p * gw) or T % gt:
+            raise FITInputError(
+                f"clip T×H×W = {T}×{H}×{W} does not tile into groups of {gt} frames × {p * gh}×{p * gw} pixels "
+                f"(patch_size {p}, group_size {cfg.group_size}, group_frames {cfg.group_frames})")
+        return gt, gh, gw, T // gt, H // (p * gh), W // (p * gw)
+
+    def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, extra: Tensor | None) -> None:
+        cfg = self.config
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+            raise FITInputError(f"x must be (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
+        B = x.shape[0]
+        if c_noise.shape != (B,):
+            raise FITInputError(f"c_noise must be ({B},), got {tuple(c_noise.shape)}")
+        if cond.ndim != 3 or cond.shape[0] != B or cond.shape[2] != cfg.cond_dim:
+            raise FITInputError(f"cond must be ({B}, L, {cfg.cond_dim}), got {tuple(cond.shape)}")
+        if cond_mask.shape != cond.shape[:2] or cond_mask.dtype != torch.bool:
+            raise FITInputError(f"cond_mask must be bool {tuple(cond.shape[:2])}, got {cond_mask.dtype} "
+                                f"{tuple(cond_mask.shape)}")
+        if extra is not None and extra.shape != (B, cfg.extra_channels, *x.shape[2:]):
+            raise FITInputError(f"extra must be ({B}, {cfg.extra_channels}, {', '.join(map(str, x.shape[2:]))}), "
+                                f"got {tuple(extra.shape)}")
+
+    def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None, cond_mask: Tensor | None = None,
+                extra: Tensor | None = None) -> Tensor:
+        """x (B, C, T, H, W), c_noise (B,), cond (B, L, cond_dim), cond_mask (B, L) bool True=valid,
+        extra (B, extra_channels, T, H, W) or None -> (B, C, T, H, W)."""
+        cfg = self.config
+        B, _, T, H, W = x.shape if x.ndim == 5 else (None,) * 5
+        if cond is None:
+            cond = x.new_zeros((x.shape[0], 0, cfg.cond_dim))
+        if cond_mask is None:
+            cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
+        self._check(x, c_noise, cond, cond_mask, extra)
+        gt, gh, gw, nt, nh, nw = self._groups(T, H, W)
+        p = cfg.patch_size
+
+        # 1. Patch tokens with space-time positions, grouped over (gt frames × gh × gw patches).
+        if cfg.extra_channels:
+            extra = x.new_zeros((B, cfg.extra_channels, T, H, W)) if extra is None else extra.to(x.dtype)
+            x = torch.cat([x, extra], dim=1)                                   # (B, C+E, T, H, W)
+        tokens = self.patch_embed(x)                                           # (B, Dp, T, H/p, W/p)
+        tokens = rearrange(tokens, "b d t h w -> b (t h w) d")
+        tokens = tokens + sincos_3d(T, H // p, W // p, cfg.patch_dim, x.device).to(tokens.dtype)
+        patches = rearrange(tokens, "b (nt gt nh gh nw gw) d -> (b nt nh nw) (gt gh gw) d",
+                            nt=nt, gt=gt, nh=nh, gh=gh, nw=nw, gw=gw)          # (B·G, N, Dp)
+
+        # 2. Latent tokens: the learned set, told which group they serve by a fixed group position.
+        G, M = nt * nh * nw, cfg.latents_per_group
+        group_pos = sincos_3d(nt, nh, nw, cfg.latent_dim, x.device).to(self.latents.dtype)  # (G, Dl)
+        latents = (self.latents[None] + group_pos[:, None]).reshape(1, G * M, -1).expand(B, -1, -1)  # (B, G·M, Dl)
+
+        # 3. Conditioning tokens: the σ token is always valid, so no attention row is ever all-masked.
+        sigma_tok = self.noise_embed(c_noise)                                  # (B, 1, Dl)
+        ctx = torch.cat([sigma_tok, self.cond_proj(self.cond_norm(cond.to(sigma_tok.dtype)))], dim=1)  # (B, 1+L, Dl)
+        sigma_valid = torch.ones((B, 1), dtype=torch.bool, device=cond_mask.device)
+        ctx_mask = torch.cat([sigma_valid, cond_mask.to(sigma_valid.device)], dim=1)       # (B, 1+L)
+
+        # 4. FIT blocks.
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                patches, latents = checkpoint(block, patches, latents, ctx, ctx_mask, use_reentrant=False)
+            else:
+                patches, latents = block(patches, latents, ctx, ctx_mask)
+
+        # 5. Patches back to pixels.
+        out = self.out_proj(self.out_norm(patches))                            # (B·G, N, p·p·C)
+        return rearrange(out, "(b nt nh nw) (gt gh gw) (p q c) -> b c (nt gt) (nh gh p) (nw gw q)",
+                         b=B, nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw, p=p, q=p)
+
+
+def build_fit(name_or_cfg: str | FITConfig, device: torch.device | str | None = None, **overrides) -> FIT:
+    """A FIT from a registry name or config; ``device="meta"`` builds it without allocating weights."""
+    cfg = fit_config(name_or_cfg, **overrides) if isinstance(name_or_cfg, str) else replace(name_or_cfg, **overrides)
+    if device is None:
+        return FIT(cfg)
+    with torch.device(device):
+        return FIT(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_table(names: list[str] | None = None) -> str:
+    """A text table of parameter counts per registry size (built on the meta device: no memory)."""
+    rows = [("name", "params", "patch", "group", "latents/group", "latent dim", "blocks×layers", "heads")]
+    for name in names or list(FIT_CONFIGS):
+        cfg = FIT_CONFIGS[name]
+        n = count_parameters(build_fit(name, device="meta"))
+        rows.append((name, f"{n / 1e6:.1f}M", f"1x{cfg.patch_size}x{cfg.patch_size}",
+                     f"{cfg.group_frames or 'T'}x{cfg.group_size[0]}x{cfg.group_size[1]}",
+                     str(cfg.latents_per_group), str(cfg.latent_dim), f"{cfg.num_blocks}x{cfg.latent_layers}",
+                     str(cfg.num_heads)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+
+
+if __name__ == "__main__":
+    print(parameter_table(sys.argv[1:] or None))

@@ -1,0 +1,366 @@
+"""Inference: ``VimiPipeline`` (config.json + safetensors) and ``vimi.generate``.
+
+A pipeline folder holds everything a generation needs:
+
+    config.json          every model, diffusion, sampler and MLLM setting (``VimiConfig``)
+    model.safetensors    the trained weights (EMA weights when exported by training)
+    mllm/                the MLLM folder (LLaVA layout), unless config points at an external one
+    index/               optional bundled retrieval index for t2v
+
+``__call__`` reads as numbered steps, as diffusers pipelines do: check inputs → retrieve (t2v) →
+build prompt → encode → sample → decode → write.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from vimi.config import from_dict, to_dict
+from vimi.diffusion import GuidedDenoiser, edm_sampler, heun_nfe
+from vimi.mllm import IMAGE_TOKEN, TASKS, PromptError, task_prompt
+from vimi.model import VimiConfig, VimiModel
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+BUNDLE_MLLM_MAX_BYTES = 512 * 2**20  # small MLLMs (the tiny default) travel inside the folder
+
+
+class InputError(ValueError):
+    """A generation request is malformed: unknown task, missing/extra inputs, bad images."""
+
+
+class PipelineLoadError(ValueError):
+    """A pipeline folder is missing, incomplete or was written by an incompatible version."""
+
+
+@dataclass
+class Request:
+    """One checked generation request (step 1's output)."""
+
+    task: str
+    prompt: str
+    images: list[Image.Image]          # task images: subject references or the first frame(s)
+    cond_frames: np.ndarray | None     # prediction: (k, H, W, 3) uint8 clean first frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checking (step 1)
+# ---------------------------------------------------------------------------------------------
+
+def _load_image(x: Any, what: str) -> Image.Image:
+    if isinstance(x, (str, Path)):
+        p = Path(x)
+        if not p.is_file():
+            raise InputError(f"{what}: image file not found: {p}")
+        try:
+            with Image.open(p) as im:
+                return im.convert("RGB")
+        except OSError as e:
+            raise InputError(f"{what}: cannot read image {p}: {e}") from None
+    if isinstance(x, Image.Image):
+        return x.convert("RGB")
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
+            raise InputError(f"{what}: expected a uint8 (H, W, 3) array, got {x.dtype} {x.shape}")
+        return Image.fromarray(x)
+    raise InputError(f"{what}: expected an image path, PIL image or uint8 (H, W, 3) array, got {type(x).__name__}")
+
+
+def _first_frames(frames: Any, size: int, max_k: int) -> np.ndarray:
+    """Prediction's given frames -> (k, size, size, 3) uint8: an mp4 path keeps its first max_k frames."""
+    if isinstance(frames, (str, Path)) and Path(frames).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm", ".avi"):
+        from data_pipelines.video_io import VideoDecodeError, read_video
+
+        try:
+            arr = read_video(frames)[:max_k]
+        except VideoDecodeError as e:
+            raise InputError(f"prediction frames: {e}") from None
+    else:
+        items = frames if isinstance(frames, (list, tuple)) else [frames]
+        if not items:
+            raise InputError("prediction needs at least one first frame in inputs['frames']")
+        if len(items) > max_k:
+            raise InputError(f"prediction takes at most {max_k} first frame(s), got {len(items)}")
+        arr = np.stack([np.asarray(_load_image(f, f"frames[{i}]")) for i, f in enumerate(items)])
+    if arr.shape[1:3] != (size, size):
+        raise InputError(f"prediction frames are {arr.shape[2]}x{arr.shape[1]}, the model generates {size}x{size}")
+    return arr
+
+
+def check_inputs(task: str, inputs: dict, size: int, max_cond_frames: int) -> Request:
+    """Validate one request against the task's input contract (README, `vimi.generate`)."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; expected one of {TASKS}")
+    if not isinstance(inputs, dict):
+        raise InputError(f"inputs must be a dict, got {type(inputs).__name__}")
+    allowed = {"t2v": {"prompt"}, "prediction": {"prompt", "frames"}, "subject": {"prompt", "images"}}[task]
+    missing, extra = sorted(allowed - set(inputs)), sorted(set(inputs) - allowed)
+    if missing or extra:
+        raise InputError(f"task {task!r} takes inputs {sorted(allowed)}: missing {missing}, unexpected {extra}")
+    prompt = inputs["prompt"]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("inputs['prompt'] must be a non-empty string")
+    n_ph = prompt.count(IMAGE_TOKEN)
+    if task == "subject":
+        imgs = inputs["images"]
+        imgs = list(imgs) if isinstance(imgs, (list, tuple)) else [imgs]
+        if n_ph == 0:
+            raise InputError(f"a subject prompt must contain {IMAGE_TOKEN} where the subject stands")
+        if len(imgs) != n_ph:
+            raise InputError(f"the subject prompt has {n_ph} {IMAGE_TOKEN} placeholder(s) but {len(imgs)} image(s) were given")
+        return Request(task, prompt, [_load_image(x, f"images[{i}]") for i, x in enumerate(imgs)], None)
+    if n_ph:
+        raise InputError(f"{IMAGE_TOKEN} placeholders belong to the subject task, not {task!r}")
+    if task == "prediction":
+        frames = _first_frames(inputs["frames"], size, max_cond_frames)
+        return Request(task, prompt, [Image.fromarray(f) for f in frames], frames)
+    return Request(task, prompt, [], None)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(C, T, H, W) float in [-1, 1] -> (T, H, W, C) uint8."""
+    v = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return v.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def to_float(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, C) uint8 -> (C, T, H, W) float in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+class VimiPipeline:
+    """A trained (or freshly built) VIMI generator plus its retriever, ready to sample."""
+
+    def __init__(self, model: VimiModel, retriever: Any | None = None, index_path: str | None = None):
+        self.model = model.eval()
+        self.cfg: VimiConfig = model.cfg
+        self.retriever = retriever
+        self.index_path = index_path
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg: VimiConfig | None = None, index: str | None = None) -> "VimiPipeline":
+        """An untrained pipeline (random FIT, the configured MLLM)."""
+        model = VimiModel(cfg or VimiConfig())
+        return cls(model, _open_retriever(index), index)
+
+    def save_pretrained(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None,
+                        bundle_index: bool = True) -> Path:
+        """Write config.json + model.safetensors (``state`` overrides, e.g. EMA weights) + mllm/ (+ index/).
+
+        Written into a temporary sibling folder and renamed, so a crash never leaves a half pipeline.
+        """
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cfg = from_dict(VimiConfig, to_dict(self.cfg))
+        src = self.model.encoder.source
+        if _folder_bytes(src) <= BUNDLE_MLLM_MAX_BYTES or self.cfg.mllm.tuning == "full":
+            self.model.encoder.save_mllm(tmp / "mllm")
+            cfg.mllm.path = "mllm"  # relative to the pipeline folder
+        else:
+            cfg.mllm.path = str(Path(src).resolve())
+        index = None
+        if self.index_path:
+            if bundle_index:
+                shutil.copytree(self.index_path, tmp / "index")
+                index = "index"
+            else:
+                index = str(Path(self.index_path).resolve())
+        weights = {k: v.detach().contiguous().cpu() for k, v in (state or self.model.trainable_state_dict()).items()}
+        save_file(weights, str(tmp / WEIGHTS))
+        meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
+                "fit_resolved": to_dict(cfg.fit_config())}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "VimiPipeline":
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file() or not (folder / WEIGHTS).is_file():
+            raise PipelineLoadError(f"{folder} is not a pipeline folder (needs config.json and {WEIGHTS})")
+        meta = json.loads(cfg_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise PipelineLoadError(f"{folder}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+        cfg = from_dict(VimiConfig, meta["model"])
+        if cfg.mllm.path and not Path(cfg.mllm.path).is_absolute():
+            cfg.mllm.path = str(folder / cfg.mllm.path)
+        model = VimiModel(cfg)
+        try:
+            state = load_file(str(folder / WEIGHTS))
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise PipelineLoadError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
+        model.load_trainable_state_dict(state)
+        index = meta.get("index")
+        if index and not Path(index).is_absolute():
+            index = str(folder / index)
+        return cls(model.to(device), _open_retriever(index), index)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(self, task: str, inputs: dict, **kwargs) -> np.ndarray:
+        """One video (T, H, W, 3) uint8; see :meth:`generate_batch` for the keyword arguments."""
+        return self.generate_batch([(task, inputs)], **kwargs)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, requests: Sequence[tuple[str, dict]], seeds: Sequence[int] | int = 0,
+                       steps: int | None = None, guidance: float | None = None,
+                       num_frames: int | None = None, progress: bool = False) -> list[np.ndarray]:
+        """Sample a batch of (task, inputs) requests. Sample i uses seed ``seeds[i]`` (or seeds + i), so a
+        video does not depend on the batch it was drawn in."""
+        cfg, model = self.cfg, self.model
+        sc = cfg.sampler
+        steps = steps or sc.num_steps
+        guidance = sc.guidance_scale if guidance is None else guidance
+        T = num_frames or cfg.video.frames
+        if T < 2:
+            raise InputError(f"num_frames must be >= 2, got {T}")
+        seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [int(seeds) + i for i in range(len(requests))]
+        if len(seeds) != len(requests):
+            raise InputError(f"{len(seeds)} seeds for {len(requests)} requests")
+        device = model.net.backbone.latents.device if hasattr(model.net.backbone, "latents") else torch.device("cpu")
+
+        # 1. Check inputs.
+        reqs = [check_inputs(t, inp, cfg.video.size, cfg.max_cond_frames) for t, inp in requests]
+        # 2. Retrieve image-text pairs for t2v (VIMI conditions t2v on its retrieved context).
+        contexts = self._retrieve([r.prompt if r.task == "t2v" else None for r in reqs])
+        # 3. Build the multimodal instruction prompts.
+        try:
+            prompts = [task_prompt(r.task, r.prompt, images=r.images, context=c) for r, c in zip(reqs, contexts)]
+        except PromptError as e:
+            raise InputError(str(e)) from None
+        # 4. Encode: C for the prompts, the null condition for classifier-free guidance.
+        B = len(reqs)
+        c, mask = model.condition(prompts)
+        null_c, null_mask = model.null_condition(B)
+        # 5. Sample with EDM's Heun sampler; prediction gets its clean first frames as extra channels.
+        shape = (B, cfg.video.channels, T, cfg.video.size, cfg.video.size)
+        given = torch.zeros(shape)
+        k = torch.zeros(B, dtype=torch.long)
+        for i, r in enumerate(reqs):
+            if r.cond_frames is not None:
+                n = min(len(r.cond_frames), T)
+                given[i, :, :n] = to_float(r.cond_frames[:n])
+                k[i] = n
+        extra = model.cond_frames(given.to(device), k.to(device))
+        cond = {"cond": c, "cond_mask": mask, "extra": extra}
+        uncond = {"cond": null_c, "cond_mask": null_mask, "extra": extra}
+        denoiser = GuidedDenoiser(model, cond, uncond, guidance, sc.dynamic_threshold, sc.threshold_floor)
+        sigma_in = cfg.edm.input_scale(T, cfg.video.size, cfg.video.size)
+        kw = sc.step_kwargs() | {"num_steps": steps}
+        out = edm_sampler(denoiser, shape=shape, seeds=seeds, sigma_in=sigma_in, device=device,
+                          progress=progress, **kw)
+        # 6. Decode: given frames are known exactly, so they are pasted back.
+        video = out.samples.float().cpu()
+        known = torch.arange(T)[None] < k[:, None]                              # (B, T)
+        video = torch.where(known[:, None, :, None, None], given, video)
+        self.last_nfe = out.nfe
+        return [to_uint8(v) for v in video]
+
+    def _retrieve(self, queries: list[str | None]) -> list[list[tuple[str, Image.Image]]]:
+        k = self.cfg.retrieval_k
+        out: list[list[tuple[str, Image.Image]]] = [[] for _ in queries]
+        wanted = [i for i, q in enumerate(queries) if q is not None]
+        if not wanted or k == 0:
+            return out
+        if self.retriever is None:
+            log.warning("no retrieval index in this pipeline: t2v prompts carry no retrieved pairs")
+            return out
+        hits = self.retriever.search([queries[i] for i in wanted], k)
+        for i, row in zip(wanted, hits):
+            for h in row:
+                if h.image is None:
+                    continue
+                out[i].append((h.caption, Image.open(io.BytesIO(self.retriever.image(h))).convert("RGB")))
+        return out
+
+    def nfe(self, steps: int | None = None, guidance: float | None = None) -> int:
+        """Denoiser forwards per sample batch (guided passes run cond and uncond in one forward)."""
+        return heun_nfe(steps or self.cfg.sampler.num_steps)
+
+
+def _open_retriever(index: str | None):
+    if not index:
+        return None
+    if index.startswith(("http://", "https://")):
+        from retrieval.client import RetrieverClient
+
+        return RetrieverClient(index)
+    from retrieval import open_index
+
+    return open_index(index)
+
+
+def _folder_bytes(path: str | Path) -> int:
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# vimi.generate
+# ---------------------------------------------------------------------------------------------
+
+_DEFAULT: VimiPipeline | None = None
+
+
+def default_pipeline() -> VimiPipeline:
+    """$VIMI_PIPELINE if set; otherwise the default config, untrained (with a warning saying so)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        import os
+        import warnings
+
+        path = os.environ.get("VIMI_PIPELINE")
+        if path:
+            _DEFAULT = VimiPipeline.from_pretrained(path)
+        else:
+            warnings.warn("no trained pipeline given (pipeline=PATH or $VIMI_PIPELINE): using the default "
+                          "config UNTRAINED, so the video is noise-like; train one with `make demo`",
+                          stacklevel=3)
+            _DEFAULT = VimiPipeline.from_config()
+    return _DEFAULT
+
+
+def generate(task: str, inputs: dict, pipeline: str | Path | VimiPipeline | None = None, *,
+             steps: int | None = None, guidance: float | None = None, seed: int = 0,
+             num_frames: int | None = None, output: str | Path | None = None) -> np.ndarray:
+    """Generate one video for ``task`` in ("t2v", "prediction", "subject").
+
+    inputs: t2v ``{"prompt": str}``; prediction ``{"prompt": str, "frames": first frame(s) as a list of
+    uint8 arrays / PIL images / image paths, or an mp4 path}``; subject ``{"prompt": "A <image> moves
+    left on sand", "images": [one reference per <image>]}``. Returns (T, H, W, 3) uint8 frames and
+    writes an mp4 to ``output`` when given.
+    """
+    if pipeline is None:
+        pipe = default_pipeline()
+    elif isinstance(pipeline, VimiPipeline):
+        pipe = pipeline
+    else:
+        pipe = VimiPipeline.from_pretrained(pipeline)
+    video = pipe(task, inputs, seeds=[seed], steps=steps, guidance=guidance, num_frames=num_frames)
+    if output is not None:
+        from data_pipelines.video_io import write_video
+
+        write_video(output, video, fps=pipe.cfg.video.fps)
+    return video

@@ -1,0 +1,126 @@
+"""Build what a run trains on: the model (from scratch or a stage-1 export), its EMA twin, the data stream."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vimi.config import to_dict
+from vimi.diffusion import EDMLoss
+from vimi.training.config import TrainConfig
+from vimi.training.data import TaskFormat, expand_shards
+from vimi.training.ema import shared_copy
+from vimi.training.frozen import Hidden, freeze_all_but, frozen_modules, hide_frozen
+from vimi.training.loader import ShardStream, StreamState, VideoSpec
+
+
+class InitError(ValueError):
+    """``run.init`` is missing, unreadable, or a pipeline of a different model."""
+
+
+@dataclass
+class Built:
+    model: nn.Module                 # VimiModel with its frozen submodules hidden from the module tree
+    ema_model: nn.Module | None      # rank 0: a copy whose trained weights hold the EMA (frozen parts shared)
+    loss: EDMLoss
+    sigma_in: float                  # Snap Video's input scale for the training clip size
+    trainable_names: list[str]
+    n_trainable: int
+    n_frozen: int
+    hidden: list[Hidden]
+
+    @property
+    def n_hidden(self) -> int:
+        return sum(h.numel for h in self.hidden)
+
+
+def video_spec(cfg: TrainConfig) -> VideoSpec:
+    v = cfg.model.video
+    size = v.size if isinstance(v.size, (list, tuple)) else (v.size, v.size)
+    return VideoSpec(frames=int(v.frames), size=(int(size[0]), int(size[1])), fps=float(v.fps) if v.fps else None)
+
+
+def build_training_model(cfg: TrainConfig, device: torch.device, init: str | None, with_ema: bool) -> Built:
+    """VimiModel (+ stage-1 weights), frozen all but its trainable parameters, frozen modules hidden
+    and moved to ``device`` (DeepSpeed moves the rest), EMA twin on rank 0."""
+    from vimi.model import VimiModel
+
+    if cfg.run.stage == "instruct" and init is None and cfg.run.resume != "never" and not _has_checkpoint(cfg):
+        raise InitError("stage 2 (instruct) starts from a stage-1 export: pass --init RUN/pipeline "
+                        "(the `pipeline` folder that launch/pretrain.py writes at the end)")
+    model = VimiModel(cfg.model)
+    if init is not None:
+        load_init(model, init, cfg)
+    trainable = list(model.trainable_parameters())
+    n_trainable, n_frozen = freeze_all_but(model, trainable)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    ema_model = None
+    if with_ema:
+        ema_model = shared_copy(model, [m for _, _, m in frozen_modules(model)]).to(device).eval()
+        ema_model.requires_grad_(False)
+    hidden = hide_frozen(model, device)
+    spec = video_spec(cfg)
+    sigma_in = cfg.model.edm.input_scale(spec.frames, *spec.size)
+    return Built(model=model, ema_model=ema_model, loss=EDMLoss.from_config(cfg.model.edm, sigma_in),
+                 sigma_in=sigma_in, trainable_names=names, n_trainable=n_trainable, n_frozen=n_frozen, hidden=hidden)
+
+
+def _has_checkpoint(cfg: TrainConfig) -> bool:
+    return (Path(cfg.run.out) / "checkpoints" / "latest").is_file()
+
+
+def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
+    """Load a stage-1 pipeline export (config.json + *.safetensors) into ``model``.
+
+    The export's model config must equal this run's (the MLLM path aside: an export carries its
+    own copy); a difference is an InitError naming each setting.
+    """
+    from safetensors.torch import load_file
+
+    from vimi.training.checkpoint import config_differences
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise InitError(f"--init {path}: no such folder (expected a pipeline export, e.g. runs/.../pipeline)")
+    cfg_file = folder / "config.json"
+    files = sorted(folder.glob("*.safetensors"))
+    if not cfg_file.is_file() or not files:
+        raise InitError(f"--init {path}: not a pipeline export (needs config.json and *.safetensors)")
+    saved = json.loads(cfg_file.read_text())
+    saved_model = saved.get("model", saved)
+    mine = to_dict(cfg.model)
+    blocking, _ = config_differences({"model": _without_paths(saved_model)}, {"model": _without_paths(mine)})
+    if blocking:
+        raise InitError(f"--init {path} holds a different model than this config:\n  " + "\n  ".join(blocking))
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    own = model.state_dict()
+    # Trainable weights must come from the export; frozen MLLM weights come from the MLLM folder.
+    trainable = {id(p) for p in model.trainable_parameters()}
+    missing = sorted(n for n, p in model.named_parameters() if id(p) in trainable and n not in state)
+    if missing:
+        raise InitError(f"--init {path}: weights missing for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise InitError(f"--init {path}: shape mismatch for {bad[:5]}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+
+
+def _without_paths(d: dict) -> dict:
+    d = json.loads(json.dumps(d))
+    d.get("mllm", {}).pop("path", None)
+    return d
+
+
+def build_stream(cfg: TrainConfig, rank: int, world: int, state: StreamState | None) -> ShardStream:
+    d = cfg.data
+    fmt = TaskFormat(stage=cfg.run.stage, tasks=dict(d.tasks), max_contexts=d.max_contexts, cond_frames=d.cond_frames,
+                     subject_field=d.subject_field, subject_phrase=d.subject_phrase,
+                     subject_fallback=d.subject_fallback, subject_crop=tuple(d.subject_crop))
+    return ShardStream(expand_shards(d.shards), fmt, video_spec(cfg), batch_size=cfg.optim.micro_batch,
+                       shuffle_buffer=d.shuffle_buffer, seed=cfg.run.seed, rank=rank, world_size=world,
+                       num_workers=d.workers, reraise=d.on_error == "raise", resume=state)

@@ -1,0 +1,153 @@
+"""TrainConfig: every setting of a training run, one typed dataclass tree loaded from YAML.
+
+    cfg = load_train_config("configs/shapeworld/pretrain.yaml", ["optim.lr=1e-4"])
+
+The resolved config is saved as ``config.yaml`` in the run folder and inside every checkpoint,
+so a run can be rebuilt exactly and a checkpoint from another config is refused (checkpoint.py).
+The DeepSpeed JSON (``run.deepspeed``) only says *how* to distribute (ZeRO stage, precision,
+communication); *what* to optimise (batch, lr, clipping) lives here, in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from vimi.config import ConfigError, load_config, save_config
+from vimi.model import VimiConfig
+
+STAGES = ("pretrain", "instruct")
+
+
+@dataclass
+class DataConfig:
+    """Where the prompt shards are and how samples become training examples."""
+
+    shards: list[str] = field(default_factory=list)  # shard files, folders of shard-*.tar, or globs
+    tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0, "prediction": 1.0, "subject": 1.0})
+    #                                 stage-2 task mix (VIMI sec. 3.2); stage 1 ignores it
+    shuffle_buffer: int = 256       # samples held for the seeded shuffle (per dataloader worker)
+    workers: int = 2                # dataloader worker processes per rank (0 = in the training process)
+    prefetch: int = 2               # batches each worker prepares ahead
+    max_contexts: int | None = None  # use at most this many retrieved pairs per sample (None = all stored)
+    cond_frames: int = 1            # k clean first frames given for the prediction task (SHAPEWORLD.md: 1)
+    subject_field: str = "subject"  # attribute naming the subject in the caption (ShapeWorld: "Kiki")
+    subject_phrase: str = "A <image>"  # what replaces that name in a subject-task caption
+    subject_fallback: str = "{caption}, with <image>"  # caption when no subject name is known
+    subject_crop: list[float] = field(default_factory=lambda: [0.5, 0.9])  # side fraction of the frame
+    #                                 crop used as a reference when the source has none (DESIGN.md)
+    on_error: Literal["skip", "raise"] = "skip"  # corrupt samples: skip and count (DESIGN.md) or stop
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay, clipping and gradient accumulation."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-8
+    weight_decay: float = 0.01       # not applied to biases, norms and 1-D parameters
+    warmup_steps: int = 100          # linear warmup from 0 (optimizer steps)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1        # cosine floor as a fraction of lr
+    grad_clip: float = 1.0           # global norm; 0 = off
+    micro_batch: int = 4             # samples per rank per forward
+    accumulation: int = 1            # micro-batches per optimizer step
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the trained weights (exported for inference)."""
+
+    decay: float = 0.999             # β; the average spans ~1/(1-β) optimizer steps
+    warmup: bool = True              # β_t = min(β, (1+t)/(10+t)): early averages forget the init faster
+    every: int = 1                   # update every this many optimizer steps (gathers under ZeRO-3)
+
+
+@dataclass
+class SampleConfig:
+    """Videos for fixed prompts during training, drawn with the EMA weights."""
+
+    every: int = 0                   # optimizer steps between sample sets; 0 = off
+    prompts: list[str] = field(default_factory=list)  # captions (t2v; stage 1 uses them as is)
+    num_steps: int = 8               # Heun steps
+    guidance: float = 3.0            # classifier-free guidance scale
+    seed: int = 0                    # sample i uses seed + i, so videos are comparable across steps
+
+
+@dataclass
+class RunConfig:
+    """Run folder, length, bookkeeping and the DeepSpeed side."""
+
+    stage: Literal["pretrain", "instruct"] = "pretrain"
+    out: str = "runs/shapeworld/pretrain"   # run folder: config, metrics, checkpoints, samples, pipeline
+    steps: int = 1000                # optimizer steps in this stage
+    save_every: int = 200            # checkpoint period in steps (also on SIGTERM and at the end)
+    keep_checkpoints: int = 2        # older checkpoints are deleted once a newer one is complete
+    log_every: int = 10              # metrics.jsonl / TensorBoard period
+    seed: int = 0
+    init: str | None = None          # stage-1 pipeline export to start from (required for "instruct")
+    resume: str = "auto"             # "auto" (latest checkpoint of this run if any) | "never" | a checkpoint dir
+    stop_at: int | None = None       # checkpoint and stop after this step, keeping the schedule of `steps`
+    deepspeed: str = "configs/deepspeed/zero0.json"  # ZeRO stage / precision / communication JSON
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the accelerator supports it
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True            # tqdm bar on rank 0
+    export: bool = True              # write the EMA pipeline folder at the end of the stage
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    model: VimiConfig = field(default_factory=VimiConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Cross-field checks with messages that name the setting to change."""
+        r, o, d = self.run, self.optim, self.data
+        if r.steps < 1:
+            raise ConfigError(f"run.steps must be >= 1, got {r.steps}")
+        for name in ("save_every", "log_every", "keep_checkpoints"):
+            if getattr(r, name) < 1:
+                raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
+        if r.stop_at is not None and not 1 <= r.stop_at <= r.steps:
+            raise ConfigError(f"run.stop_at={r.stop_at} must lie in [1, run.steps={r.steps}]")
+        if o.micro_batch < 1 or o.accumulation < 1:
+            raise ConfigError(f"optim.micro_batch and optim.accumulation must be >= 1, got {o.micro_batch}, {o.accumulation}")
+        if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
+            raise ConfigError("optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1, grad_clip >= 0")
+        if len(o.betas) != 2:
+            raise ConfigError(f"optim.betas must hold two values, got {o.betas}")
+        if not 0 <= self.ema.decay < 1 or self.ema.every < 1:
+            raise ConfigError(f"ema.decay must be in [0, 1) and ema.every >= 1, got {self.ema.decay}, {self.ema.every}")
+        unknown = sorted(set(d.tasks) - {"t2v", "prediction", "subject"})
+        if unknown:
+            raise ConfigError(f"data.tasks: unknown task(s) {unknown}; known: t2v, prediction, subject")
+        if any(w < 0 for w in d.tasks.values()) or (r.stage == "instruct" and sum(d.tasks.values()) <= 0):
+            raise ConfigError(f"data.tasks weights must be >= 0 with a positive sum, got {d.tasks}")
+        if d.shuffle_buffer < 1 or d.workers < 0 or d.prefetch < 1 or d.cond_frames < 1:
+            raise ConfigError("data: need shuffle_buffer >= 1, workers >= 0, prefetch >= 1, cond_frames >= 1")
+        if len(d.subject_crop) != 2 or not 0 < d.subject_crop[0] <= d.subject_crop[1] <= 1:
+            raise ConfigError(f"data.subject_crop must be [lo, hi] with 0 < lo <= hi <= 1, got {d.subject_crop}")
+        if "<image>" not in d.subject_phrase or "<image>" not in d.subject_fallback:
+            raise ConfigError("data.subject_phrase and data.subject_fallback must contain <image>")
+        if self.sample.every < 0 or self.sample.num_steps < 1:
+            raise ConfigError("sample.every must be >= 0 and sample.num_steps >= 1")
+        return self
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      stage: str | None = None) -> TrainConfig:
+    """YAML + ``a.b=value`` overrides -> validated TrainConfig (``stage`` checks the launcher matches)."""
+    cfg = load_config(TrainConfig, path, overrides).validate()
+    if stage is not None and cfg.run.stage != stage:
+        raise ConfigError(f"{path}: run.stage is {cfg.run.stage!r} but this launcher trains stage {stage!r}; "
+                          f"use launch/{'pretrain' if cfg.run.stage == 'pretrain' else 'instruct_tune'}.py")
+    return cfg
+
+
+__all__ = ["DataConfig", "OptimConfig", "EMAConfig", "SampleConfig", "RunConfig", "TrainConfig",
+           "load_train_config", "save_config", "ConfigError", "STAGES"]

@@ -1,0 +1,348 @@
+"""Training samples from prompt shards, as small generator stages (webdataset's ``stage(src, ...)`` style).
+
+The recipe (``loader.ShardStream`` composes it per dataloader worker)::
+
+    raw_samples(urls)            WebDataset tar streaming: {"__key__", "mp4", "json", "ctx0.jpg", ...}
+      -> every_nth(n, i)         sample-level split when there are fewer shards than consumers
+      -> shuffle(buffer, rng)    seeded shuffle buffer
+      -> decode(...)             json/images/captions + the sampled clip (uint8 T,H,W,3); bad samples
+                                 are skipped and counted by reason (DESIGN.md error policy)
+      -> format_tasks(...)       stage 1: retrieved pairs + caption (no instruction);
+                                 stage 2: t2v / prediction / subject mixed by weight (VIMI sec. 3.2)
+      -> batched(n) -> collate   tensors for the loss
+
+Every random choice about a sample (clip start, task, crop) comes from a generator seeded by
+(run seed, epoch, sample key), never from worker or global state: a sample is formatted the same
+whichever rank, worker or resume reads it (EDM's one-generator-per-sample idea).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+IMAGE_TOKEN = "<image>"
+TASKS = ("t2v", "prediction", "subject")
+
+
+class DataError(RuntimeError):
+    """The data settings cannot produce samples (no shards, nothing decodable, bad split)."""
+
+
+# ---------------------------------------------------------------------------- shard lists
+
+
+def expand_shards(specs: Sequence[str]) -> list[str]:
+    """Shard files, folders (their ``*.tar``) and globs -> sorted, de-duplicated list of tar paths."""
+    if not specs:
+        raise DataError("data.shards is empty: give shard files, folders or globs (python -m data_pipelines.build_shards)")
+    out: list[str] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            found = sorted(str(f) for f in p.glob("*.tar") if not f.name.startswith("."))
+        elif any(ch in spec for ch in "*?["):
+            found = sorted(glob.glob(str(p)))
+        else:
+            found = [str(p)] if p.is_file() else []
+        if not found:
+            raise DataError(f"data.shards: {spec!r} matches no shard (.tar) file")
+        out.extend(found)
+    return sorted(dict.fromkeys(out))
+
+
+def consumer_split(urls: Sequence[str], consumer: int, consumers: int) -> tuple[list[str], int]:
+    """Work of consumer ``consumer`` of ``consumers`` (= ranks × dataloader workers).
+
+    Returns (shards to read, sample stride): with at least as many shards as consumers each one
+    reads its own shards whole (stride 1); otherwise every consumer reads every shard and keeps
+    one sample in ``consumers`` (stride > 1), so two ranks on one tiny shard still see disjoint data.
+    """
+    if not 0 <= consumer < consumers:
+        raise DataError(f"consumer {consumer} out of range for {consumers} consumers")
+    if len(urls) >= consumers:
+        return list(urls[consumer::consumers]), 1
+    return list(urls), consumers
+
+
+def sample_rng(seed: int, epoch: int, key: str, salt: int = 0) -> np.random.Generator:
+    """The one generator of a sample in an epoch: stable across processes (crc32, not hash())."""
+    return np.random.default_rng([int(seed), int(epoch), zlib.crc32(key.encode("utf-8")), int(salt)])
+
+
+# ---------------------------------------------------------------------------- error policy
+
+
+@dataclass
+class SkipCounter:
+    """Samples kept and skipped (by reason) by one stream; merged across workers and ranks."""
+
+    ok: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"ok": self.ok, **{f"skipped/{k}": v for k, v in sorted(self.skipped.items())}}
+
+
+def error_reason(exc: BaseException) -> str:
+    """Short, stable reason name for a skipped sample (manifest-style counting)."""
+    kind = getattr(exc, "kind", None)  # video_io.VideoDecodeError: corrupt / truncated / too_short ...
+    if kind:
+        return f"video_{kind}"
+    name = type(exc).__name__
+    return {"ShardFormatError": "format", "ImageDataError": "image", "JSONDecodeError": "format",
+            "UnicodeDecodeError": "format", "KeyError": "format", "ReadError": "tar",
+            "TarError": "tar", "HeaderError": "tar", "FileNotFoundError": "missing_shard",
+            "PermissionError": "missing_shard"}.get(name, name)
+
+
+class CountingHandler:
+    """webdataset exception handler: count the error, keep going (or re-raise when asked)."""
+
+    def __init__(self, counter: SkipCounter, reraise: bool = False):
+        self.counter, self.reraise = counter, reraise
+
+    def __call__(self, exc: BaseException) -> bool:
+        if self.reraise:
+            raise exc
+        self.counter.skip(error_reason(exc))
+        return True
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def raw_samples(urls: Sequence[str], handler: Callable[[BaseException], bool]) -> Iterator[dict]:
+    """WebDataset streaming: shard URLs (local paths, or ``pipe:``/http that webdataset opens) ->
+    raw samples ``{"__key__", "__url__", ext: bytes}``. Only bytes here: nothing is decoded, so
+    no member (a ``.pyd``, say) can ever be unpickled."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+    stream = url_opener(({"url": u} for u in urls), handler=handler)
+    yield from group_by_keys(tar_file_expander(stream, handler=handler), handler=handler)
+
+
+def every_nth(src: Iterable[Any], n: int, offset: int) -> Iterator[Any]:
+    """Keep items offset, offset + n, ... (a sample-level split between consumers)."""
+    for i, item in enumerate(src):
+        if i % n == offset:
+            yield item
+
+
+def shuffle(src: Iterable[Any], buffer: int, rng: np.random.Generator, initial: int | None = None) -> Iterator[Any]:
+    """Seeded shuffle buffer: fill to ``initial`` (default ``buffer``), then emit a random held
+    item per new one; drain in random order at the end. Same rng + same input = same order."""
+    initial = buffer if initial is None else min(initial, buffer)
+    held: list[Any] = []
+    for item in src:
+        held.append(item)
+        if len(held) < max(initial, 1):
+            continue
+        j = int(rng.integers(len(held)))
+        held[j], held[-1] = held[-1], held[j]
+        yield held.pop()
+        initial = buffer
+    while held:
+        j = int(rng.integers(len(held)))
+        held[j], held[-1] = held[-1], held[j]
+        yield held.pop()
+
+
+@dataclass
+class Example:
+    """A decoded sample: the clip and everything prompts are built from."""
+
+    key: str
+    caption: str
+    meta: dict                            # the sample's json (id, fps, frames, context, attributes)
+    frames: np.ndarray                    # uint8 (T, H, W, 3), the sampled clip
+    contexts: list[tuple[str, Any]]       # retrieved (caption, PIL image) pairs, best first
+    references: list[Any]                 # subject reference PIL images (may be empty)
+    rng: np.random.Generator              # this sample's generator (see module doc)
+    pos: tuple[int, int] = (0, 0)         # (epoch, position in the shuffled stream), for resume
+
+
+def clip_start(meta: dict, frames: int, fps: float | None, rng: np.random.Generator) -> float:
+    """Frame sampling: a random start time (s) such that ``frames`` frames at ``fps`` fit in the
+    source clip; starts fall on source frames. A source too short starts at 0 (the decoder then
+    reports it as ``too_short``)."""
+    src_fps = float(meta.get("fps") or 0) or (fps or 8.0)
+    src_frames = int(meta.get("frames") or 0)
+    if src_frames <= 0:
+        return 0.0
+    need_s = frames / float(fps or src_fps)
+    last = int(np.floor((src_frames / src_fps - need_s) * src_fps + 1e-6))
+    return 0.0 if last <= 0 else int(rng.integers(last + 1)) / src_fps
+
+
+def read_video_bytes(data: bytes, **kwargs) -> np.ndarray:
+    """mp4 bytes -> uint8 (T, H, W, 3) through data_pipelines.video_io (PyAV).
+
+    video_io reads paths; the bytes go through one scratch file per process (tmpfs when the
+    machine has /dev/shm), overwritten by each sample.
+    """
+    from data_pipelines.video_io import read_video
+
+    path = _scratch_path()
+    with open(path, "wb") as f:
+        f.write(data)
+    return read_video(path, **kwargs)
+
+
+_SCRATCH: dict[int, str] = {}
+
+
+def _scratch_path() -> str:
+    pid = os.getpid()
+    if pid not in _SCRATCH:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        fd, path = tempfile.mkstemp(prefix="vimi-clip-", suffix=".mp4", dir=base)
+        os.close(fd)
+        _SCRATCH[pid] = path
+    return _SCRATCH[pid]
+
+
+def decode(src: Iterable[dict], *, frames: int, size: tuple[int, int], fps: float | None, seed: int,
+           counter: SkipCounter, reraise: bool = False,
+           read_clip: Callable[..., np.ndarray] = read_video_bytes) -> Iterator[Example]:
+    """Raw samples -> Examples: safe decoders only (data_pipelines.shards), the clip sampled at a
+    seeded start, resized/cropped to ``size``. Corrupt, truncated or incomplete samples are
+    skipped and counted by reason (or re-raised with ``reraise``)."""
+    from data_pipelines.shards import decode_sample
+
+    for raw in src:
+        epoch, pos = raw.get("__epoch__", 0), raw.get("__pos__", 0)
+        key = str(raw.get("__key__", ""))
+        try:
+            s = decode_sample(raw, decode_video=False)
+            rng = sample_rng(seed, epoch, key)
+            start = clip_start(s.meta, frames, fps, rng)
+            clip = read_clip(s.video, num_frames=frames, fps=fps, size=size, start=start)  # (T, H, W, 3)
+            if clip.shape[0] != frames:
+                raise ValueError(f"clip has {clip.shape[0]} frames, {frames} asked")
+        except Exception as e:  # noqa: BLE001 - the policy is: any bad sample is skipped and counted
+            if reraise:
+                raise
+            counter.skip(error_reason(e))
+            continue
+        counter.ok += 1
+        yield Example(key=key, caption=s.caption, meta=s.meta, frames=clip,
+                      contexts=[(c.caption, c.image) for c in s.contexts], references=list(s.references),
+                      rng=rng, pos=(epoch, pos))
+
+
+@dataclass
+class TrainExample:
+    """One formatted training example."""
+
+    key: str
+    task: str                 # "pretrain" | "t2v" | "prediction" | "subject"
+    prompt: list              # vimi.mllm.prompt.Prompt (list of Segments)
+    frames: np.ndarray        # uint8 (T, H, W, 3) target clip
+    cond_frames: int          # clean leading frames given to the model (prediction), else 0
+    pos: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class TaskFormat:
+    """How Examples become prompts (the fields of DataConfig that matter here)."""
+
+    stage: str = "pretrain"
+    tasks: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    max_contexts: int | None = None
+    cond_frames: int = 1
+    subject_field: str = "subject"
+    subject_phrase: str = "A <image>"
+    subject_fallback: str = "{caption}, with <image>"
+    subject_crop: tuple[float, float] = (0.5, 0.9)
+
+
+def choose_task(rng: np.random.Generator, tasks: dict[str, float]) -> str:
+    names = [t for t in TASKS if tasks.get(t, 0) > 0]
+    w = np.array([tasks[t] for t in names], dtype=np.float64)
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
+
+
+def subject_caption(caption: str, meta: dict, fmt: TaskFormat) -> str:
+    """Caption with ``<image>`` where the subject stands: ShapeWorld "Kiki moves up on grass" ->
+    "A <image> moves up on grass" (its eval form); without a known name, ``subject_fallback``."""
+    name = (meta.get("attributes") or {}).get(fmt.subject_field) or meta.get(fmt.subject_field)
+    if isinstance(name, str) and name and name in caption:
+        return caption.replace(name, fmt.subject_phrase, 1)
+    return fmt.subject_fallback.format(caption=caption)
+
+
+def frame_crop(frames: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """A reference for sources without one: a random square crop of a frame other than the first
+    (DESIGN.md, Training), so the model cannot copy the reference into frame 0. (h, w, 3) uint8."""
+    T, H, W, _ = frames.shape
+    t = int(rng.integers(1, T)) if T > 1 else 0
+    side = max(1, int(round(min(H, W) * rng.uniform(lo, hi))))
+    y, x = int(rng.integers(H - side + 1)), int(rng.integers(W - side + 1))
+    return np.ascontiguousarray(frames[t, y:y + side, x:x + side])
+
+
+def format_tasks(src: Iterable[Example], fmt: TaskFormat) -> Iterator[TrainExample]:
+    """Examples -> prompts: stage 1 = retrieved pairs then caption (no instruction); stage 2 = one
+    of t2v / prediction / subject per sample, drawn with the configured weights from the sample's
+    own generator. Templates live in vimi.mllm.prompt only."""
+    from vimi.mllm.prompt import pretrain_prompt, task_prompt
+
+    for ex in src:
+        ctx = ex.contexts if fmt.max_contexts is None else ex.contexts[: fmt.max_contexts]
+        k = 0
+        if fmt.stage == "pretrain":
+            task, prompt = "pretrain", pretrain_prompt(ex.caption, ctx)
+        else:
+            task = choose_task(ex.rng, fmt.tasks)
+            if task == "t2v":
+                prompt = task_prompt("t2v", ex.caption, context=ctx)
+            elif task == "prediction":
+                k = min(fmt.cond_frames, ex.frames.shape[0] - 1)
+                prompt = task_prompt("prediction", ex.caption, images=list(ex.frames[:k]))
+            else:
+                if ex.references:
+                    ref = ex.references[int(ex.rng.integers(len(ex.references)))]
+                else:
+                    ref = frame_crop(ex.frames, ex.rng, *fmt.subject_crop)
+                prompt = task_prompt("subject", subject_caption(ex.caption, ex.meta, fmt), images=[ref])
+        yield TrainExample(key=ex.key, task=task, prompt=prompt, frames=ex.frames, cond_frames=k, pos=ex.pos)
+
+
+def batched(src: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Full batches of ``n`` items (a trailing partial batch is dropped: streams are endless)."""
+    batch: list[Any] = []
+    for item in src:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+
+
+def to_model_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (..., T, H, W, 3) -> float (..., 3, T, H, W) in [-1, 1] (the model's convention)."""
+    x = torch.as_tensor(np.asarray(frames)).float() / 127.5 - 1.0
+    return x.movedim(-1, -4).contiguous()
+
+
+def collate(batch: Sequence[TrainExample]) -> dict[str, Any]:
+    """TrainExamples -> the loop's batch dict (video float (B, 3, T, H, W) in [-1, 1])."""
+    return {
+        "video": to_model_video(np.stack([b.frames for b in batch])),   # (B, 3, T, H, W)
+        "prompts": [b.prompt for b in batch],
+        "tasks": [b.task for b in batch],
+        "cond_frames": torch.tensor([b.cond_frames for b in batch], dtype=torch.long),  # (B,)
+        "keys": [b.key for b in batch],
+        "pos": batch[-1].pos,                                             # stream position after it
+    }
