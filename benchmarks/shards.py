@@ -8,12 +8,14 @@ in-process index vs the HTTP service (``python -m retrieval.serve`` in its own p
 1 vs ``--workers`` builder processes (split by ``--worker-rank``), full-decode vs header-only video
 checks. Samples/s = samples written / wall time from the first worker's start to the last one's end
 (process start-up and imports excluded; the index open, table scan and retrieval included).
-Every run's tars are compared byte for byte with the first run's.
+CPU seconds (builders + service) are reported too: on a shared machine they, not wall time, say
+what 2 idle cores would do. Every run's tars are compared byte for byte with the first run's.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import subprocess
 import sys
@@ -26,23 +28,32 @@ from data_pipelines import shards as fmt  # noqa: E402
 from data_pipelines.build_shards import ShardBuildConfig, build_shards  # noqa: E402
 
 
-def _worker(cfg: ShardBuildConfig) -> tuple[float, float, int]:
-    t0 = time.time()
+def _worker(cfg: ShardBuildConfig) -> tuple[float, float, float, int]:
+    t0, c0 = time.time(), time.process_time()
     build_shards(cfg)
-    t1 = time.time()
+    t1, c1 = time.time(), time.process_time()
     written = sum(len(list(fmt.iter_shard(p))) for p in fmt.list_shards(cfg.out)
                   if fmt.shard_index(p.name) % cfg.num_workers == cfg.worker_rank)
-    return t0, t1, written
+    return t0, t1, c1 - c0, written
 
 
-def _run(base: ShardBuildConfig, out: Path, workers: int, **kw) -> tuple[float, int]:
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(base: ShardBuildConfig, out: Path, workers: int, **kw) -> tuple[float, float, int]:
+    """-> (wall s, worker CPU s, samples written)."""
     shutil.rmtree(out, ignore_errors=True)
     cfgs = [ShardBuildConfig(**{**vars(base), **kw, "out": str(out), "worker_rank": r, "num_workers": workers})
             for r in range(workers)]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        results = pool.map(_worker, cfgs)
-    wall = max(t1 for _, t1, _ in results) - min(t0 for t0, _, _ in results)
-    return wall, sum(n for _, _, n in results)
+    pool = mp.get_context("spawn").Pool(workers)
+    results = pool.map(_worker, cfgs)
+    pool.close()
+    pool.join()
+    wall = max(r[1] for r in results) - min(r[0] for r in results)
+    return wall, sum(r[2] for r in results), sum(r[3] for r in results)
 
 
 def _start_service(index: Path) -> tuple[subprocess.Popen, str]:
@@ -92,14 +103,16 @@ def main() -> None:
                     service = _start_service(index)
                 kw.update(index=None, retriever=service[1])
             folder = out / f"{name}-{workers}w-{verify}"
-            wall, n = _run(base, folder, workers, **kw)
+            server_cpu0 = _proc_cpu(service[0].pid) if name == "http" else 0.0
+            wall, cpu, n = _run(base, folder, workers, **kw)
+            cpu += _proc_cpu(service[0].pid) - server_cpu0 if name == "http" else 0.0
             tars = {p.name: p.read_bytes() for p in fmt.list_shards(folder)}
             if verify == "decode":
                 reference = reference or tars
                 same = "yes" if tars == reference else "NO"
             else:
                 same = "n/a"
-            rows.append((name, workers, verify, n, wall, n / wall, same))
+            rows.append((name, workers, verify, n, wall, n / wall, cpu, same))
             print(f"  {name:10s} workers={workers} verify={verify}: {n} samples in {wall:.2f} s", file=sys.stderr)
     finally:
         if service is not None:
@@ -107,10 +120,13 @@ def main() -> None:
             service[0].wait(10)
     print(f"\nShard building, K={args.k}, ShapeWorld world {world} ({rows[0][3]} samples), "
           f"{mp.cpu_count()} cores visible\n")
-    print("| retriever  | workers | video check | samples | wall s | samples/s | same tars |")
-    print("|------------|---------|-------------|---------|--------|-----------|-----------|")
-    for name, workers, verify, n, wall, rate, same in rows:
-        print(f"| {name:10s} | {workers:7d} | {verify:11s} | {n:7d} | {wall:6.2f} | {rate:9.0f} | {same:9s} |")
+    print("| retriever  | workers | video check | samples | wall s | samples/s | CPU s | samples/CPU-s | same tars |")
+    print("|------------|---------|-------------|---------|--------|-----------|-------|---------------|-----------|")
+    for name, workers, verify, n, wall, rate, cpu, same in rows:
+        print(f"| {name:10s} | {workers:7d} | {verify:11s} | {n:7d} | {wall:6.2f} | {rate:9.0f} | {cpu:5.1f} "
+              f"| {n / cpu:13.0f} | {same:9s} |")
+    print("\nCPU s: builder processes plus, for http, the service process. With the cores to itself, 2 builder\n"
+          "processes reach about 2 x samples/CPU-s; the wall-clock column depends on what else the machine runs.")
 
 
 if __name__ == "__main__":

@@ -383,7 +383,10 @@ def read_video(
     return _finish(out, p, fps, num_frames, start)
 
 
-def _finish(out: list[np.ndarray], p: str | Path, fps: float | None, num_frames: int | None, start: float) -> np.ndarray:
+def _finish(
+    out: list[np.ndarray], p: str | Path, fps: float | None, num_frames: int | None, start: float
+) -> np.ndarray:
+    """Stack the frames, or say why there are too few."""
     if not out:
         raise VideoDecodeError(p, "too_short", f"no frames at or after start={start} s")
     if num_frames is not None and len(out) < num_frames:

@@ -101,6 +101,9 @@ def test_input_scale():
     assert EDMConfig(sigma_in=3.0).input_scale(16, 64, 64) == 3.0
     with pytest.raises(ValueError):
         video_input_scale(0, 32, 32)
+    with pytest.raises(ValueError, match="input_scale"):  # σ_in per clip: never silently 1
+        EDMLoss.from_config(EDMConfig())
+    assert EDMPrecond.from_config(nn.Identity(), EDMConfig(), sigma_in=2.0).sigma_in == 2.0
 
 
 def test_precond_rejects_bad_input():

@@ -120,6 +120,19 @@ def test_truncated_faststart_clip(clips, tmp_path):
     np.testing.assert_array_equal(head, read_video(good, num_frames=4))
 
 
+def test_reads_encoded_bytes_in_memory(clips):
+    # Shards carry mp4 bytes: they decode without a scratch file, with the same frames.
+    data = (clips / "carphone_pristine.mp4").read_bytes()
+    want = read_video(clips / "carphone_pristine.mp4", num_frames=4, fps=8, size=32)
+    np.testing.assert_array_equal(read_video(data, num_frames=4, fps=8, size=32), want)
+    with pytest.raises(VideoDecodeError) as e:
+        read_video(data[:5000], name="shard-00003/clip-17.mp4")
+    assert e.value.kind == "corrupt" and "shard-00003/clip-17.mp4" in str(e.value)
+    with pytest.raises(VideoDecodeError) as e:
+        read_video(b"")
+    assert e.value.kind == "empty"
+
+
 @pytest.mark.parametrize(
     "content, kind",
     [(None, "missing"), (b"", "empty"), (b"\x00\x01garbage" * 100, "corrupt"), (b"not a video\n", "corrupt")],

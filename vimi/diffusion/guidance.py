@@ -30,14 +30,10 @@ def _aligned(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def _check_keys(a: dict, b: dict) -> None:
+def _combine(a: dict, b: dict, fn: Callable[[Tensor, Tensor], Tensor]) -> dict:
+    """Apply ``fn`` key by key to two condition dicts after aligning sequence lengths; None stays None."""
     if set(a) != set(b):
         raise ValueError(f"conditional and null conditions have different keys: {sorted(a)} vs {sorted(b)}")
-
-
-def concat_conditions(a: dict, b: dict) -> dict:
-    """Stack two condition dicts along the batch (a first), padding sequence lengths to match."""
-    _check_keys(a, b)
     out = {}
     for key in a:
         va, vb = a[key], b[key]
@@ -45,10 +41,14 @@ def concat_conditions(a: dict, b: dict) -> dict:
             if va is not None or vb is not None:
                 raise ValueError(f"condition {key!r} is None on one side only")
             out[key] = None
-            continue
-        va, vb = _aligned(va, vb, key)
-        out[key] = torch.cat([va, vb], dim=0)
+        else:
+            out[key] = fn(*_aligned(va, vb, key))
     return out
+
+
+def concat_conditions(a: dict, b: dict) -> dict:
+    """Stack two condition dicts along the batch (a first), padding sequence lengths to match."""
+    return _combine(a, b, lambda va, vb: torch.cat([va, vb], dim=0))
 
 
 def drop_conditions(cond: dict, null: dict, keep: Tensor) -> dict:
@@ -57,19 +57,9 @@ def drop_conditions(cond: dict, null: dict, keep: Tensor) -> dict:
     ``null`` holds batch-size tensors of the null condition (for example the MLLM's encoded empty
     prompt, or an empty sequence with an all-False mask).
     """
-    _check_keys(cond, null)
-    out = {}
-    for key in cond:
-        vc, vn = cond[key], null[key]
-        if vc is None or vn is None:
-            if vc is not None or vn is not None:
-                raise ValueError(f"condition {key!r} is None on one side only")
-            out[key] = None
-            continue
-        vc, vn = _aligned(vc, vn, key)
-        k = keep.to(vc.device).reshape(-1, *([1] * (vc.ndim - 1)))
-        out[key] = torch.where(k, vc, vn)
-    return out
+    def pick(vc: Tensor, vn: Tensor) -> Tensor:
+        return torch.where(keep.to(vc.device).reshape(-1, *([1] * (vc.ndim - 1))), vc, vn)
+    return _combine(cond, null, pick)
 
 
 def dynamic_threshold(x0: Tensor, percentile: float, floor: float = 1.0) -> Tensor:

@@ -3,6 +3,10 @@
 ln σ ~ N(P_mean, P_std²); the denoiser is trained to recover x from x/σ_in + σε with weight
 λ(σ) = (σ² + σ_d²) / (σ σ_d)². The loss only calls ``net(x_noisy, sigma, sigma_in=..., **cond)``
 and compares its output with x: it knows nothing of the preconditioning inside ``net``.
+
+λ(σ) is EDM's weight on D, kept as DESIGN.md specifies. With σ_in = 1 it equals 1/c_out², i.e. a
+unit-weight regression of F on its unit-variance target (EDM eq. 8 → Table 1). With σ_in ≠ 1 the
+implied weight on F's error is σ_in² (σ²+σ_d²)² / (σ_d² + σ_in σ²)²: σ_in² at low σ, 1 at high σ.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from vimi.diffusion.precond import EDMConfig, per_sample
+from vimi.diffusion.precond import EDMConfig, per_sample, resolve_sigma_in
 from vimi.diffusion.rng import randn_per_sample
 
 
@@ -32,7 +36,8 @@ class EDMLoss:
 
     @classmethod
     def from_config(cls, cfg: EDMConfig, sigma_in: float | None = None) -> "EDMLoss":
-        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, sigma_in if sigma_in is not None else (cfg.sigma_in or 1.0))
+        """``sigma_in`` overrides ``cfg.sigma_in``; one of them must be set (e.g. cfg.input_scale(T, H, W))."""
+        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in))
 
     def __call__(self, net: Callable[..., Tensor], x: Tensor, *, sigma_in: Tensor | float | None = None,
                  generators: Sequence[torch.Generator] | None = None, **cond) -> Tensor:

@@ -55,6 +55,15 @@ def video_input_scale(frames: int, height: int, width: int, base_height: int = 3
     return s * math.sqrt(frames)
 
 
+def resolve_sigma_in(cfg: EDMConfig, sigma_in: float | None) -> float:
+    """The explicit σ_in, else the config's fixed one; never a silent default of 1 for video."""
+    if sigma_in is not None:
+        return float(sigma_in)
+    if cfg.sigma_in is None:
+        raise ValueError("EDMConfig.sigma_in is None (computed per clip): pass sigma_in=cfg.input_scale(T, H, W)")
+    return float(cfg.sigma_in)
+
+
 def edm_coefficients(sigma: Tensor, sigma_data: float, sigma_in: Tensor | float = 1.0
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise level ``sigma`` (any shape, broadcast with sigma_in).
@@ -107,7 +116,8 @@ class EDMPrecond(nn.Module):
 
     @classmethod
     def from_config(cls, backbone: nn.Module, cfg: EDMConfig, sigma_in: float | None = None) -> "EDMPrecond":
-        return cls(backbone, cfg.sigma_data, sigma_in if sigma_in is not None else (cfg.sigma_in or 1.0))
+        """``sigma_in`` overrides ``cfg.sigma_in``; one of them must be set (e.g. cfg.input_scale(T, H, W))."""
+        return cls(backbone, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in))
 
     def forward(self, x_noisy: Tensor, sigma: Tensor | float, sigma_in: Tensor | float | None = None,
                 **cond) -> Tensor:
