@@ -28,9 +28,12 @@ Work split and restarts:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import signal
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -129,17 +132,17 @@ def _json_safe(v: Any) -> Any:
     return str(v)
 
 
-def load_video(path: str, verify: str) -> tuple[bytes, float, int, tuple[int, int]]:
+def load_video(path: str | None, verify: str) -> tuple[bytes, float, int, tuple[int, int]]:
     """-> (mp4 bytes, fps, frames, (height, width)); raises SkipSample for unreadable videos."""
+    if not path:
+        raise SkipSample("video_missing", "the table row has no path")
     try:
         info = probe_video(path)
         p = Path(path)
-        if p.is_dir():  # a folder of frames: store it as a lossless mp4
+        if p.is_dir():  # a folder of frames: the sample stores it as a lossless mp4
             frames = read_video(p)
-            tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"vimi-frames-{os.getpid()}.mp4"
-            write_video(tmp, frames, fps=info.fps, lossless=True)
-            data = tmp.read_bytes()
-            tmp.unlink()
+            with tempfile.TemporaryDirectory() as tmp:
+                data = write_video(Path(tmp) / "frames.mp4", frames, fps=info.fps, lossless=True).read_bytes()
             return data, info.fps, len(frames), (info.height, info.width)
         data = p.read_bytes()
         count = len(read_video(p)) if verify == "decode" else info.frames
@@ -151,17 +154,44 @@ def load_video(path: str, verify: str) -> tuple[bytes, float, int, tuple[int, in
 
 
 def load_references(refs: Any, base: Path) -> list[bytes]:
+    """Subject reference images as PNG bytes; raises SkipSample when one is missing or unreadable."""
     out = []
     for ref in refs or []:
-        path = resolve(base, ref)
-        try:
-            out.append(fmt.to_png(Path(path).read_bytes()))
-        except (OSError, fmt.ImageDataError) as e:
-            raise SkipSample("missing_reference", f"{ref}: {e}") from None
+        png = _reference_png(resolve(base, ref))
+        if isinstance(png, str):
+            raise SkipSample("missing_reference", f"{ref}: {png}")
+        out.append(png)
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _reference_png(path: str) -> bytes | str:
+    """PNG bytes of a reference, or the error text (a source reuses a few references many times)."""
+    try:
+        return fmt.to_png(Path(path).read_bytes())
+    except (OSError, fmt.ImageDataError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
 # ---------------------------------------------------------------------------- one shard
+
+
+def retrieve_candidates(
+    batch: list[tuple[int, dict]], captions: list[str], retriever: Any, cfg: ShardBuildConfig, dropped: Counter
+) -> list[list[tuple[int, Any]] | None]:
+    """One batched search for a batch of videos -> per video its ordered context candidates.
+
+    None for a video with an empty caption (nothing to query). k + extra_hits are asked for so
+    that dropping the video's own item, duplicate captions and imageless hits still leaves k.
+    """
+    live = [i for i, c in enumerate(captions) if c]
+    hits = retriever.search([captions[i] for i in live], cfg.k + cfg.extra_hits) if cfg.k and live else [[] for _ in live]
+    out: list[list[tuple[int, Any]] | None] = [None] * len(batch)
+    for i, h in zip(live, hits):
+        row_no, row = batch[i]
+        rng = sample_rng(cfg.seed, fmt.sample_key(row_no, row["id"]))
+        out[i] = shuffle_ties(candidate_hits(row["id"], captions[i], h, dropped), rng)
+    return out
 
 
 def build_shard(
@@ -183,20 +213,13 @@ def build_shard(
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start : start + cfg.batch_size]
             captions = [str(r.get("caption") or "").strip() for _, r in batch]
-            live = [i for i, c in enumerate(captions) if c]
-            if len(live) < len(batch):
-                skipped["empty_caption"] += len(batch) - len(live)
-            hits = retriever.search([captions[i] for i in live], cfg.k + cfg.extra_hits) if cfg.k else [[] for _ in live]
-            cands = {}
-            for i, h in zip(live, hits):
-                row_no, row = batch[i]
-                key = fmt.sample_key(row_no, row["id"])
-                cands[i] = shuffle_ties(candidate_hits(row["id"], captions[i], h, dropped), sample_rng(cfg.seed, key))
-            images.prefetch([hit for i in live for _, hit in cands[i][: cfg.k]])
-            for i in live:
-                row_no, row = batch[i]
+            cands = retrieve_candidates(batch, captions, retriever, cfg, dropped)
+            images.prefetch([hit for c in cands if c is not None for _, hit in c[: cfg.k]])
+            for (row_no, row), caption, c in zip(batch, captions, cands):
                 try:
-                    sample = _make_sample(row_no, row, captions[i], cands[i], cfg, images, base, source, dropped)
+                    if c is None:
+                        raise SkipSample("empty_caption")
+                    sample = _make_sample(row_no, row, caption, c, cfg, images, base, source, dropped)
                 except SkipSample as e:
                     skipped[e.reason] += 1
                     continue
@@ -222,7 +245,7 @@ def _make_sample(row_no, row, caption, cands, cfg, images, base, source, dropped
     if len(contexts) < cfg.min_contexts:
         raise SkipSample("too_few_contexts", f"{len(contexts)} < {cfg.min_contexts}")
     references = load_references(row.get("references"), base)
-    mp4, fps, frames, size = load_video(str(row["path"]), cfg.verify)
+    mp4, fps, frames, size = load_video(row.get("path"), cfg.verify)
     attributes = {k: _json_safe(v) for k, v in row.items() if k not in _NOT_ATTRIBUTES}
     return fmt.ShardSample(
         key=fmt.sample_key(row_no, row["id"]), video_id=str(row["id"]), caption=caption, source=source,
@@ -242,16 +265,21 @@ def _iter_rows(videos: str, batch_size: int) -> Iterator[tuple[int, dict]]:
 
 
 def _iter_owned_shards(cfg: ShardBuildConfig, total: list[int]) -> Iterator[tuple[int, list[tuple[int, dict]]]]:
-    """(shard index, rows) for this worker's unfinished shards; ``total[0]`` ends as the row count."""
+    """(shard index, rows) for this worker's unfinished shards; ``total[0]`` ends as the row count.
+
+    Every worker streams the whole table (only the cheap columns are read per row) so that shard
+    boundaries, and with them the split between workers, need no coordination.
+    """
     out = Path(cfg.out)
-    current, rows = -1, []
+    current, wanted, rows = -1, False, []
     for row_no, row in _iter_rows(cfg.videos, 4096):
         i = row_no // cfg.shard_size
         if i != current:
             if rows:
                 yield current, rows
             current, rows = i, []
-        if i % cfg.num_workers == cfg.worker_rank and not (out / fmt.shard_name(i)).exists():
+            wanted = i % cfg.num_workers == cfg.worker_rank and not (out / fmt.shard_name(i)).exists()
+        if wanted:
             rows.append((row_no, row))
         total[0] = row_no + 1
     if rows:
@@ -362,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     cfg = from_dict(ShardBuildConfig, vars(args))
+    # A scheduler's SIGTERM unwinds like an exception, so the shard in progress removes its temp file.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         build_shards(cfg)
     except Exception as e:  # a clear one-line error for the CLI; the API raises

@@ -191,6 +191,31 @@ def encode_sample(s: ShardSample) -> list[tuple[str, bytes]]:
     return [(f"{s.key}.{ext}", data) for ext, data in members]
 
 
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar pads the archive to whole records, like GNU tar and Python's tarfile
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A POSIX ustar header for a regular file, every variable field fixed (mtime 0, root, 0644).
+
+    Written by hand rather than with ``tarfile``: its per-member header code costs as much as the
+    rest of sample writing, and here every field is fixed anyway. Keys keep names < 100 bytes.
+    """
+    raw = name.encode("ascii")
+    if len(raw) >= 100:
+        raise ShardFormatError(f"member name {name!r} is too long for a ustar header")
+    header = b"".join([
+        raw.ljust(100, b"\0"),
+        b"0000644\0", b"0000000\0", b"0000000\0",   # mode, uid, gid
+        b"%011o\0" % size, b"00000000000\0",        # size, mtime
+        b" " * 8,                                    # checksum, computed over these spaces
+        b"0", b"\0" * 100,                           # regular file, no link
+        b"ustar\x0000", b"\0" * 64,                  # POSIX magic + version, no user/group names
+        b"\0" * 183,                                  # devmajor/minor (unused), prefix, padding
+    ])
+    return header[:148] + b"%06o\0 " % sum(header) + header[156:]
+
+
 class ShardWriter:
     """Writes one shard to a temporary name and renames it into place on `commit`.
 
@@ -203,25 +228,26 @@ class ShardWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._tar = tarfile.open(self.tmp, "w", format=tarfile.PAX_FORMAT)
+        self._file = open(self.tmp, "wb")
+        self._size = 0
         self.samples = 0
 
     def write(self, sample: ShardSample) -> None:
         for name, data in encode_sample(sample):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            pad = -len(data) % _BLOCK
+            self._file.write(tar_header(name, len(data)) + data + b"\0" * pad)
+            self._size += _BLOCK + len(data) + pad
         self.samples += 1
 
     def commit(self) -> Path:
-        self._tar.close()
+        end = self._size + 2 * _BLOCK  # two zero blocks end the archive
+        self._file.write(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
+        self._file.close()
         os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
-        self._tar.close()
+        self._file.close()
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "ShardWriter":

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval import MissingImageError, SearchError, open_index, read_image
+from retrieval import IndexFormatError, MissingImageError, SearchError, open_index, read_image
 from retrieval.api import MODES
 
 try:  # FastAPI/uvicorn are service-only dependencies; the rest of retrieval/ works without them.
@@ -260,7 +260,7 @@ class BackgroundServer:
         self._sock.close()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m retrieval.serve", description=__doc__.split("\n")[0])
     d = ServiceConfig()
     p.add_argument("--index", required=True, help="index folder from retrieval.build_index")
@@ -273,8 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--log-level", default=d.log_level)
     args = p.parse_args(argv)
-    serve(ServiceConfig(**vars(args)))
+    try:
+        serve(ServiceConfig(**vars(args)))
+    except (IndexFormatError, OSError) as e:  # no/half index, port in use, bad host
+        print(f"retrieval.serve: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

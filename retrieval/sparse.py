@@ -196,81 +196,107 @@ class SparseRetriever(IndexRetriever):
         self.lut = self.tokenizer.lookup_table(terms)
         self._local = threading.local()
 
-    def _scratch(self) -> tuple[np.ndarray, ...]:
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
         s = getattr(self._local, "s", None)
-        if s is None:  # per thread, all zero between queries: query weight by term; partial score,
-            # "candidate" flag and "in threshold buffer" flag by group
+        if s is None:  # per thread, all zero between queries: partial score and "met" flag by group
             g = len(self.group_sizes)
-            s = self._local.s = (np.zeros(len(self.term_max)), np.zeros(g), np.zeros(g, bool), np.zeros(g, bool))
+            s = self._local.s = (np.zeros(g, np.float32), np.zeros(g, bool))
         return s
 
-    def _exact(self, groups: np.ndarray, qw: np.ndarray) -> np.ndarray:
-        """Full scores of groups through the forward matrix (terms summed in id order, so equal
-        bags of weights give bit-identical scores whatever path found them)."""
-        if groups.size == 0:
-            return np.zeros(0)
+    def _add(self, acc: np.ndarray, t: int, c: int) -> np.ndarray:
+        """acc[g] += c * w(t, g) over t's posting list; returns the list's groups."""
+        a, b = self.term_indptr[t], self.term_indptr[t + 1]
+        post, w = self.post_groups[a:b], self.post_weights[a:b]
+        np.add.at(acc, post, w if c == 1 else w * np.float32(c))  # unbuffered, in place, fast for float32
+        return post
+
+    def _exact(self, groups: np.ndarray, qw: dict[int, int]) -> np.ndarray:
+        """Full float64 scores through the forward matrix, terms summed in id order (so equal
+        weight bags give bit-identical scores, whichever path found them)."""
         starts = self.group_indptr[groups]
         lens = self.group_indptr[groups + 1] - starts
         pos = _csr_positions(starts, lens)
-        contrib = qw[self.group_terms[pos]] * self.group_weights[pos]
-        return np.add.reduceat(contrib, np.cumsum(lens) - lens)
+        t = self.group_terms[pos]
+        q = np.zeros(pos.size)
+        for term, c in qw.items():
+            q[t == term] = c
+        return np.add.reduceat(q * self.group_weights[pos].astype(np.float64), np.cumsum(lens) - lens)
 
     def rank_ids(self, term_ids: np.ndarray, k: int) -> Ranked:
         """Top-k rows for one query given as term ids (repeats count, as in Lucene and rank-bm25).
 
-        Term-at-a-time MaxScore: terms in decreasing upper bound ``ub`` accumulate partial
-        scores into ``acc``; ``theta`` is a lower bound on the k-th best row score (the k-th best
-        partial score, partials never exceed full scores). Once the bounds of the terms left sum
-        below theta, documents not yet met cannot reach the top k, and among those met only the
-        ones whose partial score plus that sum reaches theta are scored in full.
+        Term-at-a-time MaxScore. Terms are visited in decreasing upper bound ``ub``; ``acc``
+        holds partial scores (float32) and ``theta`` a lower bound on the k-th best row score
+        (the k-th best partial score: partials never exceed full scores); ``rest[i]`` bounds what
+        the terms from the i-th on can add.
+        1. Essential terms: while ``rest[i] >= theta``, a document not met yet could still reach
+           the top k, so the term's whole posting list is added to ``acc``.
+        2. Then no new document can: the remaining (frequent, low-weight) terms are only looked
+           up for the candidates met so far, and after each one a candidate whose partial score
+           plus ``rest`` falls below theta is dropped.
+        3. The few candidates left are rescored exactly (float64) and ranked.
+        Comparisons carry a relative slack far above float32 rounding, so the top k is exact:
+        the same as scoring every document.
         """
         empty = (np.zeros(0, np.int64), np.zeros(0))
         if term_ids.size == 0:
             return empty
-        qw, acc, seen, inbuf = self._scratch()
-        sizes = self.group_sizes
+        acc, seen = self._scratch()
+        sizes, indptr = self.group_sizes, self.term_indptr
         terms, counts = np.unique(term_ids, return_counts=True)
         ub = counts * self.term_max[terms]
         order = np.argsort(-ub, kind="stable")
-        rest = np.zeros(len(order) + 1)
-        rest[:-1] = np.cumsum(ub[order][::-1])[::-1]   # rest[i]: bound of terms order[i:]
-        slack = 1.0 + 1e-9                              # float sums may differ in the last bits
+        terms, counts, m = terms[order].tolist(), counts[order].tolist(), len(order)
+        rest = np.zeros(m + 1)
+        rest[:-1] = np.cumsum(ub[order][::-1])[::-1]    # rest[i]: bound of terms i, i+1, ...
+        hi, lo = 1.0 + 1e-5, 1.0 - 1e-5                  # slack for float32 partial sums
         theta = -np.inf
-        buf = np.zeros(0, np.int64)                     # groups holding the best partial scores
-        met: list[np.ndarray] = []
-        qw[terms] = counts
+        met: list[np.ndarray] = []                       # groups met in phase 1, each once
+        touched: list[np.ndarray] = []                   # every group whose acc changed
         i = 0
         try:
-            while i < len(order):
-                if rest[i] * slack < theta:
-                    break
-                t, c = terms[order[i]], counts[order[i]]
-                a, b = self.term_indptr[t], self.term_indptr[t + 1]
-                post = self.post_groups[a:b]
-                acc[post] += c * self.post_weights[a:b]  # one entry per group in a posting list
+            # 1. essential terms: whole posting lists
+            while i < m and rest[i] * hi >= theta:
+                if met and indptr[terms[i] + 1] - indptr[terms[i]] > 1024:
+                    # before a long list, see whether the candidates so far already stop us
+                    cands = np.concatenate(met)
+                    theta = max(theta, group_threshold(acc[cands], sizes[cands], k))
+                    if rest[i] * hi < theta:
+                        break
+                post = self._add(acc, terms[i], counts[i])
+                touched.append(post)
                 new = post[~seen[post]]
                 seen[new] = True
                 met.append(new)
                 i += 1
-                if i < len(order) and rest[i] * slack >= theta:
-                    # raise theta: partial scores changed only on this posting list
-                    cand = np.concatenate([buf, post[~inbuf[post]]])
-                    part = acc[cand]
-                    th = group_threshold(part, sizes[cand], k)
-                    theta = max(theta, th)
-                    inbuf[buf] = False
-                    buf = cand[part >= th] if np.isfinite(th) else cand
-                    inbuf[buf] = True
-            cands = np.concatenate(met) if met else np.zeros(0, np.int64)
-            if np.isfinite(theta):
-                cands = cands[(acc[cands] + rest[i]) * slack >= theta]
-            scores = self._exact(cands, qw)
-        finally:
-            qw[terms] = 0.0
+            # sorted, so that looking candidates up in (group-sorted) posting lists is fast
+            cands = np.sort(np.concatenate(met)) if met else np.zeros(0, np.int32)
             for arr in met:
-                acc[arr] = 0.0
                 seen[arr] = False
-            inbuf[buf] = False
+            # 2. the other terms, only for candidates that can still make it
+            while i < m and cands.size:
+                theta = max(theta, group_threshold(acc[cands], sizes[cands], k))
+                cands = cands[(acc[cands] + rest[i]) * hi >= theta]
+                t, c = terms[i], counts[i]
+                a, b = indptr[t], indptr[t + 1]
+                if cands.size * 16 < b - a:  # binary-search the candidates in the posting list
+                    post = self.post_groups[a:b]
+                    at = np.minimum(np.searchsorted(post, cands), b - a - 1)
+                    found = post[at] == cands
+                    acc[cands[found]] += self.post_weights[a:b][at[found]] * np.float32(c)
+                else:  # cheaper to add the whole list (entries outside cands are reset below)
+                    touched.append(self._add(acc, t, c))
+                i += 1
+            # 3. exact scores of the survivors
+            part = acc[cands]
+        finally:
+            for arr in touched:
+                acc[arr] = 0.0
+        if cands.size == 0:
+            return empty
+        theta = max(theta, group_threshold(part, sizes[cands], k))
+        cands = cands[part * hi >= theta]
+        scores = self._exact(cands, dict(zip(terms, counts)))
         th = group_threshold(scores, sizes[cands], k)
         keep = (scores >= th) & (scores > 0)
         return expand(cands[keep].astype(np.int64), scores[keep], self.member_indptr, self.member_rows, k)

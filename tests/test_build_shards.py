@@ -25,7 +25,7 @@ COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 230)}
 SHAPES = ["circle", "square", "triangle"]
 MOTIONS = ["left", "right"]
 K = 3
-GOOD_VIDEOS = len(COLORS) * len(SHAPES) * len(MOTIONS) + 1  # + one subject video
+GOOD_VIDEOS = len(COLORS) * len(SHAPES) * len(MOTIONS) + 2  # + a subject video + a frame folder
 
 
 def _clip(rgb, shift) -> np.ndarray:
@@ -71,6 +71,11 @@ def world(tmp_path_factory) -> dict:
     write_video(root / "videos" / "kiki.mp4", _clip((200, 100, 0), 2), lossless=True)
     videos.append({"id": "kiki", "caption": "Kiki moves up on sand", "path": "videos/kiki.mp4", "kind": "subject",
                    "subject": "Kiki", "references": ["refs/Kiki_0.png"]})
+    # A video given as a folder of frames (stored in the shard as a lossless mp4).
+    (root / "videos" / "frames").mkdir()
+    for t, frame in enumerate(_clip((40, 200, 60), 2)):
+        Image.fromarray(frame).save(root / "videos" / "frames" / f"{t:03d}.png")
+    videos.append({"id": "framesdir", "caption": "a small green square moves up on grass", "path": "videos/frames"})
     # Bad rows, spread over several shards.
     good = (root / "videos" / "v_red_circle_left.mp4").read_bytes()
     (root / "videos" / "truncated.mp4").write_bytes(good[: len(good) // 2])
@@ -132,7 +137,11 @@ def test_every_sample_has_k_clean_contexts(world, built):
         assert [c.score for c in s.contexts] == sorted((c.score for c in s.contexts), reverse=True)
         assert s.meta["fps"] == 8.0 and s.meta["frames"] == 8 and s.meta["size"] == [16, 16]
         assert s.meta["source"] == world["root"].name
-        np.testing.assert_array_equal(s.video, read_video(world["root"] / rows[s.id]["path"]))
+        source = read_video(world["root"] / rows[s.id]["path"])
+        if s.id == "framesdir":  # re-encoded: lossless H.264 up to 8-bit YCbCr rounding
+            assert s.video.shape == source.shape and np.abs(s.video.astype(int) - source).max() <= 2
+        else:  # the source mp4's bytes, as is
+            np.testing.assert_array_equal(s.video, source)
     by_id = {s.id: s for s in samples}
     red = by_id["v_red_circle_left"]
     assert red.meta["attributes"].items() >= {"kind": "object", "color": "red", "shape": "circle", "size": "small",
@@ -160,8 +169,13 @@ def test_manifest_counts_skips_and_dropped_hits(world, built):
     assert sum(s["samples"] for s in m["shards"]) == GOOD_VIDEOS
 
 
-def test_plain_webdataset_and_tar_read_the_shards(built):
+def test_plain_webdataset_and_tar_read_the_shards(world, built):
     urls = [str(p) for p in fmt.list_shards(built)]
+    paths = {r["id"]: world["root"] / r["path"] for r in world["table"]}
+    for raw in wds.WebDataset(urls, shardshuffle=False, empty_check=False):  # raw bytes, no decoding
+        vid = json.loads(raw["json"])["id"]
+        if vid != "framesdir":
+            assert raw["mp4"] == paths[vid].read_bytes()  # the source video, byte for byte
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(fmt.decode_sample)
     got = list(ds)
     assert len(got) == GOOD_VIDEOS and all(s.video.shape == (8, 16, 16, 3) for s in got)

@@ -14,6 +14,15 @@ from vimi.diffusion import (EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, Samp
                             video_input_scale)
 from vimi.models.fit import FIT, FITConfig
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: OpenMP threads only add barrier waits (seconds per op on a loaded 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,
                   num_blocks=1, latent_layers=1, num_heads=2, cond_dim=8, extra_channels=0)
 
@@ -41,6 +50,7 @@ def test_coefficients_reduce_to_edm_and_D_is_identical():
     # D is EDM's D when our F predicts the negative of EDM's F (v instead of −v).
     torch.manual_seed(0)
     F_edm = nn.Conv1d(3, 3, 3, padding=1).double()
+
     class Neg(nn.Module):
         def __init__(self):
             super().__init__()
@@ -53,7 +63,8 @@ def test_coefficients_reduce_to_edm_and_D_is_identical():
     x = torch.randn(5, 3, 7, dtype=torch.float64)
     s = torch.tensor([0.01, 0.3, 1.0, 7.0, 80.0], dtype=torch.float64)
     sv = s[:, None, None]
-    D_edm = (sd ** 2 / (sv ** 2 + sd ** 2)) * x + (sv * sd / (sv ** 2 + sd ** 2).sqrt()) * F_edm(x / (sd ** 2 + sv ** 2).sqrt())
+    edm_c_skip, edm_c_out = sd ** 2 / (sv ** 2 + sd ** 2), sv * sd / (sv ** 2 + sd ** 2).sqrt()
+    D_edm = edm_c_skip * x + edm_c_out * F_edm(x / (sd ** 2 + sv ** 2).sqrt())
     torch.testing.assert_close(precond(x, s), D_edm, rtol=1e-10, atol=1e-12)
 
 

@@ -224,3 +224,9 @@ def test_cli_serves_on_loopback(index_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_cli_bad_index_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "retrieval.serve", "--index", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not an index folder" in proc.stderr, proc.stderr

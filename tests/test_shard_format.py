@@ -90,6 +90,16 @@ def test_tars_are_byte_identical_and_tar_lists_them(tmp_path):
         assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in t} == {(0, 0, 0, "", 0o644)}
 
 
+def test_tar_headers_equal_tarfiles_ustar_headers():
+    longest_key = fmt.sample_key(10**9, "x." * 100)
+    for name, size in [("a.json", 0), ("000000001_v.ctx0.jpg", 1234), (f"{longest_key}.ctx99.jpg", 8**11 - 1)]:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
+        assert fmt.tar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT)
+    with pytest.raises(fmt.ShardFormatError, match="too long"):
+        fmt.tar_header("x" * 100, 1)
+
+
 def test_decode_sample_round_trip(tmp_path, monkeypatch):
     with fmt.ShardWriter(tmp_path / "s.tar") as w:
         w.write(_sample())

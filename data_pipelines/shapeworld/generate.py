@@ -7,7 +7,7 @@
     OUT/world.json                                         what was generated (written last)
 
 Items are rendered and encoded by a process pool in chunks; the tables and world.json are
-written only after every file they name exists, each to a temporary name then renamed, so a
+written only after every file they name exists (each to a temporary name, then renamed), so a
 killed run never leaves a table pointing at missing files. Paths inside a table are relative to
 the table's folder (`data_pipelines.tables.resolve`): eval records name `gt/...`, `cond/...` and
 `../references/...`.
@@ -15,6 +15,7 @@ the table's folder (`data_pipelines.tables.resolve`): eval records name `gt/...`
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -46,10 +47,11 @@ MEMORY_SCHEMA = pa.schema([("id", _STR), ("caption", _STR), ("image", _STR)] + _
 
 
 # ---------------------------------------------------------------------------------------------
-# Files (atomic: temporary name, then rename)
+# Files
 # ---------------------------------------------------------------------------------------------
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary name and rename: a reader never sees half a table."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
@@ -59,16 +61,14 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+# Item files are written in place (a rename each would double the file-system work of 70,000
+# tiny files): the folders are emptied before a run and no table names a file until all exist.
 def save_png(path: Path, image: np.ndarray) -> None:
-    _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG", compress_level=1))
+    Image.fromarray(image).save(path, format="PNG", compress_level=1)
 
 
 def save_npy(path: Path, frames: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, frames, allow_pickle=False)
-
-    _atomic(path, write)
+    np.save(path, frames, allow_pickle=False)
 
 
 def _write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
@@ -210,7 +210,8 @@ def generate_world(cfg: WorldConfig) -> dict:
                 rows.setdefault(part, []).extend(part_rows)
                 bar.update(n)
         else:
-            with ProcessPoolExecutor(cfg.workers) as pool:
+            # forkserver, not fork: the caller may hold threads (torch, tqdm) that fork would copy mid-lock.
+            with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
                 # map keeps job order, so tables come out in index order whatever the scheduling.
                 for part, n, part_rows in pool.map(_rows_job, jobs):
                     rows.setdefault(part, []).extend(part_rows)

@@ -1,4 +1,4 @@
-"""Classifier-free guidance (Ho & Salimans 2022) and Imagen's dynamic thresholding (Saharia et al. 2022, §2.3).
+"""Classifier-free guidance (Ho & Salimans 2022) and Imagen's dynamic thresholding (Saharia et al. 2022, "Imagen").
 
 Conditions are dicts of keyword arguments for the denoiser (for FIT: ``cond`` (B, L, D),
 ``cond_mask`` (B, L), ``extra``). Conditional and unconditional halves run as one batched forward;
@@ -23,7 +23,8 @@ def _pad_dim1(t: Tensor, length: int) -> Tensor:
 
 def _aligned(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
     if a.ndim != b.ndim or a.shape[2:] != b.shape[2:] or a.dtype != b.dtype:
-        raise ValueError(f"condition {key!r}: cannot combine {tuple(a.shape)} {a.dtype} with {tuple(b.shape)} {b.dtype}")
+        raise ValueError(f"condition {key!r}: cannot combine {tuple(a.shape)} {a.dtype} "
+                         f"with {tuple(b.shape)} {b.dtype}")
     if a.ndim >= 2 and a.shape[1] != b.shape[1]:
         length = max(a.shape[1], b.shape[1])
         return _pad_dim1(a, length), _pad_dim1(b, length)

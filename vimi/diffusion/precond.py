@@ -3,9 +3,9 @@
 EDM (Karras et al., "Elucidating the Design Space of Diffusion-Based Generative Models", NeurIPS
 2022) writes the denoiser as ``D(x; σ) = c_skip x + c_out F(c_in x; c_noise)`` (eq. 7) and picks
 the coefficients so that F's input and training target both have unit variance (Table 1,
-Appendix B.6). Snap Video (Menapace et al., CVPR 2024, §3.2) notes that a video (and an upsampled
-image) holds many redundant copies of each value, so a given σ destroys far less information
-than on one image; it divides the clean signal by an input scale ``σ_in = s·√T`` (s: spatial
+Appendix B.6). Snap Video (Menapace et al., CVPR 2024), extending EDM to video, notes that a
+video (and an upsampled image) holds many redundant copies of each value, so a given σ destroys
+far less information than on one image; it divides the clean signal by an input scale ``σ_in = s·√T`` (s: spatial
 upscaling over the base resolution, T: frames) before noising, which moves every σ to a lower
 signal-to-noise ratio. The network predicts ``v = σ_d² ε − σ x`` (normalised), so c_out has the
 opposite sign of EDM's; with σ_in = 1 everything else reduces to EDM exactly (tested).
@@ -68,7 +68,7 @@ def edm_coefficients(sigma: Tensor, sigma_data: float, sigma_in: Tensor | float 
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise level ``sigma`` (any shape, broadcast with sigma_in).
 
-    DESIGN.md / Snap Video §3.2 (EDM Table 1 when σ_in = 1, with c_out negated):
+    DESIGN.md / Snap Video's input scaling (EDM Table 1 when σ_in = 1, with c_out negated):
       c_in    = 1 / √(σ_d²/σ_in² + σ²)           input x/σ_in + σε has variance σ_d²/σ_in² + σ²
       c_skip  = σ_in σ_d² / (σ_in σ² + σ_d²)
       c_out   = −σ_in σ σ_d √(σ² + σ_d²) / (σ_d² + σ_in σ²)

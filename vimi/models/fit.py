@@ -1,4 +1,4 @@
-"""FIT backbone: Snap Video's far-reaching interleaved transformer for video (Menapace et al., CVPR 2024, §4).
+"""FIT backbone: Snap Video's far-reaching interleaved transformer for video (Menapace et al., CVPR 2024, Fig. 3b).
 
 FIT (Chen & Li, "FIT: Far-reaching Interleaved Transformers", 2023) splits data tokens into
 groups and does most of its computation on a small set of latent tokens. Snap Video adapts it to

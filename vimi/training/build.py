@@ -48,9 +48,6 @@ def build_training_model(cfg: TrainConfig, device: torch.device, init: str | Non
     and moved to ``device`` (DeepSpeed moves the rest), EMA twin on rank 0."""
     from vimi.model import VimiModel
 
-    if cfg.run.stage == "instruct" and init is None and cfg.run.resume != "never" and not _has_checkpoint(cfg):
-        raise InitError("stage 2 (instruct) starts from a stage-1 export: pass --init RUN/pipeline "
-                        "(the `pipeline` folder that launch/pretrain.py writes at the end)")
     model = VimiModel(cfg.model)
     if init is not None:
         load_init(model, init, cfg)
@@ -68,8 +65,14 @@ def build_training_model(cfg: TrainConfig, device: torch.device, init: str | Non
                  sigma_in=sigma_in, trainable_names=names, n_trainable=n_trainable, n_frozen=n_frozen, hidden=hidden)
 
 
-def _has_checkpoint(cfg: TrainConfig) -> bool:
-    return (Path(cfg.run.out) / "checkpoints" / "latest").is_file()
+def check_init(cfg: TrainConfig, resuming: bool) -> None:
+    """Fail fast (before any heavy import) on a missing or absent ``run.init``."""
+    init = cfg.run.init
+    if init is not None and not Path(init).expanduser().is_dir():
+        raise InitError(f"--init {init}: no such folder (expected a pipeline export, e.g. runs/.../pipeline)")
+    if cfg.run.stage == "instruct" and init is None and not resuming:
+        raise InitError("stage 2 (instruct) starts from a stage-1 export: pass --init RUN/pipeline "
+                        "(the `pipeline` folder that launch/pretrain.py writes at the end)")
 
 
 def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
@@ -92,7 +95,8 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     saved = json.loads(cfg_file.read_text())
     saved_model = saved.get("model", saved)
     mine = to_dict(cfg.model)
-    blocking, _ = config_differences({"model": _without_paths(saved_model)}, {"model": _without_paths(mine)})
+    blocking, _ = config_differences({"model": _without_paths(saved_model)}, {"model": _without_paths(mine)},
+                                     saved_label="export")
     if blocking:
         raise InitError(f"--init {path} holds a different model than this config:\n  " + "\n  ".join(blocking))
     state: dict[str, torch.Tensor] = {}

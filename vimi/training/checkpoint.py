@@ -109,14 +109,14 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+def config_differences(saved: dict, current: dict, saved_label: str = "checkpoint") -> tuple[list[str], list[str]]:
     """(blocking, harmless) differences between two config dicts, as 'key: saved != current'."""
     a, b = flatten(saved), flatten(current)
     blocking, harmless = [], []
     for k in sorted(set(a) | set(b)):
         if a.get(k, "<absent>") == b.get(k, "<absent>"):
             continue
-        line = f"{k}: {a.get(k, '<absent>')!r} (checkpoint) != {b.get(k, '<absent>')!r} (this run)"
+        line = f"{k}: {a.get(k, '<absent>')!r} ({saved_label}) != {b.get(k, '<absent>')!r} (this run)"
         (blocking if any(k == m or k.startswith(m + ".") for m in MUST_MATCH) else harmless).append(line)
     return blocking, harmless
 

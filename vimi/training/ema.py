@@ -18,12 +18,18 @@ from torch import nn
 
 
 def shared_copy(model: nn.Module, share: Iterable[nn.Module]) -> nn.Module:
-    """deepcopy of ``model`` that shares (does not copy) the modules in ``share`` (frozen ones)."""
+    """deepcopy of ``model`` whose tensors are its own, except inside ``share`` (frozen modules),
+    which are shared, as are plain attributes (configs, tokenizers, temp-folder handles): only
+    weights differ between a model and its EMA twin."""
     memo: dict[int, object] = {}
     for m in share:
         memo[id(m)] = m
         for t in list(m.parameters()) + list(m.buffers()):
             memo[id(t)] = t
+    for m in model.modules():
+        for value in vars(m).values():
+            if not isinstance(value, (dict, list, set, tuple, torch.Tensor, nn.Module)):
+                memo[id(value)] = value
     return copy.deepcopy(model, memo)
 
 

@@ -117,9 +117,23 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) one training stage. Every rank calls this; rank 0 writes the shared files."""
     cfg.validate()
     info = setup_env()
+    rank, world = info.rank, info.world_size
+    run_dir = Path(cfg.run.out)
+    ckpt_root = run_dir / "checkpoints"
+    cfg_dict = to_dict(cfg)
+
+    # 1. Checks that need no heavy import: a checkpoint from another config or a missing --init
+    #    must fail before minutes of building.
+    from vimi.training.build import build_stream, build_training_model, check_init
+    from vimi.training.data import expand_shards
+
+    resume_path = ckpt.resolve_resume(cfg.run.resume, ckpt_root)
+    train_state = ckpt.read_train_state(resume_path, cfg_dict, world) if resume_path else None
+    check_init(cfg, resuming=resume_path is not None)
+    expand_shards(cfg.data.shards)
+
     import deepspeed  # after setup_env: the accelerator and the op cache are chosen from the environment
 
-    from vimi.training.build import build_training_model
     from vimi.training.ema import EMA
     from vimi.training.loader import DataFeed, StreamState
     from vimi.training.metrics import MetricsLog, plot_loss_curve
@@ -131,14 +145,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     device = pick_device(cfg, info)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    rank, world = info.rank, info.world_size
-    run_dir = Path(cfg.run.out)
-    ckpt_root = run_dir / "checkpoints"
-    cfg_dict = to_dict(cfg)
-
-    # 1. Resume point first: a checkpoint from another config must fail before minutes of building.
-    resume_path = ckpt.resolve_resume(cfg.run.resume, ckpt_root)
-    train_state = ckpt.read_train_state(resume_path, cfg_dict, world) if resume_path else None
     if train_state and train_state["harmless_differences"] and info.is_main:
         log.warning("resuming with changed settings:\n  %s", "\n  ".join(train_state["harmless_differences"]))
     ckpt.seed_everything(cfg.run.seed + rank)
@@ -148,7 +154,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     ds_config = deepspeed_config(cfg, world, device)
     step_module = TrainStep(built.model, built.loss, built.sigma_in)
     named = [(n, p) for n, p in step_module.named_parameters() if p.requires_grad]
-    engine, _, _, scheduler = deepspeed.initialize(
+    engine, _, _, _ = deepspeed.initialize(
         model=step_module, model_parameters=param_groups(named, cfg.optim.weight_decay), config=ds_config,
         lr_scheduler=scheduler_factory(cfg.optim, cfg.run.steps), dist_init_required=False)
     ema = EMA(built.trainable_names, built.ema_model, cfg.ema.decay, cfg.ema.warmup)
@@ -169,8 +175,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             log.info("resumed from %s at step %d", resume_path, start)
 
     # 3. Data.
-    from vimi.training.build import build_stream
-
     feed = DataFeed(build_stream(cfg, rank, world, stream_state), prefetch=cfg.data.prefetch)
 
     # 4. Loop.
@@ -198,6 +202,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 drop = drop_mask(seeds, cfg.model.edm.cond_drop_prob).to(device)
                 per_sample = engine(video, batch["prompts"], batch["cond_frames"].to(device), drop, seeds)  # (B,)
                 engine.backward(per_sample.mean())
+                if engine.is_gradient_accumulation_boundary():
+                    window["lr"] = float(engine.get_lr()[0])   # the LR this optimizer step uses
+                    window["grad_norm"] = _grad_norm(named)    # before the step zeroes the gradients
                 engine.step()
                 with torch.no_grad():
                     values = per_sample.detach().float().cpu().tolist()
@@ -215,13 +222,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             if bar is not None:
                 bar.update(1)
             if step % cfg.run.log_every == 0 or step == cfg.run.steps or stopping:
-                row = _log_row(sums, window, samples_per_step, engine, scheduler, feed, device)
+                row = _log_row(sums, window, samples_per_step, engine, feed, device)
                 result.losses[step] = row["loss"]
                 metrics.log(step, row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.1f}")
                 sums.clear()
                 window.update(t=time.time(), steps=0, data_s=0.0)
+                window.pop("grad_norm", None)
             if cfg.sample.every and step % cfg.sample.every == 0 and info.is_main:
                 write_samples(ema.average, cfg, step, run_dir, metrics)
             if step % cfg.run.save_every == 0 or step == cfg.run.steps or stopping:
@@ -240,7 +248,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 break
         result.counts = feed.counts()
         if step == cfg.run.steps and cfg.run.export and info.is_main:
-            result.pipeline = export_pipeline(ema.average, cfg, run_dir / "pipeline")
+            result.pipeline = export_pipeline(ema, run_dir / "pipeline")
             log.info("exported EMA pipeline to %s", result.pipeline)
         _barrier()
     finally:
@@ -252,7 +260,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
-def _log_row(sums: dict, window: dict, samples_per_step: int, engine, scheduler, feed, device) -> dict[str, Any]:
+def _grad_norm(named: list[tuple[str, torch.nn.Parameter]]) -> float | None:
+    """Global L2 norm of full local gradients (None when ZeRO holds them elsewhere)."""
+    grads = [p.grad.detach().float().norm() for _, p in named if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else None
+
+
+def _log_row(sums: dict, window: dict, samples_per_step: int, engine, feed, device) -> dict[str, Any]:
     """Mean losses over ranks since the last log, throughput, LR, grad norm, data counts, memory."""
     totals = _sum_dicts({**{f"{k}#sum": v[0] for k, v in sums.items()}, **{f"{k}#n": v[1] for k, v in sums.items()},
                          **{f"data/{k}": float(v) for k, v in feed.counts().items()}})
@@ -265,9 +279,11 @@ def _log_row(sums: dict, window: dict, samples_per_step: int, engine, scheduler,
     row["samples_per_s"] = window["steps"] * samples_per_step / elapsed
     row["step_s"] = elapsed / max(window["steps"], 1)
     row["data_wait_frac"] = window["data_s"] / elapsed
-    row["lr"] = float(scheduler.get_last_lr()[0]) if scheduler is not None else float("nan")
+    row["lr"] = window.get("lr", float("nan"))
+    # DeepSpeed knows the norm when its optimizer wrapper clips (ZeRO, bf16); plain ZeRO-0 fp32 does not.
     gn = engine.get_global_grad_norm()
-    row["grad_norm"] = float(gn) if gn is not None and math.isfinite(float(gn)) else float("nan")
+    gn = float(gn) if gn is not None else window.get("grad_norm")
+    row["grad_norm"] = gn if gn is not None and math.isfinite(gn) else float("nan")
     row["peak_rss_mb"] = _all_reduce([peak_rss_mb()], device, "max")[0]
     if device.type == "cuda":
         row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20

@@ -13,21 +13,6 @@ from vimi.training.config import TrainConfig
 log = logging.getLogger("vimi.training")
 
 
-def fixed_prompts(cfg: TrainConfig) -> list:
-    """The run's sample captions as prompts of its stage (stage 1: caption alone; stage 2: t2v)."""
-    from vimi.mllm.prompt import pretrain_prompt, task_prompt
-
-    if cfg.run.stage == "pretrain":
-        return [pretrain_prompt(c) for c in cfg.sample.prompts]
-    return [task_prompt("t2v", c) for c in cfg.sample.prompts]
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """float (B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3)."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
 def contact_sheet(videos: np.ndarray, scale: int = 2) -> np.ndarray:
     """uint8 (B, T, H, W, 3) -> one image, a row of frames per video (H·B, W·T, 3), upscaled."""
     B, T, H, W, _ = videos.shape
@@ -37,19 +22,24 @@ def contact_sheet(videos: np.ndarray, scale: int = 2) -> np.ndarray:
 
 @torch.no_grad()
 def write_samples(model: nn.Module | None, cfg: TrainConfig, step: int, run_dir: Path, metrics=None) -> Path | None:
-    """Generate the fixed prompts with ``model`` (the EMA twin) -> RUN/samples/step_N/{i}.mp4 + sheet.png."""
+    """Generate the fixed prompts with ``model`` (the EMA twin) -> RUN/samples/step_N/{i}.mp4 + sheet.png.
+
+    Prompts go through VimiPipeline as t2v requests (sample i uses seed ``sample.seed + i``, so
+    the videos of successive steps are comparable); stage 1 thus sees the t2v instruction it was
+    not trained with, which the fixed-prompt videos only use to show progress."""
     if model is None or not cfg.sample.prompts:
         return None
     from PIL import Image
 
     from data_pipelines.video_io import write_video
-    from vimi.pipeline import sample_videos
+
+    from vimi.pipeline import VimiPipeline
 
     was_training = model.training
-    model.eval()
-    seeds = [cfg.sample.seed + i for i in range(len(cfg.sample.prompts))]
-    videos = sample_videos(model, fixed_prompts(cfg), seeds=seeds, num_steps=cfg.sample.num_steps,
-                           guidance=cfg.sample.guidance)                    # uint8 (B, T, H, W, 3)
+    pipe = VimiPipeline(model)  # no retriever: t2v prompts carry no retrieved pairs here
+    videos = np.stack(pipe.generate_batch([("t2v", {"prompt": c}) for c in cfg.sample.prompts],
+                                          seeds=cfg.sample.seed, steps=cfg.sample.num_steps,
+                                          guidance=cfg.sample.guidance))      # uint8 (B, T, H, W, 3)
     model.train(was_training)
     out = Path(run_dir) / "samples" / f"step_{step:06d}"
     out.mkdir(parents=True, exist_ok=True)
@@ -64,10 +54,8 @@ def write_samples(model: nn.Module | None, cfg: TrainConfig, step: int, run_dir:
     return out
 
 
-def export_pipeline(model: nn.Module, cfg: TrainConfig, out: Path) -> Path:
-    """The EMA model as an inference pipeline folder (config.json + safetensors), VimiPipeline's format."""
+def export_pipeline(ema, out: Path) -> Path:
+    """The EMA weights as an inference pipeline folder (VimiPipeline: config.json + safetensors + mllm/)."""
     from vimi.pipeline import VimiPipeline
 
-    pipe = VimiPipeline(model)
-    pipe.save_pretrained(out)
-    return Path(out)
+    return Path(VimiPipeline(ema.average).save_pretrained(out, state=ema.state_dict()))

@@ -1,0 +1,14 @@
+"""Stage 2, multimodal instruction tuning (VIMI sec. 3.2):
+`deepspeed launch/instruct_tune.py --config ... --init <stage-1 RUN/pipeline>`.
+
+Also `python launch/instruct_tune.py ...` (one process) and `torchrun ...`; see vimi/training/cli.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from vimi.training.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main("instruct"))
