@@ -14,15 +14,6 @@ from vimi.diffusion import (EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, Samp
                             video_input_scale)
 from vimi.models.fit import FIT, FITConfig
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: OpenMP threads only add barrier waits (seconds per op on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,
                   num_blocks=1, latent_layers=1, num_heads=2, cond_dim=8, extra_channels=0)
 

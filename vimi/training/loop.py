@@ -143,14 +143,16 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING, format="[%(name)s] %(message)s")
     device = pick_device(cfg, info)
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     if train_state and train_state["harmless_differences"] and info.is_main:
         log.warning("resuming with changed settings:\n  %s", "\n  ".join(train_state["harmless_differences"]))
     ckpt.seed_everything(cfg.run.seed + rank)
 
-    # 2. Model, frozen parts out of DeepSpeed's sight, EMA, engine.
+    # 2. Model, frozen parts out of DeepSpeed's sight, EMA, engine. The model is built before the
+    #    process group exists: transformers' save_pretrained writes on rank 0 only once one does,
+    #    and the MLLM may be written to a per-process folder while it is built.
     built = build_training_model(cfg, device, init=None if resume_path else cfg.run.init, with_ema=info.is_main)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     ds_config = deepspeed_config(cfg, world, device)
     step_module = TrainStep(built.model, built.loss, built.sigma_in)
     named = [(n, p) for n, p in step_module.named_parameters() if p.requires_grad]
