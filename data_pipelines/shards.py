@@ -35,7 +35,6 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -281,14 +280,10 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def decode_mp4(data: bytes, **read_kwargs: Any) -> np.ndarray:
-    """mp4 bytes -> uint8 (T, H, W, 3) through video_io.read_video (which reads from a path)."""
+    """mp4 bytes -> uint8 (T, H, W, 3), decoded in memory by video_io.read_video."""
     from data_pipelines.video_io import read_video  # PyAV; imported late so format-only users skip it
 
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    with tempfile.NamedTemporaryFile(suffix=".mp4", dir=shm) as f:
-        f.write(data)
-        f.flush()
-        return read_video(f.name, **read_kwargs)
+    return read_video(data, **read_kwargs)
 
 
 @dataclass
