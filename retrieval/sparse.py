@@ -36,6 +36,14 @@ _ARRAYS = ("term_indptr", "post_groups", "post_weights", "term_max", "doc_freq",
            "group_indptr", "group_terms", "group_weights", "member_indptr", "member_rows")
 
 
+def _unique(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (np.unique's default hash path is far slower on these arrays)."""
+    x = np.sort(x)
+    keep = np.ones(x.size, dtype=bool)
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
 def _csr_positions(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Flat positions of the CSR slices [starts[i], starts[i] + lens[i]), concatenated."""
     total = int(lens.sum())
@@ -196,44 +204,42 @@ class SparseRetriever(IndexRetriever):
         self.lut = self.tokenizer.lookup_table(terms)
         self._local = threading.local()
 
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
-        s = getattr(self._local, "s", None)
-        if s is None:  # per thread, all zero between queries: partial score and "met" flag by group
-            g = len(self.group_sizes)
-            s = self._local.s = (np.zeros(g, np.float32), np.zeros(g, bool))
-        return s
+    def _scratch(self) -> np.ndarray:
+        acc = getattr(self._local, "acc", None)
+        if acc is None:  # per thread partial scores by group, all zero between queries
+            acc = self._local.acc = np.zeros(len(self.group_sizes), np.float32)
+        return acc
 
-    def _add(self, acc: np.ndarray, t: int, c: int) -> np.ndarray:
-        """acc[g] += c * w(t, g) over t's posting list; returns the list's groups."""
+    def _postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.term_indptr[t], self.term_indptr[t + 1]
-        post, w = self.post_groups[a:b], self.post_weights[a:b]
-        np.add.at(acc, post, w if c == 1 else w * np.float32(c))  # unbuffered, in place, fast for float32
-        return post
+        return self.post_groups[a:b], self.post_weights[a:b]
 
-    def _exact(self, groups: np.ndarray, qw: dict[int, int]) -> np.ndarray:
-        """Full float64 scores through the forward matrix, terms summed in id order (so equal
-        weight bags give bit-identical scores, whichever path found them)."""
+    def _exact(self, groups: np.ndarray, qt: np.ndarray, qc: np.ndarray) -> np.ndarray:
+        """Full float64 scores of groups through the forward matrix, for the query with sorted
+        term ids ``qt`` and counts ``qc``. Terms are summed in id order, so equal weight bags
+        give bit-identical scores whichever path found them."""
         starts = self.group_indptr[groups]
         lens = self.group_indptr[groups + 1] - starts
+        if groups.size == 0:
+            return np.zeros(0)
         pos = _csr_positions(starts, lens)
         t = self.group_terms[pos]
-        q = np.zeros(pos.size)
-        for term, c in qw.items():
-            q[t == term] = c
-        return np.add.reduceat(q * self.group_weights[pos].astype(np.float64), np.cumsum(lens) - lens)
+        j = np.minimum(np.searchsorted(qt, t), qt.size - 1)
+        q = np.where(qt[j] == t, qc[j], 0.0)
+        return np.add.reduceat(q * self.group_weights[pos], np.cumsum(lens) - lens)
 
     def rank_ids(self, term_ids: np.ndarray, k: int) -> Ranked:
         """Top-k rows for one query given as term ids (repeats count, as in Lucene and rank-bm25).
 
         Term-at-a-time MaxScore. Terms are visited in decreasing upper bound ``ub``; ``acc``
-        holds partial scores (float32) and ``theta`` a lower bound on the k-th best row score
-        (the k-th best partial score: partials never exceed full scores); ``rest[i]`` bounds what
-        the terms from the i-th on can add.
+        holds partial scores (float32); ``rest[i]`` bounds what the terms from the i-th on can
+        add; ``theta`` is a lower bound on the k-th best row score, the k-th best exact score
+        of the groups that have had the best partial scores so far (``_Best``).
         1. Essential terms: while ``rest[i] >= theta``, a document not met yet could still reach
            the top k, so the term's whole posting list is added to ``acc``.
-        2. Then no new document can: the remaining (frequent, low-weight) terms are only looked
-           up for the candidates met so far, and after each one a candidate whose partial score
-           plus ``rest`` falls below theta is dropped.
+        2. Then no new document can: candidates are the documents met so far whose partial
+           score plus ``rest`` reaches theta; the remaining (frequent, low-weight) terms are only
+           looked up for them, and after each term the bound is applied again.
         3. The few candidates left are rescored exactly (float64) and ranked.
         Comparisons carry a relative slack far above float32 rounding, so the top k is exact:
         the same as scoring every document.
@@ -241,65 +247,108 @@ class SparseRetriever(IndexRetriever):
         empty = (np.zeros(0, np.int64), np.zeros(0))
         if term_ids.size == 0:
             return empty
-        acc, seen = self._scratch()
-        sizes, indptr = self.group_sizes, self.term_indptr
-        terms, counts = np.unique(term_ids, return_counts=True)
-        ub = counts * self.term_max[terms]
+        acc = self._scratch()
+        qt, qc = np.unique(term_ids, return_counts=True)
+        ub = qc * self.term_max[qt]
         order = np.argsort(-ub, kind="stable")
-        terms, counts, m = terms[order].tolist(), counts[order].tolist(), len(order)
+        terms, counts, m = qt[order].tolist(), qc[order].tolist(), len(order)
         rest = np.zeros(m + 1)
         rest[:-1] = np.cumsum(ub[order][::-1])[::-1]    # rest[i]: bound of terms i, i+1, ...
-        hi, lo = 1.0 + 1e-5, 1.0 - 1e-5                  # slack for float32 partial sums
-        theta = -np.inf
-        met: list[np.ndarray] = []                       # groups met in phase 1, each once
-        touched: list[np.ndarray] = []                   # every group whose acc changed
-        i = 0
+        hi = 1.0 + 1e-5                                  # slack for float32 partial sums
+        best = _Best(self, acc, k, qt, qc.astype(np.float64))
+        touched: list[np.ndarray] = []                   # posting lists added to acc
+        pending: list[np.ndarray] = []                   # ... of which best has not seen yet
+        i = n_essential = 0
+        cands = np.zeros(0, np.int32)
         try:
             # 1. essential terms: whole posting lists
-            while i < m and rest[i] * hi >= theta:
-                if met and indptr[terms[i] + 1] - indptr[terms[i]] > 1024:
-                    # before a long list, see whether the candidates so far already stop us
-                    cands = np.concatenate(met)
-                    theta = max(theta, group_threshold(acc[cands], sizes[cands], k))
-                    if rest[i] * hi < theta:
+            while i < m and rest[i] * hi >= best.theta:
+                post, w = self._postings(terms[i])
+                if pending and post.size > 2048:  # worth a tighter theta before a long list?
+                    best.update(np.concatenate(pending))
+                    pending = []
+                    if rest[i] * hi < best.theta:
                         break
-                post = self._add(acc, terms[i], counts[i])
+                np.add.at(acc, post, w if counts[i] == 1 else w * np.float32(counts[i]))
                 touched.append(post)
-                new = post[~seen[post]]
-                seen[new] = True
-                met.append(new)
+                pending.append(post)
                 i += 1
-            # sorted, so that looking candidates up in (group-sorted) posting lists is fast
-            cands = np.sort(np.concatenate(met)) if met else np.zeros(0, np.int32)
-            for arr in met:
-                seen[arr] = False
-            # 2. the other terms, only for candidates that can still make it
-            while i < m and cands.size:
-                theta = max(theta, group_threshold(acc[cands], sizes[cands], k))
-                cands = cands[(acc[cands] + rest[i]) * hi >= theta]
-                t, c = terms[i], counts[i]
-                a, b = indptr[t], indptr[t + 1]
-                if cands.size * 16 < b - a:  # binary-search the candidates in the posting list
-                    post = self.post_groups[a:b]
-                    at = np.minimum(np.searchsorted(post, cands), b - a - 1)
-                    found = post[at] == cands
-                    acc[cands[found]] += self.post_weights[a:b][at[found]] * np.float32(c)
-                else:  # cheaper to add the whole list (entries outside cands are reset below)
-                    touched.append(self._add(acc, t, c))
+            if pending:
+                best.update(np.concatenate(pending))
+            # 2. candidates that can still make it; the other terms are looked up for them only
+            n_essential = i
+            cands = np.concatenate(touched) if touched else cands
+            while cands.size:
+                cands = cands[(acc[cands] + rest[i]) * hi >= best.theta]
+                if i == n_essential:  # first pass: drop the repeats of groups met more than once
+                    cands = _unique(cands)  # (sorted: look-ups below are binary searches)
+                if i >= m:
+                    break
+                post, w = self._postings(terms[i])
+                c = np.float32(counts[i])
+                if cands.size * 16 < post.size:  # binary-search the candidates in the list
+                    at = np.minimum(np.searchsorted(post, cands), post.size - 1)
+                    found = at[post[at] == cands]
+                    acc[post[found]] += w[found] * c
+                else:  # cheaper to add the whole list (non-candidates are reset after)
+                    np.add.at(acc, post, w if c == 1 else w * c)
+                    touched.append(post)
+                if cands.size > 1024:  # a tighter theta pays for itself on many candidates
+                    best.update(cands)
                 i += 1
-            # 3. exact scores of the survivors
             part = acc[cands]
         finally:
-            for arr in touched:
-                acc[arr] = 0.0
+            if sum(p.size for p in touched) * 8 > acc.size:
+                acc.fill(0.0)
+            else:
+                for p in touched:
+                    acc[p] = 0.0
+                if i > n_essential and cands.size:
+                    acc[cands] = 0.0
         if cands.size == 0:
             return empty
-        theta = max(theta, group_threshold(part, sizes[cands], k))
-        cands = cands[part * hi >= theta]
-        scores = self._exact(cands, dict(zip(terms, counts)))
-        th = group_threshold(scores, sizes[cands], k)
+        # 3. exact scores of the survivors
+        cands = cands[part * hi >= best.theta]
+        scores = self._exact(cands, qt, qc.astype(np.float64))
+        th = group_threshold(scores, self.group_sizes[cands], k)
         keep = (scores >= th) & (scores > 0)
         return expand(cands[keep].astype(np.int64), scores[keep], self.member_indptr, self.member_rows, k)
 
     def rank(self, queries: list[str], k: int) -> list[Ranked]:
         return [self.rank_ids(ids, k) for ids in self.tokenizer.encode_queries(queries, self.lut)]
+
+
+class _Best:
+    """Per-query lower bound ``theta`` on the k-th best row score (see SparseRetriever.rank_ids).
+
+    ``buf`` holds the k groups with the best partial scores among the previous ``buf`` and the
+    groups whose partial score changed since; they are scored exactly (k forward rows, cheap),
+    and ``ex_g``/``ex_s`` keep the k best exact scores met. Exact scores of real documents
+    make a valid bound, much tighter than partial scores would.
+    """
+
+    def __init__(self, index: "SparseRetriever", acc: np.ndarray, k: int, qt: np.ndarray, qc: np.ndarray):
+        self.index, self.acc, self.k, self.qt, self.qc = index, acc, k, qt, qc
+        self.buf = np.zeros(0, np.int64)
+        self.ex_g = np.zeros(0, np.int64)
+        self.ex_s = np.zeros(0)
+        self.theta = -np.inf
+
+    def update(self, changed: np.ndarray) -> None:
+        acc, k = self.acc, self.k
+        if changed.size > k:
+            changed = changed[np.argpartition(-acc[changed], k - 1)[:k]]
+        cand = _unique(np.concatenate([self.buf, changed]))  # at most 2k groups
+        if cand.size > k:
+            cand = cand[np.argpartition(-acc[cand], k - 1)[:k]]
+        self.buf = cand
+        new = cand[~np.isin(cand, self.ex_g)] if self.ex_g.size else cand
+        if new.size == 0:
+            return
+        ex_g = np.concatenate([self.ex_g, new])
+        ex_s = np.concatenate([self.ex_s, self.index._exact(new, self.qt, self.qc)])
+        if ex_g.size > k:
+            top = np.argpartition(-ex_s, k - 1)[:k]
+            ex_g, ex_s = ex_g[top], ex_s[top]
+        self.ex_g, self.ex_s = ex_g, ex_s
+        self.theta = max(self.theta, group_threshold(ex_s, self.index.group_sizes[ex_g], k))

@@ -1,7 +1,6 @@
 """Training data stages: split, shuffle, frame sampling, task formatting, error policy, exact resume."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -27,53 +26,18 @@ from vimi.training.data import (
     subject_caption,
 )
 from vimi.training.loader import DataFeed, ShardStream, StreamState, VideoSpec
+from vimi.training.synthetic import moving_square, write_synthetic_shard
 
 
 # ---------------------------------------------------------------------------- fixtures
 
 
 def clip(T=8, H=16, W=16, seed=0) -> np.ndarray:
-    """A square moving right on a flat background: uint8 (T, H, W, 3)."""
-    rng = np.random.default_rng(seed)
-    bg = rng.integers(0, 255, 3, dtype=np.uint8)
-    fg = 255 - bg
-    out = np.empty((T, H, W, 3), np.uint8)
-    out[:] = bg
-    for t in range(T):
-        out[t, 4:10, t:t + 6] = fg
-    return out
+    return moving_square(T, H, W, seed)
 
 
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_shard(path: Path, n: int, start: int = 0, subject_every: int = 3, corrupt: set[int] = frozenset(),
-                T: int = 8, size: int = 16) -> Path:
-    """A prompt shard in data_pipelines.shards' format: n samples, 2 contexts each, some subjects."""
-    from data_pipelines.shards import ContextEntry, ShardSample, ShardWriter, to_jpeg
-    from data_pipelines.video_io import write_video
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / "videos"
-    with ShardWriter(path) as w:
-        for i in range(start, start + n):
-            frames = clip(T, size, size, seed=i)
-            mp4 = write_video(tmp / f"{i}.mp4", frames, fps=8, lossless=True).read_bytes()
-            if i in corrupt:
-                mp4 = mp4[: len(mp4) // 3]
-            subject = i % subject_every == 0
-            caption = f"Kiki moves right on sand {i}" if subject else f"a small red square moves right {i}"
-            ctx = [ContextEntry(id=f"m{i}_{j}", caption=f"a photo of thing {j}", score=1.0 - j, rank=j,
-                                image=to_jpeg(png(clip(1, 8, 8, seed=100 + j)[0]))) for j in range(2)]
-            w.write(ShardSample(key=f"{i:09d}_v{i}", video_id=f"v{i}", caption=caption, source="test", mp4=mp4,
-                                fps=8.0, frames=T, size=(size, size), contexts=ctx,
-                                references=[png(clip(1, 14, 14, seed=7)[0])] if subject else [],
-                                attributes={"subject": "Kiki" if subject else None}))
-        w.commit()
-    return path
+def write_shard(path: Path, n: int, start: int = 0, corrupt: set[int] = frozenset()) -> Path:
+    return write_synthetic_shard(path, n, start, corrupt=corrupt)
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,8 @@ def generate_items(pipe, items: Sequence[EvalItem], out_dir: str | Path, *, step
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [it for it in items if not is_done(out_dir, it.id, frames)]
+    if todo and pipe is None:
+        raise EvalGenerateError(f"{len(todo)} videos to generate but no pipeline given")
     t0 = time.perf_counter()
     with tqdm(total=len(todo), desc="generate", unit="video", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
@@ -199,14 +201,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N rows of each eval file")
     ap.add_argument("--seed", type=int, default=0, help="row i of an eval file uses seed + i")
     ap.add_argument("--no-frames", action="store_true", help="write only the mp4, not the exact {id}.npy frames")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is often faster on a shared machine)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"config override for --pipeline {UNTRAINED} (e.g. sampler.num_steps=4)")
     args = ap.parse_args(list(argv) if argv is not None else None)
     from vimi.pipeline import InputError, PipelineLoadError
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         items = load_items(args.eval, limit=args.limit, seed=args.seed)
-        pipe = load_pipeline(args.pipeline, args.set)
+        # Loading a pipeline takes seconds: a finished folder (a resumed demo) does not need one.
+        done = all(is_done(Path(args.out), it.id, not args.no_frames) for it in items)
+        pipe = None if done else load_pipeline(args.pipeline, args.set)
         stats = generate_items(pipe, items, args.out, steps=args.steps, guidance=args.guidance,
                                batch_size=args.batch_size, frames=not args.no_frames)
     except (EvalGenerateError, InputError, PipelineLoadError) as e:

@@ -138,8 +138,8 @@ class CaptionBatcher:
         return {"input_ids": input_ids, "labels": lab, "attention_mask": attn, "pixel_values": pixels}
 
 
-def caption_loss(llava, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over caption tokens, and their count.
+def caption_logits(llava, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (logits (N, V), targets (N,)) at the N caption positions (next-token prediction).
 
     The LM head runs only where a label exists: with a 30k vocabulary the full logits of the
     image positions would cost more than the rest of the step.
@@ -149,20 +149,25 @@ def caption_loss(llava, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, i
     h = out.last_hidden_state[:, :-1]          # (B, L-1, H): position t predicts token t+1
     target = batch["labels"][:, 1:]            # (B, L-1)
     keep = target != -100
-    logits = llava.lm_head(h[keep])            # (N, V)
-    return F.cross_entropy(logits.float(), target[keep]), int(keep.sum())
+    return llava.lm_head(h[keep]).float(), target[keep]
+
+
+def caption_loss(llava, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over caption tokens (LLaVA's captioning objective)."""
+    return F.cross_entropy(*caption_logits(llava, batch))
 
 
 @torch.no_grad()
-def evaluate(llava, batcher: CaptionBatcher, pairs: list, n_image: int, batch: int = 64) -> float:
-    """Held-out caption loss, nats per caption token."""
+def evaluate(llava, batcher: CaptionBatcher, pairs: list, n_image: int, batch: int = 64) -> tuple[float, float]:
+    """Held-out (caption loss in nats per caption token, teacher-forced next-token accuracy)."""
     llava.eval()
-    total, count = 0.0, 0
+    total, correct, count = 0.0, 0, 0
     for i in range(0, len(pairs), batch):
-        loss, n = caption_loss(llava, batcher(pairs[i : i + batch], n_image))
-        total += float(loss) * n
-        count += n
-    return total / max(count, 1)
+        logits, target = caption_logits(llava, batcher(pairs[i : i + batch], n_image))
+        total += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(-1) == target).sum())
+        count += target.numel()
+    return total / max(count, 1), correct / max(count, 1)
 
 
 def _image_tokens(llava, batcher: CaptionBatcher, image) -> int:
@@ -198,7 +203,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
     n_image = _image_tokens(llava, batcher, held[0][1])
     shuffled = [(c, held[(i + 1) % len(held)][1]) for i, (c, _) in enumerate(held)]  # each caption, another's image
 
-    before = evaluate(llava, batcher, held, n_image)
+    before, acc_before = evaluate(llava, batcher, held, n_image)
     params = _set_trainable(llava, cfg.train)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -215,7 +220,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
             rng.shuffle(perm)
             order.extend(perm)
         idx, order = order[: cfg.batch], order[cfg.batch :]
-        loss, _ = caption_loss(llava, batcher([train[i] for i in idx], n_image))
+        loss = caption_loss(llava, batcher([train[i] for i in idx], n_image))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip)
@@ -225,8 +230,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
         bar.set_postfix(loss=f"{ema:.3f}")
     llava.eval()
     llava.requires_grad_(False)
-    after = evaluate(llava, batcher, held, n_image)
-    after_shuffled = evaluate(llava, batcher, shuffled, n_image)
+    after, acc_after = evaluate(llava, batcher, held, n_image)
+    after_shuffled, acc_shuffled = evaluate(llava, batcher, shuffled, n_image)
 
     out = Path(cfg.out)
     save_llava(llava, processor, out)
@@ -234,6 +239,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
         "heldout_caption_loss_before": before,
         "heldout_caption_loss_after": after,
         "heldout_caption_loss_after_shuffled_images": after_shuffled,
+        "heldout_token_accuracy_before": acc_before, "heldout_token_accuracy_after": acc_after,
+        "heldout_token_accuracy_after_shuffled_images": acc_shuffled,
         "train_rows": len(train), "heldout_rows": len(held), "skipped_rows": skipped,
         "image_tokens": n_image, "parameters": sum(p.numel() for p in llava.parameters()),
         "trained_parameters": sum(p.numel() for p in params), "seconds": round(time.time() - t0, 1),
@@ -260,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     report = align(AlignConfig(**args), progress=progress)
     print(f"held-out caption loss: before {report['heldout_caption_loss_before']:.3f} -> after "
           f"{report['heldout_caption_loss_after']:.3f} (shuffled images {report['heldout_caption_loss_after_shuffled_images']:.3f}) "
-          f"nats/token; {report['seconds']} s; wrote {args['out']}")
+          f"nats/token; token accuracy {report['heldout_token_accuracy_before']:.3f} -> "
+          f"{report['heldout_token_accuracy_after']:.3f} (shuffled {report['heldout_token_accuracy_after_shuffled_images']:.3f}); "
+          f"{report['seconds']} s; wrote {args['out']}")
     return 0
 
 

@@ -18,8 +18,6 @@ whichever rank, worker or resume reads it (EDM's one-generator-per-sample idea).
 from __future__ import annotations
 
 import glob
-import os
-import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -186,41 +184,15 @@ def clip_start(meta: dict, frames: int, fps: float | None, rng: np.random.Genera
     return 0.0 if last <= 0 else int(rng.integers(last + 1)) / src_fps
 
 
-def read_video_bytes(data: bytes, **kwargs) -> np.ndarray:
-    """mp4 bytes -> uint8 (T, H, W, 3) through data_pipelines.video_io (PyAV).
-
-    video_io reads paths; the bytes go through one scratch file per process (tmpfs when the
-    machine has /dev/shm), overwritten by each sample.
-    """
-    from data_pipelines.video_io import read_video
-
-    path = _scratch_path()
-    with open(path, "wb") as f:
-        f.write(data)
-    return read_video(path, **kwargs)
-
-
-_SCRATCH: dict[int, str] = {}
-
-
-def _scratch_path() -> str:
-    pid = os.getpid()
-    if pid not in _SCRATCH:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        fd, path = tempfile.mkstemp(prefix="vimi-clip-", suffix=".mp4", dir=base)
-        os.close(fd)
-        _SCRATCH[pid] = path
-    return _SCRATCH[pid]
-
-
 def decode(src: Iterable[dict], *, frames: int, size: tuple[int, int], fps: float | None, seed: int,
            counter: SkipCounter, reraise: bool = False,
-           read_clip: Callable[..., np.ndarray] = read_video_bytes) -> Iterator[Example]:
+           read_clip: Callable[..., np.ndarray] | None = None) -> Iterator[Example]:
     """Raw samples -> Examples: safe decoders only (data_pipelines.shards), the clip sampled at a
     seeded start, resized/cropped to ``size``. Corrupt, truncated or incomplete samples are
     skipped and counted by reason (or re-raised with ``reraise``)."""
-    from data_pipelines.shards import decode_sample
+    from data_pipelines.shards import decode_mp4, decode_sample
 
+    read_clip = read_clip or decode_mp4  # PyAV, in memory (data_pipelines.video_io.read_video)
     for raw in src:
         epoch, pos = raw.get("__epoch__", 0), raw.get("__pos__", 0)
         key = str(raw.get("__key__", ""))

@@ -10,6 +10,7 @@ uninterrupted run would have produced.
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -122,6 +123,12 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _worker_init(_: int) -> None:
+    # A launcher stops a run by sending SIGTERM to the whole process tree; the workers must keep
+    # feeding the main process while it finishes its step and checkpoints (it then shuts them down).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class DataFeed:
     """The loop's side: an iterator over a rank's batches that keeps the resume state."""
 
@@ -131,7 +138,8 @@ class DataFeed:
         self._latest_counts: dict[int, dict[str, int]] = {}
         w = dataset.num_workers
         self.loader = DataLoader(dataset, batch_size=None, num_workers=w, collate_fn=_identity,
-                                 prefetch_factor=prefetch if w > 0 else None, persistent_workers=False)
+                                 prefetch_factor=prefetch if w > 0 else None, persistent_workers=False,
+                                 worker_init_fn=_worker_init if w > 0 else None)
         self._it: Iterator | None = None
 
     def __iter__(self) -> "DataFeed":

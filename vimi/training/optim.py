@@ -15,6 +15,7 @@ from torch import nn
 
 from vimi.config import ConfigError
 from vimi.training.config import OptimConfig, TrainConfig
+from vimi.training.distributed import PROJECT_ROOT
 
 # Keys of the DeepSpeed JSON that TrainConfig owns.
 OWNED_KEYS = ("optimizer", "scheduler", "train_batch_size", "train_micro_batch_size_per_gpu",
@@ -69,6 +70,8 @@ def resolve_precision(cfg: TrainConfig, ds: dict, device: torch.device) -> str:
 def deepspeed_config(cfg: TrainConfig, world_size: int, device: torch.device) -> dict:
     """Read ``run.deepspeed`` and fill in what TrainConfig owns."""
     path = Path(cfg.run.deepspeed)
+    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+        path = PROJECT_ROOT / path  # the shipped configs/deepspeed/*.json, from any working directory
     if not path.is_file():
         raise ConfigError(f"run.deepspeed: no DeepSpeed JSON at {path}")
     try:

@@ -1,0 +1,107 @@
+"""python -m vimi.eval.generate: one playable mp4 (+ exact npy) per eval row, resumable, user-shaped requests."""
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines.shapeworld.__main__ import main as shapeworld_main
+from data_pipelines.video_io import read_video
+from vimi.config import load_config
+from vimi.eval.generate import EvalGenerateError, generate_eval, load_items, main
+from vimi.model import VimiConfig
+from vimi.pipeline import VimiPipeline, check_inputs
+
+TINY = ["fit.num_blocks=1", "fit.latent_layers=1", "fit.latent_dim=64", "fit.patch_dim=32", "fit.cond_dim=64",
+        "fit.num_heads=2"]
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    assert shapeworld_main(["--out", str(out), "--videos", "0", "--memory", "0", "--eval-per-split", "2",
+                            "--workers", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return VimiPipeline.from_config(load_config(VimiConfig, None, TINY))
+
+
+def test_requests_are_what_a_user_passes_to_generate(world):
+    items = load_items(world / "eval")
+    assert {it.task for it in items} == {"t2v", "prediction", "subject"}
+    assert len({it.id for it in items}) == len(items) == 10
+    for it in items:
+        assert set(it.inputs) == {"t2v": {"prompt"}, "prediction": {"prompt", "frames"},
+                                  "subject": {"prompt", "images"}}[it.task]
+        for p in it.inputs.get("frames", []) + it.inputs.get("images", []):
+            assert Path(p).is_file(), p
+        # The pipeline's own input check accepts every request as is.
+        check_inputs(it.task, it.inputs, 32, 1)
+    # Seeds follow the row index within each eval file.
+    assert [it.seed for it in items if it.split == "subject"] == [0, 1]
+    assert [it.seed for it in load_items(world / "eval", seed=5) if it.split == "subject"] == [5, 6]
+
+
+def test_writes_one_playable_mp4_per_row_and_resumes(world, pipe, tmp_path):
+    out = tmp_path / "videos"
+    stats = generate_eval(pipe, world / "eval", out, steps=STEPS, batch_size=3, progress=False)
+    items = load_items(world / "eval")
+    assert stats["generated"] == len(items) and stats["skipped"] == 0
+    assert sorted(p.stem for p in out.glob("*.mp4")) == sorted(it.id for it in items)
+    for it in items:
+        with av.open(str(out / f"{it.id}.mp4")) as c:  # H.264 yuv420p: what browsers play
+            s = c.streams.video[0]
+            assert (s.codec_context.name, s.codec_context.pix_fmt) == ("h264", "yuv420p")
+        frames = np.load(out / f"{it.id}.npy", allow_pickle=False)
+        assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+        assert read_video(out / f"{it.id}.mp4").shape == frames.shape
+    pred = next(it for it in items if it.task == "prediction")
+    first = np.asarray(Image.open(pred.inputs["frames"][0]).convert("RGB"))
+    assert np.array_equal(np.load(out / f"{pred.id}.npy")[0], first)  # the given first frame is kept exactly
+
+    # Resume: nothing left to do; a removed video is regenerated alone, identically although the
+    # batch size differs (per-row seeds).
+    again = generate_eval(pipe, world / "eval", out, steps=STEPS, batch_size=3, progress=False)
+    assert (again["generated"], again["skipped"]) == (0, len(items))
+    victim = items[4].id
+    before = np.load(out / f"{victim}.npy")
+    (out / f"{victim}.mp4").unlink()
+    (out / f"{victim}.npy").unlink()
+    third = generate_eval(pipe, world / "eval", out, steps=STEPS, batch_size=1, progress=False)
+    assert third["generated"] == 1
+    assert np.abs(np.load(out / f"{victim}.npy").astype(int) - before.astype(int)).max() <= 1
+
+
+def test_cli_untrained_limit_and_no_pipeline_needed_when_done(world, tmp_path, capsys):
+    out = tmp_path / "v"
+    sets = [a for s in TINY for a in ("--set", s)]
+    rc = main(["--pipeline", "untrained", *sets, "--eval", str(world / "eval" / "subject.jsonl"), "--out", str(out),
+               "--steps", "1", "--limit", "1", "--threads", "1"])
+    assert rc == 0
+    assert [p.name for p in sorted(out.iterdir())] == ["subject-0000.mp4", "subject-0000.npy"]
+    assert "1 generated" in capsys.readouterr().out
+    # Everything is there: the (nonexistent) pipeline is never loaded.
+    assert main(["--pipeline", str(tmp_path / "nope"), "--eval", str(world / "eval" / "subject.jsonl"),
+                 "--out", str(out), "--limit", "1"]) == 0
+    assert main(["--pipeline", str(tmp_path / "nope"), "--eval", str(world / "eval" / "subject.jsonl"),
+                 "--out", str(out)]) == 2
+    assert "not a pipeline folder" in capsys.readouterr().err
+
+
+def test_bad_eval_input_is_a_clear_error(world, tmp_path):
+    rows = [json.loads(line) for line in (world / "eval" / "t2v-seen.jsonl").read_text().splitlines()]
+    (tmp_path / "a.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(EvalGenerateError, match="must be unique"):
+        load_items(tmp_path)
+    (tmp_path / "b.jsonl").write_text(json.dumps(rows[1] | {"task": "t2x"}) + "\n")
+    with pytest.raises(EvalGenerateError, match="unknown task"):
+        load_items(tmp_path)
+    with pytest.raises(EvalGenerateError, match="not found"):
+        load_items(tmp_path / "missing")

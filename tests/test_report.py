@@ -1,0 +1,104 @@
+"""python -m vimi.eval.report: contact sheets per task and a self-contained report.html."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines.shapeworld.__main__ import main as shapeworld_main
+from data_pipelines.video_io import write_video
+from vimi.eval.report import main, write_report
+from vimi.eval.shapeworld import score_all
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    assert shapeworld_main(["--out", str(out), "--videos", "0", "--memory", "0", "--eval-per-split", "2",
+                            "--workers", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def videos(world, tmp_path_factory) -> Path:
+    """'Generated' videos that are the ground truth itself: {id}.npy + a playable {id}.mp4, as
+    vimi.eval.generate writes them, so every read-back is known to be right."""
+    out = tmp_path_factory.mktemp("videos")
+    for gt in (world / "eval" / "gt").glob("*.npy"):
+        shutil.copyfile(gt, out / gt.name)
+        write_video(out / f"{gt.stem}.mp4", np.load(gt))
+    return out
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "stage1"
+    run.mkdir()
+    run.joinpath("metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)))
+    return run
+
+
+def _links(page: str) -> list[str]:
+    return re.findall(r"(?:src|href)='([^']+)'", page)
+
+
+def test_report_writes_sheets_and_html_that_reference_existing_files(world, videos, tmp_path):
+    out = tmp_path / "demo"
+    png_run = tmp_path / "other_curve.png"
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(png_run)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"wall_seconds": 61.5, "steps": {"world": {"seconds": 2.5},
+                                                                   "stage 1": {"skipped": True}}}))
+    page_path = write_report(videos, world / "eval", out, metrics=metrics, run_dirs=[_run_dir(tmp_path), png_run],
+                             per_task=3)
+    page = page_path.read_text()
+    for task in ("t2v", "prediction", "subject"):
+        sheet = Image.open(out / f"contact_{task}.png")
+        # 3 samples of 8 frames upscaled x3 (96 px): wide and tall enough to hold them.
+        assert sheet.width >= 8 * 96 and sheet.height >= 3 * 96
+        assert f"contact_{task}.png" in page
+    assert (out / "loss_stage1.png").is_file() and (out / "loss_other_curve.png").is_file()
+    links = _links(page)
+    assert links and all((out / link).is_file() for link in links)
+    assert sum(link.endswith(".mp4") for link in links) == 6  # two players per task
+    assert "http" not in page and "<script" not in page
+    # The scores were computed here from the exact frames: the ground truth reads 100%.
+    scores = json.loads((out / "scores.json").read_text())["splits"]
+    assert all(rep["accuracy"]["all_correct"] == 1.0 for rep in scores.values())
+    assert "stage 1" in page and "skipped" in page and "61.5" in page and "5 steps, final loss 0.2" in page
+
+
+def test_contact_sheet_shows_task_image_at_the_left(world, videos, tmp_path):
+    write_report(videos, world / "eval", tmp_path, per_task=1)
+    ref = json.loads((world / "eval" / "subject.jsonl").read_text().splitlines()[0])["images"][0]
+    ref_img = np.asarray(Image.open(world / "eval" / ref).convert("RGB"))
+    sheet = np.asarray(Image.open(tmp_path / "contact_subject.png").convert("RGB"))
+    big = ref_img.repeat(3, 0).repeat(3, 1)  # nearest-neighbour x3
+    hits = [(y, x) for y in range(sheet.shape[0] - 95) for x in range(0, 20)
+            if np.array_equal(sheet[y:y + 96, x:x + 96], big)]
+    assert hits, "the subject's reference image is not at the left of its row"
+
+
+def test_scores_are_shown_exactly_as_given(world, videos, tmp_path):
+    real = score_all(videos, world / "eval")
+    real["prediction"]["accuracy"]["all_correct"] = 0.123
+    real["prediction"]["psnr"] = 7.891
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"splits": real}))
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"splits": score_all(world / "eval" / "gt", world / "eval")}))
+    assert main(["--videos", str(videos), "--eval", str(world / "eval"), "--scores", str(scores),
+                 "--gt-scores", str(gt), "--out", str(tmp_path / "r"), "--per-task", "1"]) == 0
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "12.3%" in page and "7.89" in page and "ground truth" in page
+    assert not (tmp_path / "r" / "scores.json").exists()  # given scores are not recomputed
+
+
+def test_missing_inputs_are_clear_errors(world, tmp_path, capsys):
+    assert main(["--videos", str(tmp_path / "none"), "--eval", str(world / "eval"), "--out", str(tmp_path / "r")]) == 2
+    assert "videos folder not found" in capsys.readouterr().err
+    assert main(["--videos", str(tmp_path), "--eval", str(world / "eval"), "--out", str(tmp_path / "r"),
+                 "--run-dirs", str(tmp_path / "no_run")]) == 2
+    assert "no_run" in capsys.readouterr().err
