@@ -130,7 +130,7 @@ def quality_table(rows: list[dict]) -> list[str]:
     n = rows[0]["splits"][splits[0]]["count"] if splits else 0
     out = [f"all_correct / mean attribute accuracy, {n} videos per split", head]
     for r in rows:
-        cells = "".join(f"{v['all_correct']:>6.0%}/{v['attributes']:<5.0%}" for v in r["splits"].values())
+        cells = "".join(f"{v['all_correct']:.0%}/{v['attributes']:.0%}".rjust(12) for v in r["splits"].values())
         psnr = r["splits"].get("prediction", {}).get("psnr")
         out.append(f"{r['steps']:>5}{r['nfe']:>5}{r['s_per_video']:>8.2f}{cells}{'-' if psnr is None else f'{psnr:.1f}':>7}")
     return out

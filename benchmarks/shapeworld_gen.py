@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -19,12 +18,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+def _run_measured(cmd: list[str]) -> float:
+    """Run `cmd`; return the CPU seconds of it and every process below it (sampled: the pool's
+    workers are forkserver children, which the OS does not add to our own rusage)."""
+    proc = psutil.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+    cpu: dict[int, float] = {}
+    while proc.poll() is None:
+        try:
+            for p in [proc, *proc.children(recursive=True)]:
+                t = p.cpu_times()
+                cpu[p.pid] = t.user + t.system  # not children_*: those are counted by their own pid
+        except psutil.Error:  # a process ended between listing and reading
+            pass
+        time.sleep(0.2)
+    if proc.returncode:
+        raise SystemExit(f"generation failed with exit code {proc.returncode}")
+    return sum(cpu.values())
 
 
 def main() -> None:
@@ -42,9 +56,9 @@ def main() -> None:
            "--memory", str(args.memory), "--size", str(args.size), "--frames", str(args.frames),
            "--workers", str(args.workers), "--overwrite"]
     load = os.getloadavg()[0]
-    cpu0, t0 = _children_cpu(), time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    t0 = time.perf_counter()
+    cpu = _run_measured(cmd)
+    wall = time.perf_counter() - t0
     nbytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(json.dumps({
         "videos": args.videos, "memory": args.memory, "size": args.size, "frames": args.frames, "workers": args.workers,

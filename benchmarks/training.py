@@ -53,11 +53,11 @@ def watch_rss(proc: subprocess.Popen, peak: list[float], stop: threading.Event) 
         time.sleep(0.2)
 
 
-def train_run(ranks: int, shards: str, out: Path, steps: int, batch: int, workers: int) -> dict:
+def train_run(ranks: int, shards: str, out: Path, steps: int, batch: int, workers: int, threads: int | None) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = str(ROOT)
-    sets = common_overrides(shards, out, steps, batch, workers)
+    sets = common_overrides(shards, out, steps, batch, workers) + ([f"run.cpu_threads={threads}"] if threads else [])
     if ranks == 1:
         cmd = [sys.executable, "launch/pretrain.py", "--config", CONFIG, "--set", *sets]
     else:
@@ -79,7 +79,10 @@ def train_run(ranks: int, shards: str, out: Path, steps: int, batch: int, worker
 
     rows = read_metrics(out)[1:] or read_metrics(out)  # drop the first window (start-up, first batches)
     sps = sum(r["samples_per_s"] for r in rows) / len(rows)
-    return {"ranks": ranks, "samples_per_s": sps, "step_s": sum(r["step_s"] for r in rows) / len(rows),
+    import torch
+
+    return {"ranks": ranks, "threads_per_rank": threads or max(1, torch.get_num_threads() // ranks),
+            "samples_per_s": sps, "step_s": sum(r["step_s"] for r in rows) / len(rows),
             "data_wait_frac": sum(r["data_wait_frac"] for r in rows) / len(rows),
             "peak_rss_tree_mb": peak[0], "peak_rss_rank_mb": rows[-1]["peak_rss_mb"], "wall_s": time.time() - t0,
             "final_loss": rows[-1]["loss"]}
@@ -123,17 +126,19 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="vimi-bench-") as tmp:
         shards = args.shards or make_shards(Path(tmp) / "shards", 4, 64)
         load = os.getloadavg()[0]
-        runs = [train_run(r, shards, Path(tmp) / f"run{r}", args.steps, args.batch, args.workers) for r in (1, 2)]
+        # 1 rank with the default threads (all cores), 1 rank with 1 thread, 2 ranks (1 thread each on 2 cores)
+        runs = [train_run(r, shards, Path(tmp) / f"run{r}_{t}", args.steps, args.batch, args.workers, t)
+                for r, t in ((1, None), (1, 1), (2, None))]
         loader = loader_run(shards, args.loader_batches, args.batch, args.workers)
-    need = runs[0]["samples_per_s"]
+    need = max(r["samples_per_s"] for r in runs if r["ranks"] == 1)  # the faster 1-rank setting
     result = {"config": "fit-tiny 32x32x8, tiny LLaVA (frozen), fp32, ZeRO-0", "steps": args.steps,
               "micro_batch": args.batch, "workers": args.workers, "cpu_cores": os.cpu_count(),
               "load_average_at_start": load, "train": runs, "loader": loader,
               "loader_over_step": loader["samples_per_s"] / need}
-    lines = ["| ranks | samples/s (all ranks) | s/step | data wait | peak RSS, process tree | peak RSS, one rank |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| ranks | threads/rank | samples/s (all ranks) | s/step | data wait | peak RSS, process tree | peak RSS, one rank |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
-        lines.append(f"| {r['ranks']} | {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {100 * r['data_wait_frac']:.0f}% "
+        lines.append(f"| {r['ranks']} | {r['threads_per_rank']} | {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {100 * r['data_wait_frac']:.0f}% "
                      f"| {r['peak_rss_tree_mb']:.0f} MiB | {r['peak_rss_rank_mb']:.0f} MiB |")
     lines.append(f"\ndata loader alone ({args.workers} worker(s), batch {args.batch}): {loader['samples_per_s']:.1f} "
                  f"samples/s = {result['loader_over_step']:.1f}x what a 1-rank step consumes "

@@ -15,7 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from retrieval.docstore import DocStore, read_image
+from retrieval.docstore import DocStore, MissingImageError, read_image
 from retrieval.tokenizer import Tokenizer, TokenizerConfig
 
 Mode = Literal["bm25", "dense", "hybrid"]
@@ -54,6 +54,7 @@ class IndexRetriever:
         self.meta = meta
         self.tokenizer = Tokenizer(TokenizerConfig(**meta["tokenizer"]))
         self.docs = DocStore(self.path)
+        self.docs.rows(np.zeros(1, np.int64))  # pyarrow's lazy imports now, not in the first query
         self.dense = None
         if meta.get("dense"):
             from retrieval.dense import DenseIndex  # torch/faiss only when the index has one
@@ -105,6 +106,23 @@ class IndexRetriever:
     def image(self, hit: Hit) -> bytes:
         """The hit's image bytes (``MissingImageError`` when the memory row had none)."""
         return read_image(hit.image)
+
+    def images_of_rows(self, rows: list[int]) -> list[bytes | None]:
+        """Image bytes of document rows (``Hit.row``), None where missing or unreadable.
+
+        For a service: it should hand out images by row of its own index, never by a path
+        that a client sends.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self.docs)):
+            raise SearchError(f"rows must lie in [0, {len(self.docs)})")
+        out: list[bytes | None] = []
+        for ref in self.docs.rows(rows)[2]:
+            try:
+                out.append(read_image(ref))
+            except (MissingImageError, OSError):
+                out.append(None)
+        return out
 
     def close(self) -> None:
         pass

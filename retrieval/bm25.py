@@ -61,19 +61,27 @@ def idf(df: np.ndarray, n_docs: int, variant: str) -> np.ndarray:
     raise ValueError(f"unknown BM25 variant {variant!r}; expected one of {VARIANTS}")
 
 
+def effective_length(doc_len: np.ndarray, quantize_lengths: bool) -> np.ndarray:
+    """Document lengths as the scorer sees them (Lucene's one-byte lengths, or exact)."""
+    return lucene_length(doc_len) if quantize_lengths else np.asarray(doc_len, dtype=np.int64)
+
+
 def term_weights(
     tf: np.ndarray,            # term frequency in the document, per (doc, term) pair
-    doc_len: np.ndarray,       # the document's term count, per pair
+    doc_len: np.ndarray,       # the pair's document length, from effective_length()
     term_idf: np.ndarray,      # idf of the pair's term
     avgdl: float,
     k1: float,
     b: float,
-    quantize_lengths: bool,
+    dtype=np.float32,
 ) -> np.ndarray:
-    """BM25 weight of each (doc, term) pair as float32, in Lucene's float arithmetic order."""
-    f32 = np.float32
-    dl = lucene_length(doc_len) if quantize_lengths else np.asarray(doc_len)
+    """BM25 weight of each (doc, term) pair.
+
+    float32 follows Lucene's float arithmetic order (what pyserini computes); float64 is the
+    precise value, used to rank the final candidates.
+    """
+    f = np.dtype(dtype).type
     # Lucene: normInverse = 1 / (k1 * ((1 - b) + b * dl / avgdl)); w = idf - idf / (1 + tf * normInverse)
-    norm_inv = f32(1.0) / (f32(k1) * ((f32(1.0) - f32(b)) + f32(b) * dl.astype(f32) / f32(avgdl)))
-    w = term_idf.astype(f32)
-    return (w - w / (f32(1.0) + tf.astype(f32) * norm_inv)).astype(f32)
+    norm_inv = f(1.0) / (f(k1) * ((f(1.0) - f(b)) + f(b) * doc_len.astype(dtype) / f(avgdl)))
+    w = term_idf.astype(dtype)
+    return (w - w / (f(1.0) + tf.astype(dtype) * norm_inv)).astype(dtype)

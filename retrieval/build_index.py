@@ -120,27 +120,27 @@ def build_index(cfg: BuildConfig) -> Path:
         bar = tqdm(unit="docs", unit_scale=True, desc=f"index {cfg.backend}", disable=not cfg.progress, file=sys.stderr)
         for batch in _iter_memory(cfg.memory, cfg.batch_size):
             seen += len(batch)
-            ids, caps, imgs = [], [], []
-            for row in batch:
-                cap = to_text(row.get("caption"))
-                if not cap.strip():
-                    no_caption += 1
-                    continue
-                rid = row.get("id")
-                if rid is None or to_text(rid) == "":
-                    raise IndexBuildError(f"memory row without an id (caption {cap[:60]!r})")
-                ids.append(to_text(rid))
-                caps.append(cap)
-                imgs.append(row.get("image"))
+            bar.update(len(batch))
+            caps = [to_text(row.get("caption")) for row in batch]
+            has = [bool(c) and not c.isspace() for c in caps]
+            if not all(has):
+                no_caption += has.count(False)
+                batch = [r for r, h in zip(batch, has) if h]
+                caps = [c for c, h in zip(caps, has) if h]
+            ids = [row.get("id") for row in batch]
+            if None in ids or "" in ids:
+                raise IndexBuildError("memory row without an id")
+            ids = [to_text(i) for i in ids]
+            imgs = [row.get("image") for row in batch]
             if caps:
                 lengths = builder.add(caps)
-                keep = np.flatnonzero(lengths > 0).tolist()
-                no_terms += len(caps) - len(keep)
-                ids, caps, imgs = [ids[i] for i in keep], [caps[i] for i in keep], [imgs[i] for i in keep]
+                if not lengths.all():
+                    keep = np.flatnonzero(lengths > 0).tolist()
+                    no_terms += len(caps) - len(keep)
+                    ids, caps, imgs = [ids[i] for i in keep], [caps[i] for i in keep], [imgs[i] for i in keep]
                 store.add(ids, caps, imgs)
                 if dense is not None:
                     dense.add(caps)
-            bar.update(len(batch))
         bar.close()
         store.close()
         if seen == 0:

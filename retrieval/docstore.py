@@ -76,19 +76,29 @@ class DocStore:
     def __init__(self, folder: Path):
         self.folder = Path(folder).resolve()
         self._table = pa.ipc.open_file(pa.memory_map(str(self.folder / DOCS_FILE), "r")).read_all()
-        self.ids = self._table.column("id")
+        self._batches = self._table.to_batches()  # zero-copy views of the file's record batches
+        self._starts = np.cumsum([0] + [b.num_rows for b in self._batches])
         self.captions = self._table.column("caption")
-        self._images = self._table.column("image")
 
     def __len__(self) -> int:
         return self._table.num_rows
 
     def rows(self, rows: np.ndarray) -> tuple[list[str], list[str], list[str | None]]:
         """(ids, captions, image refs) of the given rows; refs resolved as the module doc says."""
-        idx = pa.array(np.asarray(rows, dtype=np.int64))
-        ids = self.ids.take(idx).to_pylist()
-        caps = self.captions.take(idx).to_pylist()
-        imgs = self._images.take(idx).to_pylist()
+        rows = np.asarray(rows, dtype=np.int64)
+        # take batch by batch: a take on the whole (chunked) table would first concatenate it
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        order = np.argsort(which, kind="stable")
+        cols: list[list] = [[], [], []]
+        bounds = np.flatnonzero(np.diff(which[order])) + 1
+        for part in np.split(order, bounds) if rows.size else []:
+            b = int(which[part[0]])
+            got = self._batches[b].take(pa.array(rows[part] - self._starts[b]))
+            for c in range(3):
+                cols[c].extend(got.column(c).to_pylist())
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        ids, caps, imgs = ([col[i] for i in inverse.tolist()] for col in cols)
         prefix = IMAGES_BIN + "#"
         base = str(self.folder)
         imgs = [f"{base}/{r}" if r is not None and r.startswith(prefix) else r for r in imgs]

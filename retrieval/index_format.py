@@ -9,7 +9,6 @@ whose builder process is gone.
 from __future__ import annotations
 
 import datetime as _dt
-import glob
 import hashlib
 import json
 import os
@@ -44,12 +43,15 @@ def source_fingerprint(memory: str | os.PathLike) -> dict:
         files = sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
     elif os.path.exists(path):
         files = [path]
-    else:
-        files = sorted(glob.glob(path))
+    else:  # a glob / brace pattern of tar shards
+        from data_pipelines.ingest import expand_shards
+
+        files = [str(p) for p in expand_shards(path)]
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
-        h.update(f"{os.path.relpath(f, path if os.path.isdir(path) else os.path.dirname(f))}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        name = os.path.relpath(f, path) if os.path.isdir(path) else os.path.basename(f)
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {"path": os.path.abspath(path), "files": len(files), "sha256": h.hexdigest()}
 
 

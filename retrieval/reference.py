@@ -42,7 +42,7 @@ def make_okapi(corpus: list[list[str]], k1: float, b: float, variant: str, quant
 
     okapi = _Okapi(corpus, k1=k1, b=b)
     if quantize_lengths:
-        okapi.doc_len = bm25.lucene_length(np.array(okapi.doc_len)).tolist()
+        okapi.doc_len = bm25.effective_length(np.array(okapi.doc_len), True).tolist()
     return okapi
 
 

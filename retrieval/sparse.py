@@ -6,19 +6,18 @@ frequencies, hence same length and same score), and BM25 weights (``retrieval.bm
 variant by default) are precomputed per (group, term) into two CSR matrices:
 
 - inverted, term -> groups (``post_groups``, ``post_weights``), plus each term's largest weight;
-- forward, group -> terms (``group_terms``, ``group_weights``), to score a candidate exactly.
+- forward, group -> terms (``group_terms``, ``group_tf``, with ``group_len`` and ``idf``), to
+  rescore the final candidates in float64.
 
-Search is term-at-a-time MaxScore (Turtle & Flood, IP&M 1995): query terms are visited in
-order of their upper bound (count x largest weight); candidates from each visited term's
-postings are scored exactly through the forward matrix; once the sum of the bounds of the
-unvisited terms falls below the k-th best row score found, no unseen document can still enter
-the top k (it would need a term already visited), and the search stops. Rankings are exact:
-the same as scoring every document.
+Search is term-at-a-time MaxScore (Turtle & Flood, IP&M 1995) with exact final scoring; see
+``SparseRetriever.rank_ids``. Rankings are exact: the same as scoring every document, ties
+broken by row.
 
 Files (``np.load(..., allow_pickle=False)``, memory-mapped): ``vocab.txt`` (one term per line,
 line i = term id i), ``term_indptr.npy``, ``post_groups.npy``, ``post_weights.npy``,
-``term_max.npy``, ``doc_freq.npy``, ``group_indptr.npy``, ``group_terms.npy``,
-``group_weights.npy``, ``member_indptr.npy``, ``member_rows.npy`` (rows of each group, ascending).
+``term_max.npy``, ``doc_freq.npy``, ``idf.npy``, ``group_indptr.npy``, ``group_terms.npy``,
+``group_tf.npy``, ``group_len.npy`` (effective lengths), ``member_indptr.npy``,
+``member_rows.npy`` (rows of each group, ascending).
 """
 from __future__ import annotations
 
@@ -32,8 +31,8 @@ from retrieval.api import IndexRetriever, Ranked
 from retrieval.tokenizer import Tokenizer
 from retrieval.topk import expand, group_threshold
 
-_ARRAYS = ("term_indptr", "post_groups", "post_weights", "term_max", "doc_freq",
-           "group_indptr", "group_terms", "group_weights", "member_indptr", "member_rows")
+_ARRAYS = ("term_indptr", "post_groups", "post_weights", "term_max", "doc_freq", "idf",
+           "group_indptr", "group_terms", "group_tf", "group_len", "member_indptr", "member_rows")
 
 
 def _unique(x: np.ndarray) -> np.ndarray:
@@ -154,9 +153,9 @@ class SparseBuilder:
         pos = _csr_positions(doc_indptr[rep], nnz)
         g_terms = term[pos]
         g_tf = tf[pos]
-        g_len = np.repeat(dl[rep], nnz)
+        group_len = bm25.effective_length(dl[rep], self.quantize_lengths)
         del term, tf
-        g_w = bm25.term_weights(g_tf, g_len, term_idf[g_terms], avgdl, self.k1, self.b, self.quantize_lengths)
+        g_w = bm25.term_weights(g_tf, np.repeat(group_len, nnz), term_idf[g_terms], avgdl, self.k1, self.b)
         group_indptr = np.zeros(g + 1, dtype=np.int64)
         np.cumsum(nnz, out=group_indptr[1:])
 
@@ -173,7 +172,8 @@ class SparseBuilder:
         folder = Path(folder)
         arrays = dict(term_indptr=term_indptr, post_groups=post_groups, post_weights=post_weights,
                       term_max=term_max, doc_freq=df, group_indptr=group_indptr,
-                      group_terms=g_terms.astype(np.int32), group_weights=g_w,
+                      idf=term_idf, group_terms=g_terms.astype(np.int32), group_tf=g_tf.astype(np.int32),
+                      group_len=group_len.astype(np.int64),
                       member_indptr=member_indptr, member_rows=member_rows.astype(np.int32 if n < 2**31 else np.int64))
         for name, arr in arrays.items():
             np.save(folder / f"{name}.npy", arr, allow_pickle=False)
@@ -197,7 +197,9 @@ class SparseRetriever(IndexRetriever):
         self.group_indptr = np.asarray(a["group_indptr"])
         self.member_indptr = np.asarray(a["member_indptr"])
         self.post_groups, self.post_weights = a["post_groups"], a["post_weights"]
-        self.group_terms, self.group_weights = a["group_terms"], a["group_weights"]
+        self.group_terms, self.group_tf, self.group_len = a["group_terms"], a["group_tf"], a["group_len"]
+        self.idf = a["idf"]
+        self.k1, self.b, self.avgdl = float(meta["k1"]), float(meta["b"]), float(meta["avgdl"])
         self.member_rows = a["member_rows"]
         self.group_sizes = np.diff(self.member_indptr)
         terms = (self.path / "vocab.txt").read_text(encoding="utf-8").split("\n") if meta.get("vocab_size") else []
@@ -215,8 +217,8 @@ class SparseRetriever(IndexRetriever):
         return self.post_groups[a:b], self.post_weights[a:b]
 
     def _exact(self, groups: np.ndarray, qt: np.ndarray, qc: np.ndarray) -> np.ndarray:
-        """Full float64 scores of groups through the forward matrix, for the query with sorted
-        term ids ``qt`` and counts ``qc``. Terms are summed in id order, so equal weight bags
+        """Precise (float64) scores of groups through the forward matrix, for the query with
+        sorted term ids ``qt`` and counts ``qc``. Terms are summed in id order, so equal bags
         give bit-identical scores whichever path found them."""
         starts = self.group_indptr[groups]
         lens = self.group_indptr[groups + 1] - starts
@@ -226,7 +228,9 @@ class SparseRetriever(IndexRetriever):
         t = self.group_terms[pos]
         j = np.minimum(np.searchsorted(qt, t), qt.size - 1)
         q = np.where(qt[j] == t, qc[j], 0.0)
-        return np.add.reduceat(q * self.group_weights[pos], np.cumsum(lens) - lens)
+        w = bm25.term_weights(self.group_tf[pos], np.repeat(self.group_len[groups], lens), self.idf[t],
+                              self.avgdl, self.k1, self.b, dtype=np.float64)
+        return np.add.reduceat(q * w, np.cumsum(lens) - lens)
 
     def rank_ids(self, term_ids: np.ndarray, k: int) -> Ranked:
         """Top-k rows for one query given as term ids (repeats count, as in Lucene and rank-bm25).

@@ -11,6 +11,7 @@ regex call, which is several times faster than a Python loop over captions.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -42,11 +43,16 @@ def to_text(value: object) -> str:
     Lone surrogates (from ``surrogateescape`` decoding) are replaced too: they cannot be written
     to Arrow or JSON, and a caption must round-trip through the index unchanged otherwise.
     """
-    if value is None:
+    if type(value) is str:
+        if value.isascii():  # the common case, checked at C speed
+            return value
+        text = value
+    elif value is None:
         return ""
-    if isinstance(value, (bytes, bytearray, memoryview)):
+    elif isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="replace")
-    text = value if isinstance(value, str) else str(value)
+    else:
+        text = str(value)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -114,8 +120,7 @@ class Tokenizer:
         New terms are appended to ``terms`` and ``lut`` (the growing vocabulary).
         """
         raw = self._raw(texts)
-        get = lut.get
-        ids = np.fromiter((get(t, -3) for t in raw), dtype=np.int64, count=len(raw))
+        ids = np.fromiter(map(lut.get, raw, itertools.repeat(-3)), dtype=np.int64, count=len(raw))
         new = np.flatnonzero(ids == -3)
         for pos in new.tolist():  # only first sightings of a term take the slow path
             t = raw[pos]

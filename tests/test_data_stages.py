@@ -178,6 +178,14 @@ def keys_of(feed, n):
     return [next(feed)["keys"] for _ in range(n)]
 
 
+def test_expand_shards_takes_folders_globs_and_remote_urls(shards):
+    local = expand_shards(shards)
+    assert [Path(u).name for u in local] == ["shard-000000.tar", "shard-000001.tar"]
+    assert expand_shards([str(Path(shards[0]) / "shard-*.tar")]) == local
+    remote = expand_shards(["pipe:curl -s https://host/s-{000..002}.tar"])
+    assert remote == [f"pipe:curl -s https://host/s-00{i}.tar" for i in range(3)]
+
+
 def test_expand_shards_errors_clearly(tmp_path):
     with pytest.raises(DataError, match="matches no shard"):
         expand_shards([str(tmp_path / "nope-*.tar")])

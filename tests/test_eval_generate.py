@@ -78,19 +78,26 @@ def test_writes_one_playable_mp4_per_row_and_resumes(world, pipe, tmp_path):
     assert np.abs(np.load(out / f"{victim}.npy").astype(int) - before.astype(int)).max() <= 1
 
 
-def test_cli_untrained_limit_and_no_pipeline_needed_when_done(world, tmp_path, capsys):
+def test_cli_untrained_limit_resume_and_settings(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "v"
-    sets = [a for s in TINY for a in ("--set", s)]
-    rc = main(["--pipeline", "untrained", *sets, "--eval", str(world / "eval" / "subject.jsonl"), "--out", str(out),
-               "--steps", "1", "--limit", "1", "--threads", "1"])
-    assert rc == 0
-    assert [p.name for p in sorted(out.iterdir())] == ["subject-0000.mp4", "subject-0000.npy"]
+    subject = str(world / "eval" / "subject.jsonl")
+    args = ["--pipeline", "untrained", *[a for s in TINY for a in ("--set", s)], "--eval", subject, "--out", str(out),
+            "--steps", "1", "--limit", "1", "--threads", "1"]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["generation.json", "subject-0000.mp4", "subject-0000.npy"]
     assert "1 generated" in capsys.readouterr().out
-    # Everything is there: the (nonexistent) pipeline is never loaded.
-    assert main(["--pipeline", str(tmp_path / "nope"), "--eval", str(world / "eval" / "subject.jsonl"),
-                 "--out", str(out), "--limit", "1"]) == 0
-    assert main(["--pipeline", str(tmp_path / "nope"), "--eval", str(world / "eval" / "subject.jsonl"),
-                 "--out", str(out)]) == 2
+    # Everything is there: a resumed run does not even load the pipeline.
+    monkeypatch.setattr("vimi.eval.generate.load_pipeline", lambda *a: pytest.fail("pipeline loaded for nothing"))
+    assert main(args) == 0
+    assert "0 generated, 1 already there" in capsys.readouterr().out
+    # Other settings into the same folder would mix two configurations in one score.
+    assert main([*args[:-5], "2", "--limit", "1"]) == 2
+    assert "steps: 1 -> 2" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert not (out / ".complete").exists()  # --limit 1 of 2 rows: the eval set is not complete
+    assert main([*args[:-4], *args[-2:]]) == 0 and "1 generated, 1 already there" in capsys.readouterr().out
+    assert json.loads((out / ".complete").read_text())["rows"] == 2  # the marker `make demo` resumes on
+    assert main(["--pipeline", str(tmp_path / "nope"), "--eval", subject, "--out", str(tmp_path / "w")]) == 2
     assert "not a pipeline folder" in capsys.readouterr().err
 
 

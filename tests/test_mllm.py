@@ -1,6 +1,7 @@
 """MLLM encoder on a tiny LLaVA saved to disk and loaded through the user's path."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -60,13 +61,16 @@ def prompts():
     ]
 
 
-def test_saved_tiny_llava_loads_through_user_path_and_is_deterministic(folder, tmp_path):
-    model, _ = tiny_llava(seed=0)
+def test_saved_tiny_llava_loads_through_user_path_and_is_deterministic(folder):
     enc = make_encoder(folder)
-    for (name, a), b in zip(model.state_dict().items(), enc.llava.state_dict().values()):
-        assert torch.equal(a, b), name  # the folder holds exactly the seed's weights
+    torch.manual_seed(0)
+    default = MLLMEncoder(MLLMConfig(), out_dim=OUT)  # path="": the same build, from the same seed
+    for (name, a), b in zip(default.llava.state_dict().items(), enc.llava.state_dict().values()):
+        assert torch.equal(a, b), name
+    ps = prompts()[:2]
+    torch.testing.assert_close(copy.deepcopy(default).encode(ps), enc.encode(ps))  # EMA-style copies work
     other, _ = tiny_llava(seed=1)
-    assert not torch.equal(other.lm_head.weight, model.lm_head.weight)
+    assert not torch.equal(other.lm_head.weight, enc.llava.lm_head.weight)
     assert enc.n_image_tokens == 16  # 32x32 image, 8x8 patches, CLS dropped as in llava-1.5
     assert (folder / "config.json").is_file() and (folder / "processor_config.json").is_file()
     with pytest.raises(MLLMLoadError, match="not a local folder"):

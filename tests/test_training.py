@@ -78,8 +78,8 @@ def run(shards: Path, out: Path, *extra: str, stage: str = "pretrain"):
 
 @pytest.fixture(scope="module")
 def full(shards, work):
-    """The uninterrupted reference run: 4 steps, checkpoints at 2 and 4, EMA pipeline exported."""
-    return run(shards, work / "full")
+    """The uninterrupted reference run: 4 steps, checkpoints and samples at 2 and 4, EMA pipeline exported."""
+    return run(shards, work / "full", "sample.every=2")
 
 
 # ---------------------------------------------------------------------------- configs and dry runs
@@ -212,6 +212,9 @@ def test_one_rank_run_logs_exports_and_counts_skips(full):
     run_dir = full.run_dir
     assert (run_dir / "loss_curve.png").stat().st_size > 1000 and (run_dir / "config.yaml").is_file()
     assert list((run_dir / "tensorboard").glob("events.*"))
+    for step in ("step_000002", "step_000004"):                          # fixed-prompt videos, EMA weights
+        assert (run_dir / "samples" / step / "00.mp4").stat().st_size > 0
+        assert (run_dir / "samples" / step / "sheet.png").is_file()
     # the export holds the EMA weights of the last checkpoint and loads as a pipeline
     ema = load_file(str(find_latest(run_dir / "checkpoints") / "ema.safetensors"))
     exported = load_file(str(full.pipeline / "model.safetensors"))
@@ -243,6 +246,8 @@ def test_checkpoint_of_another_config_is_refused(full, shards, work):
         run(shards, out, "model.fit.latent_dim=64")
     with pytest.raises(ConfigMismatchError, match="optim.micro_batch"):
         run(shards, out, "optim.micro_batch=1")
+    with pytest.raises(ConfigMismatchError, match="zero_stage: 0 \\(checkpoint\\) != 2"):
+        run(shards, out, "run.deepspeed=configs/deepspeed/zero2.json")
 
 
 def test_full_disk_while_checkpointing_keeps_the_previous_one(full, shards, work, monkeypatch):

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 
+from . import spec
 from .generate import generate_world
 from .render import ShapeWorldError
 from .world import WorldConfig
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except ShapeWorldError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    dropped = [m for m in spec.MOTIONS if m not in world["object_motions"]]
+    if dropped:
+        print(f"note: {dropped} do not fit {cfg.frames} frames of {cfg.size} px and were left out", file=sys.stderr)
     print(f"wrote {cfg.out}: {world['counts']['videos']} videos, {world['counts']['memory']} memory images, "
           f"{world['counts']['references']} references, eval {world['counts']['eval']} in {world['seconds']:.1f} s")
     return 0

@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from data_pipelines.video_io import write_video
 from vimi.config import to_dict
 
-from . import spec
+from . import sampling, spec
 from .captions import memory_caption, subject_prompt, video_caption
 from .render import ClipParams, ShapeWorldError, render_clip, render_image
 from .world import EVAL_SPLITS, SUBJECT_NAMES, VERSION, WorldConfig, eval_params, is_novel, memory_params, reference_params, train_video_params
@@ -104,8 +105,6 @@ def reference_paths(cfg: WorldConfig, name: str) -> list[str]:
 
 
 def _video_row(cfg: WorldConfig, i: int) -> dict:
-    from data_pipelines.video_io import write_video
-
     p = train_video_params(cfg, i)
     vid = f"v{i:07d}"
     write_video(cfg.out / "videos" / f"{vid}.mp4", render_clip(p), fps=spec.FPS, lossless=True)
@@ -229,6 +228,9 @@ def generate_world(cfg: WorldConfig) -> dict:
         "fps": spec.FPS,
         "counts": {"videos": cfg.videos, "memory": cfg.memory, "references": len(rows.get("references", [])),
                    "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS}},
+        # Motions whose trajectory fits T frames of this canvas (all of them at the default 8 x 32 px).
+        "object_motions": sorted({m for m, _ in sampling.object_choices(cfg.frames, cfg.size)}, key=list(spec.MOTIONS).index),
+        "subject_motions": list(sampling.subject_motions(cfg.frames, cfg.size)),
         "novel_subjects": sorted(spec.NOVEL_SUBJECTS),
         "novel_compositions": [" ".join(cs) for cs in sorted(spec.NOVEL_COMPOSITIONS)],
         "references": {name: reference_paths(cfg, name) for name in SUBJECT_NAMES},

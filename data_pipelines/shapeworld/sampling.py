@@ -5,6 +5,7 @@ Every sampler takes its own `numpy.random.Generator`; the dataset writer derives
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -62,21 +63,23 @@ def _start(rng: np.random.Generator, motion: str, radius0: float, frames: int, s
     return _uniform_3dp(rng, xlo, xhi), _uniform_3dp(rng, ylo, yhi)
 
 
-def object_choices(frames: int, size_px: int) -> list[tuple[str, str]]:
+@functools.lru_cache(maxsize=None)
+def object_choices(frames: int, size_px: int) -> tuple[tuple[str, str], ...]:
     """(motion, size) pairs an object clip can take at this T and canvas."""
-    pairs = [
+    pairs = tuple(
         (motion, size)
         for motion, m in spec.MOTIONS.items()
         for size in spec.SIZES
         if (m.only_size in (None, size)) and feasible(motion, spec.SIZES[size], frames, size_px)
-    ]
+    )
     if not pairs:
         raise ShapeWorldError(f"no object motion fits {frames} frames of {size_px} px")
     return pairs
 
 
-def subject_motions(frames: int, size_px: int) -> list[str]:
-    return [m for m in spec.TRANSLATIONS if feasible(m, spec.SUBJECT_RADIUS, frames, size_px)]
+@functools.lru_cache(maxsize=None)
+def subject_motions(frames: int, size_px: int) -> tuple[str, ...]:
+    return tuple(m for m in spec.TRANSLATIONS if feasible(m, spec.SUBJECT_RADIUS, frames, size_px))
 
 
 def sample_object_clip(

@@ -9,7 +9,8 @@ prediction ``{"prompt", "frames": [first-frame PNGs]}``; subject ``{"prompt" wit
 generator writes them. Row ``i`` of an eval file is sampled with seed ``seed + i``, so a video
 depends neither on the batch size nor on ``--limit`` nor on which other splits run with it.
 
-Two files per row, both written atomically (so a killed run resumes with ``--out`` unchanged):
+Two files per row, both written atomically (so a killed run resumes with ``--out`` unchanged;
+``generation.json`` in ``--out`` records the settings and a resume with other settings is refused):
 ``{id}.mp4`` (yuv420p H.264, plays in a browser) and ``{id}.npy`` (the exact uint8 frames, which
 the scorer prefers). The npy matters: 4:2:0 chroma subsampling at 32 px smears colours enough
 that even the ground truth scores only ~60-80% all_correct when read back from such an mp4.
@@ -159,7 +160,27 @@ def generate_items(pipe, items: Sequence[EvalItem], out_dir: str | Path, *, step
     seconds = time.perf_counter() - t0
     return {"total": len(items), "generated": len(todo), "skipped": len(items) - len(todo),
             "seconds": seconds, "videos_per_s": len(todo) / seconds if todo and seconds > 0 else None,
-            "nfe": getattr(pipe, "last_nfe", None)}
+            "nfe": getattr(pipe, "last_nfe", None) if todo else None}
+
+
+SETTINGS = "generation.json"
+COMPLETE = ".complete"  # written by the CLI once every row of the (unlimited) eval set has its video
+
+
+def check_settings(out_dir: str | Path, settings: dict) -> None:
+    """Record the settings a videos folder is generated with; refuse to resume it with others, which
+    would silently mix videos of two configurations in one score."""
+    path = Path(out_dir) / SETTINGS
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise EvalGenerateError(f"{out_dir} holds videos generated with other settings ({changes}); "
+                                    f"use another --out or empty it")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def load_pipeline(spec: str, overrides: Iterable[str] = ()):
@@ -213,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         items = load_items(args.eval, limit=args.limit, seed=args.seed)
+        pipeline = args.pipeline if args.pipeline == UNTRAINED else str(Path(args.pipeline).resolve())
+        check_settings(args.out, {"pipeline": pipeline, "set": args.set, "steps": args.steps,
+                                  "guidance": args.guidance, "seed": args.seed})
         # Loading a pipeline takes seconds: a finished folder (a resumed demo) does not need one.
         done = all(is_done(Path(args.out), it.id, not args.no_frames) for it in items)
         pipe = None if done else load_pipeline(args.pipeline, args.set)
@@ -221,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (EvalGenerateError, InputError, PipelineLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.limit is None:  # every row of the eval set is there: the marker `make demo` resumes on
+        (Path(args.out) / COMPLETE).write_text(json.dumps({"rows": stats["total"], "eval": str(args.eval)}) + "\n")
     rate = f"{stats['videos_per_s']:.3f} videos/s" if stats["videos_per_s"] else "nothing to generate"
     print(f"{args.out}: {stats['generated']} generated, {stats['skipped']} already there, "
           f"{stats['total']} rows; {stats['seconds']:.1f} s, {rate}, NFE {stats['nfe']}")

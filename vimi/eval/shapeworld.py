@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from tqdm import tqdm
 
 from data_pipelines.shapeworld import spec
 from data_pipelines.shapeworld.render import pixel_centres, shape_mask
+from data_pipelines.video_io import VideoDecodeError, read_video
 
 OBJECT_THRESHOLD = 40.0      # RGB distance from the background beyond which a pixel is object
 MOVE_PX_PER_FRAME = 0.8      # centroid speed (32-px scale) that counts as translation
@@ -140,7 +142,7 @@ def analyze(frames: np.ndarray) -> dict:
     if areas[0] == 0 or areas[-1] == 0:
         return out
     lit = areas > 0
-    ys, xs = np.arange(frames.shape[1]) + 0.5, np.arange(frames.shape[2]) + 0.5
+    ys, xs = pixel_centres(frames.shape[1]), pixel_centres(frames.shape[2])
     cx = (mask.sum(1) * xs).sum(1)[lit] / areas[lit]
     cy = (mask.sum(2) * ys).sum(1)[lit] / areas[lit]
     centroids = np.stack([cx, cy], 1)                                            # (T_lit, 2)
@@ -215,7 +217,8 @@ def score(frames: np.ndarray, record: dict, gt: np.ndarray | None = None) -> dic
 EVAL_SPLITS = ("t2v-seen", "t2v-novel-composition", "t2v-novel-subject", "prediction", "subject")
 
 
-def _read_records(eval_file: Path) -> list[dict]:
+def read_records(eval_file: Path) -> list[dict]:
+    """The records of one eval JSONL; ScoreError if it cannot be read."""
     try:
         with open(eval_file, encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
@@ -229,8 +232,6 @@ def _load_video(videos_dir: Path, vid: str) -> np.ndarray | None:
     if npy.exists():
         return np.load(npy, allow_pickle=False)
     if mp4.exists():
-        from data_pipelines.video_io import read_video  # PyAV only when mp4s are scored
-
         return read_video(mp4)
     return None
 
@@ -241,12 +242,8 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
     Accuracies are over all records (a missing or unreadable video is wrong on everything);
     `psnr` is the mean over the prediction videos that were read.
     """
-    from tqdm import tqdm
-
-    from data_pipelines.video_io import VideoDecodeError
-
     videos_dir, eval_file = Path(videos_dir), Path(eval_file)
-    records = _read_records(eval_file)
+    records = read_records(eval_file)
     base = eval_file.parent
     totals: dict[str, int] = {}
     counts: dict[str, int] = {}

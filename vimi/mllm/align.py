@@ -23,7 +23,6 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,58 +45,40 @@ class AlignConfig:
     lr: float = 2e-3             # peak AdamW learning rate (high: the tiny model starts from scratch)
     warmup: int = 20             # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.0
-    clip: float = 1.0            # gradient-norm clip
+    clip: float = 1.0            # gradient-norm clip (0 = off)
     train: str = "all"           # "all" (tiny, from scratch) | "projector" (LLaVA stage 1 on a pretrained init)
     eval_rows: int = 128         # held-out rows (chosen by id hash, never trained on)
     max_rows: int = 20000        # training rows read from the memory (streamed; the rest is not read)
 
 
 # ---------------------------------------------------------------------- data
-def _memory_batches(path: str) -> Iterator[list[dict]]:
-    """Rows {"id", "caption", "image": bytes | path | None} in streaming batches."""
-    try:
-        from data_pipelines.tables import iter_memory
-    except ImportError:  # until data_pipelines.tables grows iter_memory: plain tables, paths resolved
-        from data_pipelines.tables import iter_table, resolve, table_dir
-
-        base = table_dir(path)
-        for rows in iter_table(path, columns=["id", "caption", "image"]):
-            yield [dict(r, image=r["image"] if isinstance(r["image"], bytes) else resolve(base, r["image"])) for r in rows]
-        return
-    yield from iter_memory(path)
-
-
-def _load_image(ref):
-    try:
-        from data_pipelines.tables import load_image
-    except ImportError:  # same fallback as above
-        import io
-
-        from PIL import Image
-
-        return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref).convert("RGB")
-    return load_image(ref).convert("RGB")
-
-
 def read_memory(path: str, eval_rows: int, max_rows: int) -> tuple[list[tuple[str, object]], list[tuple[str, object]], int]:
     """-> (train [(caption, image)], held-out [(caption, image)], rows skipped for lack of an image).
 
-    A row is held out when crc32(id) % 8 == 0 (stable across runs and memory orderings) until
+    Rows stream through ``data_pipelines.tables.iter_memory`` (tables or img2dataset tars). A row
+    is held out when crc32(id) % 8 == 0 (stable across runs and memory orderings) until
     ``eval_rows`` are held out; reading stops once both lists are full.
     """
+    from data_pipelines.tables import MissingImageError, iter_memory, load_image
+
     train: list = []
     held: list = []
     skipped = 0
-    for rows in _memory_batches(path):
+    for rows in iter_memory(path):
         for r in rows:
-            if r.get("image") is None or not str(r.get("caption") or "").strip():
-                skipped += 1
-                continue
+            caption = str(r.get("caption") or "").strip()
             to_eval = zlib.crc32(str(r["id"]).encode()) % 8 == 0 and len(held) < eval_rows
             target = held if to_eval else train
             if target is train and len(train) >= max_rows:
                 continue
-            target.append((str(r["caption"]).strip(), _load_image(r["image"])))
+            try:  # rows without a caption or a usable image teach nothing here
+                image = load_image(r["image"], name=str(r["id"])) if caption else None
+            except MissingImageError:
+                image = None
+            if image is None:
+                skipped += 1
+                continue
+            target.append((caption, image))
         if len(train) >= max_rows and len(held) >= eval_rows:
             break
     if not train or not held:
@@ -223,7 +204,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
         loss = caption_loss(llava, batcher([train[i] for i in idx], n_image))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         opt.step()
         sched.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()

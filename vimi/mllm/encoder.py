@@ -70,6 +70,22 @@ def load_llava(path: str | Path, dtype: str = "float32"):
     return model, processor
 
 
+_TINY_DEFAULTS: dict[tuple[int, int], tempfile.TemporaryDirectory] = {}
+
+
+def _tiny_default(seed: int, image_size: int) -> Path:
+    """Folder of the built-in tiny LLaVA, built once per process and removed at exit.
+
+    Built to disk and loaded back so the default takes exactly a user's llava-1.5 path.
+    """
+    key = (seed, image_size)
+    if key not in _TINY_DEFAULTS:
+        tmp = tempfile.TemporaryDirectory(prefix="vimi-tiny-llava-")
+        build_tiny_llava(tmp.name, seed, TinyLlavaConfig(image_size=image_size))
+        _TINY_DEFAULTS[key] = tmp
+    return Path(_TINY_DEFAULTS[key].name)
+
+
 def pad_hidden(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """[(L_i, H)] -> (H (B, L, H) zero-padded on the right, mask (B, L) bool True=valid)."""
     if not rows:
@@ -91,15 +107,12 @@ class MLLMEncoder(nn.Module):
         if cfg.tuning not in TUNINGS:
             raise ValueError(f"MLLMConfig.tuning must be one of {TUNINGS}, got {cfg.tuning!r}")
         self.cfg = cfg
-        self._tmp: tempfile.TemporaryDirectory | None = None
         if cfg.path:
             self.source = Path(cfg.path).expanduser()
         else:
             log.warning("MLLMConfig.path is empty: using an untrained tiny LLaVA (seed %d); "
                         "align one with `python -m vimi.mllm.align` for a meaningful frozen encoder", cfg.seed)
-            self._tmp = tempfile.TemporaryDirectory(prefix="vimi-tiny-llava-")
-            # Built to disk and loaded back so the default takes exactly a user's llava-1.5 path.
-            self.source = build_tiny_llava(self._tmp.name, cfg.seed, TinyLlavaConfig(image_size=cfg.image_size))
+            self.source = _tiny_default(cfg.seed, cfg.image_size)
         self.llava, self.processor = load_llava(self.source, cfg.dtype)
         text_cfg = self.llava.config.text_config
         n_states = text_cfg.num_hidden_layers + 1  # hidden_states = embeddings + one per layer

@@ -151,7 +151,7 @@ def resolve_resume(spec: str, root: Path) -> Path | None:
 
 
 def save(engine, root: Path, step: int, *, rank: int, world_size: int, config: dict, rank_state: dict,
-         ema=None, keep: int = 2, barrier=None) -> Path:
+         ema=None, keep: int = 2, barrier=None, layout: dict | None = None) -> Path:
     """Write checkpoint ``step`` on every rank (collective); commit it on rank 0. Raises
     CheckpointError when any file cannot be written (the previous checkpoint stays the latest)."""
     tag = tag_for(step)
@@ -170,7 +170,7 @@ def save(engine, root: Path, step: int, *, rank: int, world_size: int, config: d
         if rank == 0:
             atomic_write_text(path / TRAIN_STATE, json.dumps(
                 {"step": step, "world_size": world_size, "ema_updates": ema.updates if ema is not None else 0,
-                 "config": config}, indent=1))
+                 "layout": layout or {}, "config": config}, indent=1))
             atomic_write_text(root / LATEST, tag)  # the commit point
             prune(root, keep)
     except OSError as e:
@@ -190,12 +190,17 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def read_train_state(path: Path, config: dict, world_size: int) -> dict:
-    """train_state.json of a checkpoint, after checking it belongs to a run with this config."""
+def read_train_state(path: Path, config: dict, world_size: int, layout: dict | None = None) -> dict:
+    """train_state.json of a checkpoint, after checking it belongs to a run with this config, world
+    size and DeepSpeed layout (``{"zero_stage", "precision"}``: how the optimizer state is sharded)."""
     state = json.loads((path / TRAIN_STATE).read_text())
     blocking, harmless = config_differences(state["config"], config)
     if state["world_size"] != world_size:
         blocking.insert(0, f"world_size: {state['world_size']} (checkpoint) != {world_size} (this run)")
+    for key, value in (layout or {}).items():
+        saved = state.get("layout", {}).get(key, value)
+        if saved != value:
+            blocking.insert(0, f"deepspeed {key}: {saved!r} (checkpoint) != {value!r} (this run)")
     if blocking:
         raise ConfigMismatchError(
             f"checkpoint {path} was written by a run with a different config:\n  " + "\n  ".join(blocking)

@@ -92,6 +92,8 @@ class RunConfig:
     deepspeed: str = "configs/deepspeed/zero0.json"  # ZeRO stage / precision / communication JSON
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the accelerator supports it
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | None = None   # intra-op threads per CPU rank; None: $OMP_NUM_THREADS, else cores / local ranks
+    #                                 (1 is far faster on a machine busy with other work: OpenMP threads spin-wait)
     progress: bool = True            # tqdm bar on rank 0
     export: bool = True              # write the EMA pipeline folder at the end of the stage
 
@@ -134,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"data.subject_crop must be [lo, hi] with 0 < lo <= hi <= 1, got {d.subject_crop}")
         if "<image>" not in d.subject_phrase or "<image>" not in d.subject_fallback:
             raise ConfigError("data.subject_phrase and data.subject_fallback must contain <image>")
+        if r.cpu_threads is not None and r.cpu_threads < 1:
+            raise ConfigError(f"run.cpu_threads must be >= 1 (or null), got {r.cpu_threads}")
         if self.sample.every < 0 or self.sample.num_steps < 1:
             raise ConfigError("sample.every must be >= 0 and sample.num_steps >= 1")
         return self

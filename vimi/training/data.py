@@ -39,11 +39,17 @@ class DataError(RuntimeError):
 
 
 def expand_shards(specs: Sequence[str]) -> list[str]:
-    """Shard files, folders (their ``*.tar``) and globs -> sorted, de-duplicated list of tar paths."""
+    """Shard files, folders (their ``*.tar``), globs, and remote WebDataset URLs (``pipe:...``,
+    ``http(s)://...``, with ``{000..099}`` brace ranges) -> sorted, de-duplicated list."""
+    from webdataset.shardlists import expand_urls
+
     if not specs:
         raise DataError("data.shards is empty: give shard files, folders or globs (python -m data_pipelines.build_shards)")
     out: list[str] = []
     for spec in specs:
+        if spec.startswith("pipe:") or "://" in spec:
+            out.extend(expand_urls(spec))  # streamed by webdataset's gopen; existence is checked on open
+            continue
         p = Path(spec).expanduser()
         if p.is_dir():
             found = sorted(str(f) for f in p.glob("*.tar") if not f.name.startswith("."))

@@ -73,7 +73,7 @@ def pick_device(cfg: TrainConfig, info: DistInfo) -> torch.device:
             raise RuntimeError("run.device=cuda but no CUDA device is available")
         torch.cuda.set_device(info.local_rank)
         return torch.device("cuda", info.local_rank)
-    torch.set_num_threads(cpu_threads(info))
+    torch.set_num_threads(cfg.run.cpu_threads or cpu_threads(info))
     return torch.device("cpu")
 
 
@@ -126,9 +126,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     #    must fail before minutes of building.
     from vimi.training.build import build_stream, build_training_model, check_init
     from vimi.training.data import expand_shards
+    from vimi.training.optim import deepspeed_config, param_groups, scheduler_factory
 
+    device = pick_device(cfg, info)
+    ds_config = deepspeed_config(cfg, world, device)
+    layout = {"zero_stage": int(ds_config.get("zero_optimization", {}).get("stage", 0)),
+              "precision": "bf16" if ds_config["bf16"]["enabled"] else "fp32"}
     resume_path = ckpt.resolve_resume(cfg.run.resume, ckpt_root)
-    train_state = ckpt.read_train_state(resume_path, cfg_dict, world) if resume_path else None
+    train_state = ckpt.read_train_state(resume_path, cfg_dict, world, layout) if resume_path else None
     check_init(cfg, resuming=resume_path is not None)
     expand_shards(cfg.data.shards)
 
@@ -137,12 +142,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     from vimi.training.ema import EMA
     from vimi.training.loader import DataFeed, StreamState
     from vimi.training.metrics import MetricsLog, plot_loss_curve
-    from vimi.training.optim import deepspeed_config, param_groups, scheduler_factory
     from vimi.training.samples import export_pipeline, write_samples
     from vimi.training.step import TrainStep, drop_mask, sample_seeds
 
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING, format="[%(name)s] %(message)s")
-    device = pick_device(cfg, info)
     if train_state and train_state["harmless_differences"] and info.is_main:
         log.warning("resuming with changed settings:\n  %s", "\n  ".join(train_state["harmless_differences"]))
     ckpt.seed_everything(cfg.run.seed + rank)
@@ -153,14 +156,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     built = build_training_model(cfg, device, init=None if resume_path else cfg.run.init, with_ema=info.is_main)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
-    ds_config = deepspeed_config(cfg, world, device)
     step_module = TrainStep(built.model, built.loss, built.sigma_in)
     named = [(n, p) for n, p in step_module.named_parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(
         model=step_module, model_parameters=param_groups(named, cfg.optim.weight_decay), config=ds_config,
         lr_scheduler=scheduler_factory(cfg.optim, cfg.run.steps), dist_init_required=False)
     ema = EMA(built.trainable_names, built.ema_model, cfg.ema.decay, cfg.ema.warmup)
-    live = {n[len("model."):]: p for n, p in engine.module.named_parameters() if n[len("model."):] in set(ema.names)}
+    wanted = set(ema.names)
+    live = {n[len("model."):]: p for n, p in engine.module.named_parameters() if n[len("model."):] in wanted}
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -190,7 +193,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar = tqdm(total=cfg.run.steps, initial=start, desc=f"{cfg.run.stage}", unit="step", dynamic_ncols=True)
     samples_per_step = cfg.optim.micro_batch * cfg.optim.accumulation * world
     window = {"t": time.time(), "steps": 0, "data_s": 0.0}
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])   # key -> [sum, count] since last log
+    pending: list[tuple[list[str], torch.Tensor]] = []   # (tasks, per-sample losses) since the last log
     engine.train()
     step = start
     try:
@@ -208,13 +211,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     window["lr"] = float(engine.get_lr()[0])   # the LR this optimizer step uses
                     window["grad_norm"] = _grad_norm(named)    # before the step zeroes the gradients
                 engine.step()
-                with torch.no_grad():
-                    values = per_sample.detach().float().cpu().tolist()
-                for task, v in zip(batch["tasks"], values):
-                    sums["loss"][0] += v
-                    sums["loss"][1] += 1
-                    sums[f"loss/{task}"][0] += v
-                    sums[f"loss/{task}"][1] += 1
+                pending.append((batch["tasks"], per_sample.detach()))  # read back at log time (no sync here)
             step += 1
             window["steps"] += 1
             if step % cfg.ema.every == 0:
@@ -224,23 +221,25 @@ def train(cfg: TrainConfig) -> TrainResult:
             if bar is not None:
                 bar.update(1)
             if step % cfg.run.log_every == 0 or step == cfg.run.steps or stopping:
-                row = _log_row(sums, window, samples_per_step, engine, feed, device)
+                row = _log_row(pending, window, samples_per_step, engine, feed, device)
                 result.losses[step] = row["loss"]
                 metrics.log(step, row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.1f}")
-                sums.clear()
+                pending.clear()
                 window.update(t=time.time(), steps=0, data_s=0.0)
                 window.pop("grad_norm", None)
+            t_pause = time.time()  # samples and checkpoints do not count against throughput
             if cfg.sample.every and step % cfg.sample.every == 0 and info.is_main:
                 write_samples(ema.average, cfg, step, run_dir, metrics)
             if step % cfg.run.save_every == 0 or step == cfg.run.steps or stopping:
                 result.checkpoint = ckpt.save(
                     engine, ckpt_root, step, rank=rank, world_size=world, config=cfg_dict,
                     rank_state={"data": feed.state_dict(), "step": step}, ema=ema, keep=cfg.run.keep_checkpoints,
-                    barrier=_barrier)
+                    barrier=_barrier, layout=layout)
                 if info.is_main:
                     plot_loss_curve(run_dir, title=f"{cfg.run.stage} ({run_dir.name})")
+            window["t"] += time.time() - t_pause
             result.step = step
             if stopping:
                 result.interrupted = step < cfg.run.steps
@@ -268,8 +267,14 @@ def _grad_norm(named: list[tuple[str, torch.nn.Parameter]]) -> float | None:
     return float(torch.stack(grads).norm()) if grads else None
 
 
-def _log_row(sums: dict, window: dict, samples_per_step: int, engine, feed, device) -> dict[str, Any]:
+def _log_row(pending: list, window: dict, samples_per_step: int, engine, feed, device) -> dict[str, Any]:
     """Mean losses over ranks since the last log, throughput, LR, grad norm, data counts, memory."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])   # key -> [sum, count]
+    for tasks, losses in pending:
+        for task, v in zip(tasks, losses.float().cpu().tolist()):   # the one device sync per log
+            for key in ("loss", f"loss/{task}"):
+                sums[key][0] += v
+                sums[key][1] += 1
     totals = _sum_dicts({**{f"{k}#sum": v[0] for k, v in sums.items()}, **{f"{k}#n": v[1] for k, v in sums.items()},
                          **{f"data/{k}": float(v) for k, v in feed.counts().items()}})
     row: dict[str, Any] = {}
