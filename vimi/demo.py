@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="data/demo", help="world, index, shards, MLLM and training runs")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies data sizes and training steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample-steps", type=int, default=16, help="Heun steps for the eval videos")
     args = ap.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
 
     videos, scores = out / "videos", out / "scores.json"
     run_step("generate eval sets", [PY, "-m", "vimi.eval.generate", "--pipeline", str(stage2 / "pipeline"),
-                                    "--eval", str(world / "eval"), "--out", str(videos), "--seed", str(args.seed)],
+                                    "--eval", str(world / "eval"), "--out", str(videos), "--seed", str(args.seed),
+                                    "--index", str(index), "--steps", str(args.sample_steps), "--threads", "1"],
              videos / ".complete", steps)
     run_step("score", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(videos), "--eval", str(world / "eval"),
                        "--out", str(scores)], scores, steps)

@@ -152,6 +152,7 @@ class VimiPipeline:
         self.cfg: VimiConfig = model.cfg
         self.retriever = retriever
         self.index_path = index_path
+        self._warned_no_index = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -178,7 +179,9 @@ class VimiPipeline:
         else:
             cfg.mllm.path = str(Path(src).resolve())
         index = None
-        if self.index_path:
+        if self.index_path and self.index_path.startswith(("http://", "https://")):
+            index = self.index_path
+        elif self.index_path:
             if bundle_index:
                 shutil.copytree(self.index_path, tmp / "index")
                 index = "index"
@@ -195,7 +198,9 @@ class VimiPipeline:
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> "VimiPipeline":
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
+                        index: str | None = None) -> "VimiPipeline":
+        """Load a pipeline folder; ``index`` (a folder or a retrieval service URL) replaces its own index."""
         folder = Path(folder)
         cfg_path = folder / "config.json"
         if not cfg_path.is_file() or not (folder / WEIGHTS).is_file():
@@ -212,9 +217,10 @@ class VimiPipeline:
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise PipelineLoadError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
         model.load_trainable_state_dict(state)
-        index = meta.get("index")
-        if index and not Path(index).is_absolute():
-            index = str(folder / index)
+        if index is None:
+            index = meta.get("index")
+            if index and not index.startswith(("http://", "https://")) and not Path(index).is_absolute():
+                index = str(folder / index)
         return cls(model.to(device), _open_retriever(index), index)
 
     # ------------------------------------------------------------------ generation
@@ -285,7 +291,9 @@ class VimiPipeline:
         if not wanted or k == 0:
             return out
         if self.retriever is None:
-            log.warning("no retrieval index in this pipeline: t2v prompts carry no retrieved pairs")
+            if not self._warned_no_index:
+                log.warning("no retrieval index in this pipeline: t2v prompts carry no retrieved pairs")
+                self._warned_no_index = True
             return out
         hits = self.retriever.search([queries[i] for i in wanted], k)
         for i, row in zip(wanted, hits):

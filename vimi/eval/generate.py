@@ -183,18 +183,20 @@ def check_settings(out_dir: str | Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
-def load_pipeline(spec: str, overrides: Iterable[str] = ()):
-    """A pipeline folder, or ``untrained``: the default config (plus ``overrides``) built untrained."""
+def load_pipeline(spec: str, overrides: Iterable[str] = (), index: str | None = None):
+    """A pipeline folder, or ``untrained``: the default config (plus ``overrides``) built untrained.
+
+    ``index`` (folder or service URL) replaces the pipeline's own retrieval index for t2v."""
     from vimi.pipeline import VimiPipeline
 
     if spec == UNTRAINED:
         from vimi.config import load_config
         from vimi.model import VimiConfig
 
-        return VimiPipeline.from_config(load_config(VimiConfig, None, list(overrides)))
+        return VimiPipeline.from_config(load_config(VimiConfig, None, list(overrides)), index=index)
     if overrides:
         raise EvalGenerateError("--set overrides apply to --pipeline untrained only")
-    return VimiPipeline.from_pretrained(spec)
+    return VimiPipeline.from_pretrained(spec, index=index)
 
 
 def generate_eval(pipe, eval_path: str | Path, out_dir: str | Path, *, steps: int | None = None,
@@ -218,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for {id}.mp4 / {id}.npy (one folder for all splits)")
     ap.add_argument("--steps", type=int, help="Heun steps (default: the pipeline's)")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
+    ap.add_argument("--index", help="retrieval index folder or service URL for t2v (default: the pipeline's own)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--limit", type=int, help="only the first N rows of each eval file")
     ap.add_argument("--seed", type=int, default=0, help="row i of an eval file uses seed + i")
@@ -236,10 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = load_items(args.eval, limit=args.limit, seed=args.seed)
         pipeline = args.pipeline if args.pipeline == UNTRAINED else str(Path(args.pipeline).resolve())
         check_settings(args.out, {"pipeline": pipeline, "set": args.set, "steps": args.steps,
-                                  "guidance": args.guidance, "seed": args.seed})
+                                  "guidance": args.guidance, "seed": args.seed, "index": args.index})
         # Loading a pipeline takes seconds: a finished folder (a resumed demo) does not need one.
         done = all(is_done(Path(args.out), it.id, not args.no_frames) for it in items)
-        pipe = None if done else load_pipeline(args.pipeline, args.set)
+        pipe = None if done else load_pipeline(args.pipeline, args.set, args.index)
         stats = generate_items(pipe, items, args.out, steps=args.steps, guidance=args.guidance,
                                batch_size=args.batch_size, frames=not args.no_frames)
     except (EvalGenerateError, InputError, PipelineLoadError) as e:
