@@ -283,7 +283,7 @@ class SparseRetriever(IndexRetriever):
             n_essential = i
             cands = np.concatenate(touched) if touched else cands
             while cands.size:
-                cands = cands[(acc[cands] + rest[i]) * hi >= best.theta]
+                cands = cands[acc[cands] >= best.theta / hi - rest[i]]
                 if i == n_essential:  # first pass: drop the repeats of groups met more than once
                     cands = _unique(cands)  # (sorted: look-ups below are binary searches)
                 if i >= m:
@@ -312,7 +312,7 @@ class SparseRetriever(IndexRetriever):
         if cands.size == 0:
             return empty
         # 3. exact scores of the survivors
-        cands = cands[part * hi >= best.theta]
+        cands = cands[part >= best.theta / hi]
         scores = self._exact(cands, qt, qc.astype(np.float64))
         th = group_threshold(scores, self.group_sizes[cands], k)
         keep = (scores >= th) & (scores > 0)
@@ -346,7 +346,7 @@ class _Best:
         if cand.size > k:
             cand = cand[np.argpartition(-acc[cand], k - 1)[:k]]
         self.buf = cand
-        new = cand[~np.isin(cand, self.ex_g)] if self.ex_g.size else cand
+        new = cand[~(cand[:, None] == self.ex_g[None, :]).any(1)] if self.ex_g.size else cand  # (2k x k)
         if new.size == 0:
             return
         ex_g = np.concatenate([self.ex_g, new])

@@ -24,7 +24,7 @@ from vimi.config import ConfigError, save_config
 from vimi.training.build import InitError
 from vimi.training.checkpoint import CheckpointError, ConfigMismatchError, find_latest
 from vimi.training.cli import main as cli_main
-from vimi.training.config import TrainConfig, load_train_config
+from vimi.training.config import load_train_config
 from vimi.training.metrics import read_metrics
 from vimi.training.synthetic import write_synthetic_shard as write_shard
 

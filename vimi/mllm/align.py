@@ -40,15 +40,15 @@ class AlignConfig:
     init: str = ""               # LLaVA folder to start from; "" = tiny LLaVA built from seed
     seed: int = 0
     image_size: int = 32         # tiny LLaVA vision input (init="" only)
-    steps: int = 400
-    batch: int = 32
-    lr: float = 2e-3             # peak AdamW learning rate (high: the tiny model starts from scratch)
+    steps: int = 600
+    batch: int = 16              # many small steps beat fewer big ones for the from-scratch tiny model
+    lr: float = 5e-3             # peak AdamW learning rate (high: the tiny model starts from scratch)
     warmup: int = 20             # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.0
     clip: float = 1.0            # gradient-norm clip (0 = off)
     train: str = "all"           # "all" (tiny, from scratch) | "projector" (LLaVA stage 1 on a pretrained init)
     eval_rows: int = 128         # held-out rows (chosen by id hash, never trained on)
-    max_rows: int = 20000        # training rows read from the memory (streamed; the rest is not read)
+    max_rows: int = 10000        # training rows read from the memory (streamed; the rest is not read)
 
 
 # ---------------------------------------------------------------------- data
