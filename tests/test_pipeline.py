@@ -103,3 +103,22 @@ def test_generate_writes_mp4_and_cli(pipe, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vimi", "generate", "--task", "subject", "--prompt", "A <image>",
                           "--pipeline", str(folder), "--out", str(cli)], capture_output=True, text=True)
     assert bad.returncode == 2 and "placeholder" in bad.stderr
+
+
+def test_t2v_retrieves_from_the_bundled_index(pipe, tmp_path):
+    """VIMI retrieves image-text pairs at inference for t2v; the index travels with the pipeline."""
+    world, index = tmp_path / "world", tmp_path / "index"
+    subprocess.run([sys.executable, "-m", "data_pipelines.shapeworld", "--out", str(world), "--videos", "12",
+                    "--memory", "60", "--eval-per-split", "1", "--workers", "1"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "retrieval.build_index", "--memory", str(world / "memory.parquet"),
+                    "--out", str(index), "--quiet"], check=True, capture_output=True)
+    from retrieval import open_index
+
+    with_index = VimiPipeline(pipe.model, open_index(index), str(index))
+    folder = with_index.save_pretrained(tmp_path / "p")
+    assert (folder / "index" / "index.json").is_file()
+    loaded = VimiPipeline.from_pretrained(folder)
+    (pairs,) = loaded._retrieve(["a big red circle moves left on sand"])
+    assert len(pairs) == pipe.cfg.retrieval_k
+    assert all("photo" in caption and image.size == (32, 32) for caption, image in pairs)
+    assert loaded._retrieve([None]) == [[]]  # prediction / subject prompts retrieve nothing

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     run_step("mllm alignment", [PY, "-m", "vimi.mllm.align", "--memory", str(world / "memory.parquet"),
                                 "--out", str(mllm), "--steps", str(int(300 * s))], mllm / "config.json", steps)
 
-    common = [f"data.shards=[{shards}]", f"model.mllm.path={mllm}"]
+    common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
                                    f"run.out={stage1}", f"run.steps={int(600 * s)}", *common],
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     videos, scores = out / "videos", out / "scores.json"
     run_step("generate eval sets", [PY, "-m", "vimi.eval.generate", "--pipeline", str(stage2 / "pipeline"),
                                     "--eval", str(world / "eval"), "--out", str(videos), "--seed", str(args.seed),
-                                    "--index", str(index), "--steps", str(args.sample_steps), "--threads", "1"],
+                                    "--steps", str(args.sample_steps), "--threads", "1"],
              videos / ".complete", steps)
     run_step("score", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(videos), "--eval", str(world / "eval"),
                        "--out", str(scores)], scores, steps)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
-BUNDLE_MLLM_MAX_BYTES = 512 * 2**20  # small MLLMs (the tiny default) travel inside the folder
+BUNDLE_MAX_BYTES = 512 * 2**20  # small MLLMs (the tiny default) and indexes travel inside the folder
 
 
 class InputError(ValueError):
@@ -159,11 +159,14 @@ class VimiPipeline:
     def from_config(cls, cfg: VimiConfig | None = None, index: str | None = None) -> "VimiPipeline":
         """An untrained pipeline (random FIT, the configured MLLM)."""
         model = VimiModel(cfg or VimiConfig())
-        return cls(model, _open_retriever(index), index)
+        return cls(model, open_retriever(index), index)
 
     def save_pretrained(self, folder: str | Path, state: dict[str, torch.Tensor] | None = None,
-                        bundle_index: bool = True) -> Path:
+                        bundle_index: bool | None = None) -> Path:
         """Write config.json + model.safetensors (``state`` overrides, e.g. EMA weights) + mllm/ (+ index/).
+
+        Small MLLM and index folders are copied in so the folder travels alone; large ones (a 7B
+        LLaVA, a 500M-caption index) are referenced by absolute path. ``bundle_index`` forces either.
 
         Written into a temporary sibling folder and renamed, so a crash never leaves a half pipeline.
         """
@@ -173,7 +176,7 @@ class VimiPipeline:
         tmp.mkdir(parents=True)
         cfg = from_dict(VimiConfig, to_dict(self.cfg))
         src = self.model.encoder.source
-        if _folder_bytes(src) <= BUNDLE_MLLM_MAX_BYTES or self.cfg.mllm.tuning == "full":
+        if _folder_bytes(src) <= BUNDLE_MAX_BYTES or self.cfg.mllm.tuning == "full":
             self.model.encoder.save_mllm(tmp / "mllm")
             cfg.mllm.path = "mllm"  # relative to the pipeline folder
         else:
@@ -182,6 +185,8 @@ class VimiPipeline:
         if self.index_path and self.index_path.startswith(("http://", "https://")):
             index = self.index_path
         elif self.index_path:
+            if bundle_index is None:
+                bundle_index = _folder_bytes(self.index_path) <= BUNDLE_MAX_BYTES
             if bundle_index:
                 shutil.copytree(self.index_path, tmp / "index")
                 index = "index"
@@ -221,7 +226,7 @@ class VimiPipeline:
             index = meta.get("index")
             if index and not index.startswith(("http://", "https://")) and not Path(index).is_absolute():
                 index = str(folder / index)
-        return cls(model.to(device), _open_retriever(index), index)
+        return cls(model.to(device), open_retriever(index), index)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -308,7 +313,8 @@ class VimiPipeline:
         return heun_nfe(steps or self.cfg.sampler.num_steps)
 
 
-def _open_retriever(index: str | None):
+def open_retriever(index: str | None):
+    """An index folder or a retrieval service URL -> an object with ``search`` and ``image``; None -> None."""
     if not index:
         return None
     if index.startswith(("http://", "https://")):

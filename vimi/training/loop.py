@@ -249,7 +249,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 break
         result.counts = feed.counts()
         if step == cfg.run.steps and cfg.run.export and info.is_main:
-            result.pipeline = export_pipeline(ema, run_dir / "pipeline")
+            result.pipeline = export_pipeline(ema, run_dir / "pipeline", cfg.data.index)
             log.info("exported EMA pipeline to %s", result.pipeline)
         _barrier()
     finally:

@@ -33,10 +33,10 @@ def write_samples(model: nn.Module | None, cfg: TrainConfig, step: int, run_dir:
 
     from data_pipelines.video_io import write_video
 
-    from vimi.pipeline import VimiPipeline
+    from vimi.pipeline import VimiPipeline, open_retriever
 
     was_training = model.training
-    pipe = VimiPipeline(model)  # no retriever: t2v prompts carry no retrieved pairs here
+    pipe = VimiPipeline(model, open_retriever(cfg.data.index or None), cfg.data.index or None)
     videos = np.stack(pipe.generate_batch([("t2v", {"prompt": c}) for c in cfg.sample.prompts],
                                           seeds=cfg.sample.seed, steps=cfg.sample.num_steps,
                                           guidance=cfg.sample.guidance))      # uint8 (B, T, H, W, 3)
@@ -54,8 +54,9 @@ def write_samples(model: nn.Module | None, cfg: TrainConfig, step: int, run_dir:
     return out
 
 
-def export_pipeline(ema, out: Path) -> Path:
-    """The EMA weights as an inference pipeline folder (VimiPipeline: config.json + safetensors + mllm/)."""
+def export_pipeline(ema, out: Path, index: str = "") -> Path:
+    """The EMA weights as an inference pipeline folder (VimiPipeline: config.json + safetensors + mllm/,
+    plus the retrieval index the shards were built with, so t2v retrieves at inference as in training)."""
     from vimi.pipeline import VimiPipeline
 
-    return Path(VimiPipeline(ema.average).save_pretrained(out, state=ema.state_dict()))
+    return Path(VimiPipeline(ema.average, index_path=index or None).save_pretrained(out, state=ema.state_dict()))
