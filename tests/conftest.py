@@ -14,3 +14,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+# A FIT small enough that a 2-step sample takes well under a second on one core.
+TINY_MODEL = ["fit.num_blocks=1", "fit.latent_layers=1", "fit.latent_dim=64", "fit.patch_dim=32",
+              "fit.cond_dim=64", "fit.num_heads=2", "sampler.num_steps=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """An untrained VimiPipeline with a tiny FIT and the built-in tiny LLaVA (built once per session)."""
+    from vimi.config import load_config
+    from vimi.model import VimiConfig
+    from vimi.pipeline import VimiPipeline
+
+    return VimiPipeline.from_config(load_config(VimiConfig, None, TINY_MODEL))
+
+
+@pytest.fixture(scope="session")
+def eval_world(tmp_path_factory) -> Path:
+    """A ShapeWorld folder holding only the five eval sets, two rows each."""
+    from data_pipelines.shapeworld.__main__ import main as shapeworld_main
+
+    out = tmp_path_factory.mktemp("world") / "w"
+    assert shapeworld_main(["--out", str(out), "--videos", "0", "--memory", "0", "--eval-per-split", "2",
+                            "--workers", "1"]) == 0
+    return out

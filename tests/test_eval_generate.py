@@ -7,29 +7,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.video_io import read_video
-from vimi.config import load_config
+from conftest import TINY_MODEL
 from vimi.eval.generate import EvalGenerateError, generate_eval, load_items, main
-from vimi.model import VimiConfig
-from vimi.pipeline import VimiPipeline, check_inputs
+from vimi.pipeline import check_inputs
 
-TINY = ["fit.num_blocks=1", "fit.latent_layers=1", "fit.latent_dim=64", "fit.patch_dim=32", "fit.cond_dim=64",
-        "fit.num_heads=2"]
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world") / "w"
-    assert shapeworld_main(["--out", str(out), "--videos", "0", "--memory", "0", "--eval-per-split", "2",
-                            "--workers", "1"]) == 0
-    return out
+def world(eval_world) -> Path:
+    return eval_world
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return VimiPipeline.from_config(load_config(VimiConfig, None, TINY))
+def pipe(tiny_pipeline):
+    return tiny_pipeline
 
 
 def test_requests_are_what_a_user_passes_to_generate(world):
@@ -81,7 +74,7 @@ def test_writes_one_playable_mp4_per_row_and_resumes(world, pipe, tmp_path):
 def test_cli_untrained_limit_resume_and_settings(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "v"
     subject = str(world / "eval" / "subject.jsonl")
-    args = ["--pipeline", "untrained", *[a for s in TINY for a in ("--set", s)], "--eval", subject, "--out", str(out),
+    args = ["--pipeline", "untrained", *[a for s in TINY_MODEL for a in ("--set", s)], "--eval", subject, "--out", str(out),
             "--steps", "1", "--limit", "1", "--threads", "1"]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["generation.json", "subject-0000.mp4", "subject-0000.npy"]

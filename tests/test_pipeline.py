@@ -5,8 +5,6 @@ import sys
 import numpy as np
 import pytest
 
-from vimi.config import load_config
-from vimi.model import VimiConfig
 from vimi.pipeline import InputError, PipelineLoadError, VimiPipeline, generate
 
 STEPS = 2
@@ -15,12 +13,8 @@ RED[..., 0] = 200
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    cfg = load_config(VimiConfig, None, [
-        "fit.num_blocks=1", "fit.latent_layers=1", "fit.latent_dim=64", "fit.patch_dim=32",
-        "fit.cond_dim=64", "fit.num_heads=2", "sampler.num_steps=2",
-    ])
-    return VimiPipeline.from_config(cfg)
+def pipe(tiny_pipeline):
+    return tiny_pipeline
 
 
 REQUESTS = [

@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.video_io import write_video
 from vimi.eval.report import main, write_report
 from vimi.eval.shapeworld import score_all
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world") / "w"
-    assert shapeworld_main(["--out", str(out), "--videos", "0", "--memory", "0", "--eval-per-split", "2",
-                            "--workers", "1"]) == 0
-    return out
+def world(eval_world) -> Path:
+    return eval_world
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="data/demo", help="world, index, shards, MLLM and training runs")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies data sizes and training steps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sample-steps", type=int, default=16, help="Heun steps for the eval videos")
+    ap.add_argument("--sample-steps", type=int, default=12, help="Heun steps for the eval videos")
     args = ap.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     world, index, shards, mllm = data / "world", data / "index", data / "shards", data / "mllm"
     run_step("world", [PY, "-m", "data_pipelines.shapeworld", "--out", str(world), "--videos", str(int(2000 * s)),
                        "--memory", str(int(5000 * s)), "--seed", str(args.seed),
-                       "--eval-per-split", str(int(40 * s))], world / "world.json", steps)
+                       "--eval-per-split", str(int(20 * s))], world / "world.json", steps)
     gt_report = out / "ground_truth_scores.json"
     run_step("score ground truth", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(world / "eval" / "gt"),
                                     "--eval", str(world / "eval"), "--out", str(gt_report)], gt_report, steps)
@@ -60,16 +60,16 @@ def main(argv: list[str] | None = None) -> None:
                                "--index", str(index), "--out", str(shards), "-k", "4", "--seed", str(args.seed)],
              shards / "manifest.json", steps)
     run_step("mllm alignment", [PY, "-m", "vimi.mllm.align", "--memory", str(world / "memory.parquet"),
-                                "--out", str(mllm), "--steps", str(int(300 * s))], mllm / "config.json", steps)
+                                "--out", str(mllm), "--steps", str(int(200 * s))], mllm / "config.json", steps)
 
     common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
-                                   f"run.out={stage1}", f"run.steps={int(600 * s)}", *common],
+                                   f"run.out={stage1}", f"run.steps={int(400 * s)}", *common],
              stage1 / "pipeline" / "config.json", steps)
     run_step("stage 2: instruct", [PY, "launch/instruct_tune.py", "--config", "configs/shapeworld/instruct.yaml",
                                    "--init", str(stage1 / "pipeline"), "--set", f"run.out={stage2}",
-                                   f"run.steps={int(600 * s)}", *common],
+                                   f"run.steps={int(400 * s)}", *common],
              stage2 / "pipeline" / "config.json", steps)
 
     videos, scores = out / "videos", out / "scores.json"

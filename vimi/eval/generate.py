@@ -63,11 +63,12 @@ def eval_files(path: str | Path) -> list[Path]:
 
 
 def read_rows(eval_file: Path) -> list[dict]:
+    from vimi.eval.shapeworld import ScoreError, read_records
+
     try:
-        with open(eval_file, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvalGenerateError(f"{eval_file}: cannot read eval rows ({e})") from None
+        return read_records(eval_file)
+    except ScoreError as e:
+        raise EvalGenerateError(str(e)) from None
 
 
 def request_for(record: dict, base: Path) -> tuple[str, dict]:
