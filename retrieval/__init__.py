@@ -22,20 +22,23 @@ __all__ = ["Hit", "Retriever", "IndexRetriever", "open_index", "read_image", "Se
            "MissingImageError", "IndexFormatError", "IndexBuildError"]
 
 
-def open_index(path: str | Path) -> IndexRetriever:
-    """Open a complete index folder with the backend named in its ``index.json``."""
+def open_index(path: str | Path, workers: int = 1) -> IndexRetriever:
+    """Open a complete index folder with the backend named in its ``index.json``.
+
+    ``workers``: processes (threads, for pyserini) that share large search batches.
+    """
     meta = read_meta(path)
     backend = meta.get("backend")
     if backend == "bm25s":
         from retrieval.sparse import SparseRetriever
 
-        return SparseRetriever(Path(path), meta)
+        return SparseRetriever(Path(path), meta, workers)
     if backend == "pyserini":
         from retrieval.lucene import LuceneRetriever
 
-        return LuceneRetriever(Path(path), meta)
+        return LuceneRetriever(Path(path), meta, workers)
     if backend == "rank_bm25":
         from retrieval.reference import ReferenceRetriever
 
-        return ReferenceRetriever(Path(path), meta)
+        return ReferenceRetriever(Path(path), meta, workers)
     raise IndexFormatError(f"{path}: unknown backend {backend!r} in index.json")

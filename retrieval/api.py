@@ -36,6 +36,11 @@ class Hit:
 
 @runtime_checkable
 class Retriever(Protocol):
+    def _rank(self, queries: list[str], k: int) -> list[Ranked]:
+        if self._pool is not None and len(queries) >= self.MIN_PARALLEL_BATCH:
+            return self._pool.rank(queries, k)
+        return self.rank(queries, k)
+
     def search(self, queries: list[str], k: int, mode: Mode = "bm25") -> list[list[Hit]]: ...
 
 
@@ -47,11 +52,20 @@ Ranked = tuple[np.ndarray, np.ndarray]  # (rows int64, scores float64), best fir
 
 
 class IndexRetriever:
-    """Shared shell of every backend: ``search`` -> hits, dense/hybrid modes, ``image(hit)``."""
+    """Shared shell of every backend: ``search`` -> hits, dense/hybrid modes, ``image(hit)``.
 
-    def __init__(self, path: Path, meta: dict):
+    ``workers > 1``: large batches are ranked by that many processes (``retrieval.parallel``),
+    except by backends that parallelise themselves (``uses_pool = False``).
+    """
+
+    uses_pool = True
+    MIN_PARALLEL_BATCH = 64  # smaller batches are not worth the round trip to worker processes
+
+    def __init__(self, path: Path, meta: dict, workers: int = 1):
         self.path = Path(path).resolve()
         self.meta = meta
+        self.workers = max(1, int(workers))
+        self._pool = None
         self.tokenizer = Tokenizer(TokenizerConfig(**meta["tokenizer"]))
         self.docs = DocStore(self.path)
         self.docs.rows(np.zeros(1, np.int64))  # pyarrow's lazy imports now, not in the first query
@@ -61,12 +75,24 @@ class IndexRetriever:
 
             self.dense = DenseIndex.load(self.path, meta["dense"])
 
+    def _start_pool(self) -> None:
+        """Backends call this at the end of their __init__: workers fork the opened index."""
+        if self.workers > 1 and self.uses_pool:
+            from retrieval.parallel import RankPool
+
+            self._pool = RankPool(self, self.workers)
+
     def __len__(self) -> int:
         return len(self.docs)
 
     # backends implement this: BM25 top-k rows per query
     def rank(self, queries: list[str], k: int) -> list[Ranked]:
         raise NotImplementedError
+
+    def _rank(self, queries: list[str], k: int) -> list[Ranked]:
+        if self._pool is not None and len(queries) >= self.MIN_PARALLEL_BATCH:
+            return self._pool.rank(queries, k)
+        return self.rank(queries, k)
 
     def search(self, queries: list[str], k: int, mode: Mode = "bm25") -> list[list[Hit]]:
         """Top-``k`` hits per query (batched)."""
@@ -78,7 +104,7 @@ class IndexRetriever:
         if not queries:
             return []
         if mode == "bm25":
-            ranked = self.rank(queries, int(k))
+            ranked = self._rank(queries, int(k))
         elif mode in ("dense", "hybrid"):
             if self.dense is None:
                 raise SearchError(f"mode={mode!r} needs an index built with --dense")
@@ -86,7 +112,8 @@ class IndexRetriever:
                 ranked = self.dense.rank(queries, int(k))
             else:
                 depth = max(int(k), FUSION_DEPTH)
-                ranked = [fuse([a, b], int(k)) for a, b in zip(self.rank(queries, depth), self.dense.rank(queries, depth))]
+                pairs = zip(self._rank(queries, depth), self.dense.rank(queries, depth))
+                ranked = [fuse([a, b], int(k)) for a, b in pairs]
         else:
             raise SearchError(f"unknown mode {mode!r}; expected one of {MODES}")
         return self._hits(ranked)
@@ -125,7 +152,9 @@ class IndexRetriever:
         return out
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 def fuse(lists: list[Ranked], k: int) -> Ranked:

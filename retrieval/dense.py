@@ -139,7 +139,8 @@ class DenseIndex:
         while True:  # widen until every group tied with the k-th row is in (groups hold many rows)
             sims, groups = self.index.search(q, depth)
             done = depth >= self.index.ntotal or all(
-                group_threshold(s[g >= 0].astype(np.float64), self.sizes[g[g >= 0]], k) > s[-1] for s, g in zip(sims, groups))
+                group_threshold(s[g >= 0].astype(np.float64), self.sizes[g[g >= 0]], k) > s[-1]
+                for s, g in zip(sims, groups))
             if done:
                 break
             depth = min(depth * 4, self.index.ntotal)

@@ -11,7 +11,10 @@ terms, and its BM25 (k1, b from index.json) is the ``lucene`` variant of ``retri
 
 Lucene document ids are the rows of the index's document store, zero-padded to 12 digits:
 Anserini breaks score ties by ascending docid string, which is then ascending row, the same
-tie order as the other backends.
+tie order as the other backends. Scores are what Anserini's SimpleSearcher returns: Lucene's
+float32 BM25 rounded to 4 decimals, tied scores then lowered by 1e-6 steps in rank order (its
+``ScoreTiesAdjusterReranker``), so they match the other backends to 1e-3 relative or 1e-4
+absolute.
 
 Files: ``lucene/`` (the Lucene index). The JSON collection fed to the indexer is deleted after.
 """
@@ -65,7 +68,8 @@ class LuceneBuilder:
         self.collection = self.folder / "_collection"
         self.collection.mkdir()
         # one file per indexer thread (Anserini parallelises over files); docs dealt round-robin
-        self._files = [open(self.collection / f"part-{i:03d}.jsonl", "w", encoding="utf-8") for i in range(self.threads)]
+        self._files = [open(self.collection / f"part-{i:03d}.jsonl", "w", encoding="utf-8")
+                       for i in range(self.threads)]
         self.n_docs = 0
 
     def add(self, texts: list[str]) -> np.ndarray:
@@ -100,10 +104,15 @@ def _pyserini_version() -> str:
 
 
 class LuceneRetriever(IndexRetriever):
-    """Anserini's SimpleSearcher with BM25(k1, b) and a WhitespaceAnalyzer, in this process (pyjnius)."""
+    """Anserini's SimpleSearcher with BM25(k1, b) and a WhitespaceAnalyzer, in this process (pyjnius).
 
-    def __init__(self, path: Path, meta: dict, threads: int = 2):
-        super().__init__(path, meta)
+    ``workers`` is the number of Java threads of ``batch_search``.
+    """
+
+    uses_pool = False
+
+    def __init__(self, path: Path, meta: dict, workers: int = 1):
+        super().__init__(path, meta, workers)
         check_available()
         from pyserini.pyclass import autoclass  # starts the JVM with Anserini's jar on the classpath
 
@@ -111,7 +120,6 @@ class LuceneRetriever(IndexRetriever):
         self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(self.path / "lucene"), analyzer)
         self._searcher.set_bm25(float(meta["k1"]), float(meta["b"]))
         self._list = autoclass("java.util.ArrayList")
-        self.threads = threads
 
     def rank(self, queries: list[str], k: int) -> list[Ranked]:
         texts = [" ".join(t) for t in self.tokenizer.tokenize_queries(queries)]
@@ -124,7 +132,7 @@ class LuceneRetriever(IndexRetriever):
             for i in todo:
                 jq.add(texts[i])
                 jid.add(str(i))
-            got = self._searcher.batch_search(jq, jid, k, self.threads)
+            got = self._searcher.batch_search(jq, jid, k, self.workers)
             for i in todo:
                 results[i] = list(got.get(str(i)))
         out = []
@@ -138,3 +146,4 @@ class LuceneRetriever(IndexRetriever):
 
     def close(self) -> None:
         self._searcher.close()
+        super().close()

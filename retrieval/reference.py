@@ -47,11 +47,12 @@ def make_okapi(corpus: list[list[str]], k1: float, b: float, variant: str, quant
 
 
 class ReferenceRetriever(IndexRetriever):
-    def __init__(self, path: Path, meta: dict):
-        super().__init__(path, meta)
+    def __init__(self, path: Path, meta: dict, workers: int = 1):
+        super().__init__(path, meta, workers)
         corpus = [toks for caps in self.docs.iter_captions() for toks in self.tokenizer.tokenize_batch(caps)]
         self.k1 = float(meta["k1"])
         self.okapi = make_okapi(corpus, self.k1, float(meta["b"]), meta["variant"], bool(meta["quantize_lengths"]))
+        self._start_pool()
 
     def rank(self, queries: list[str], k: int) -> list[Ranked]:
         out = []

@@ -187,11 +187,12 @@ class SparseBuilder:
 class SparseRetriever(IndexRetriever):
     """MaxScore search over the group matrices (see module doc)."""
 
-    def __init__(self, path: Path, meta: dict):
-        super().__init__(path, meta)
+    def __init__(self, path: Path, meta: dict, workers: int = 1):
+        super().__init__(path, meta, workers)
         # memory-mapped (processes serving one index share the pages); np.asarray drops the
         # np.memmap subclass, whose Python-level indexing is slow
-        a = {name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)) for name in _ARRAYS}
+        a = {name: np.asarray(np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False))
+             for name in _ARRAYS}
         self.term_indptr = np.asarray(a["term_indptr"])
         self.term_max = np.asarray(a["term_max"], dtype=np.float64)
         self.group_indptr = np.asarray(a["group_indptr"])
@@ -205,6 +206,7 @@ class SparseRetriever(IndexRetriever):
         terms = (self.path / "vocab.txt").read_text(encoding="utf-8").split("\n") if meta.get("vocab_size") else []
         self.lut = self.tokenizer.lookup_table(terms)
         self._local = threading.local()
+        self._start_pool()
 
     def _scratch(self) -> np.ndarray:
         acc = getattr(self._local, "acc", None)
@@ -281,11 +283,14 @@ class SparseRetriever(IndexRetriever):
                 best.update(np.concatenate(pending))
             # 2. candidates that can still make it; the other terms are looked up for them only
             n_essential = i
-            cands = np.concatenate(touched) if touched else cands
+            # candidates: groups met whose partial score plus what is left can reach theta;
+            # sorted and distinct (a group is met once per essential term it has)
+            thr = best.theta / hi - rest[i]
+            met = [p[acc[p] >= thr] for p in touched]
+            cands = _unique(np.concatenate(met)) if met else cands
             while cands.size:
-                cands = cands[acc[cands] >= best.theta / hi - rest[i]]
-                if i == n_essential:  # first pass: drop the repeats of groups met more than once
-                    cands = _unique(cands)  # (sorted: look-ups below are binary searches)
+                if i > n_essential:
+                    cands = cands[acc[cands] >= best.theta / hi - rest[i]]
                 if i >= m:
                     break
                 post, w = self._postings(terms[i])
@@ -301,14 +306,12 @@ class SparseRetriever(IndexRetriever):
                     best.update(cands)
                 i += 1
             part = acc[cands]
-        finally:
+        finally:  # leave acc all zero (every candidate lies in some touched list)
             if sum(p.size for p in touched) * 8 > acc.size:
                 acc.fill(0.0)
             else:
                 for p in touched:
                     acc[p] = 0.0
-                if i > n_essential and cands.size:
-                    acc[cands] = 0.0
         if cands.size == 0:
             return empty
         # 3. exact scores of the survivors
@@ -336,23 +339,33 @@ class _Best:
         self.buf = np.zeros(0, np.int64)
         self.ex_g = np.zeros(0, np.int64)
         self.ex_s = np.zeros(0)
+        self.floor = -np.inf
         self.theta = -np.inf
 
     def update(self, changed: np.ndarray) -> None:
         acc, k = self.acc, self.k
+        part = acc[changed]
+        if self.buf.size >= k:  # only groups above the weakest of the current k best can enter
+            keep = part > self.floor
+            changed, part = changed[keep], part[keep]
         if changed.size > k:
-            changed = changed[np.argpartition(-acc[changed], k - 1)[:k]]
+            changed = changed[np.argpartition(part, changed.size - k)[-k:]]
+        if changed.size == 0:
+            return
         cand = _unique(np.concatenate([self.buf, changed]))  # at most 2k groups
+        part = acc[cand]
         if cand.size > k:
-            cand = cand[np.argpartition(-acc[cand], k - 1)[:k]]
+            top = np.argpartition(part, cand.size - k)[-k:]
+            cand, part = cand[top], part[top]
         self.buf = cand
+        self.floor = part.min()  # partial scores only grow: a valid floor from now on
         new = cand[~(cand[:, None] == self.ex_g[None, :]).any(1)] if self.ex_g.size else cand  # (2k x k)
         if new.size == 0:
             return
         ex_g = np.concatenate([self.ex_g, new])
         ex_s = np.concatenate([self.ex_s, self.index._exact(new, self.qt, self.qc)])
         if ex_g.size > k:
-            top = np.argpartition(-ex_s, k - 1)[:k]
+            top = np.argpartition(ex_s, ex_s.size - k)[-k:]
             ex_g, ex_s = ex_g[top], ex_s[top]
         self.ex_g, self.ex_s = ex_g, ex_s
         self.theta = max(self.theta, group_threshold(ex_s, self.index.group_sizes[ex_g], k))

@@ -31,7 +31,8 @@ def group_threshold(scores: np.ndarray, sizes: np.ndarray, k: int) -> float:
     return float(scores[top[j]])
 
 
-def expand(groups: np.ndarray, scores: np.ndarray, indptr: np.ndarray, members: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def expand(groups: np.ndarray, scores: np.ndarray, indptr: np.ndarray, members: np.ndarray,
+           k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` (row, score) pairs from scored groups; ``members[indptr[g]:indptr[g+1]]`` are g's rows, ascending.
 
     ``groups`` must contain every group that can reach the top k (callers keep all groups

@@ -121,6 +121,18 @@ def test_pruned_search_is_exact_on_zipfian_text(tmp_path, collapse):
             np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-6)
 
 
+def test_worker_processes_return_the_same_hits(tmp_path):
+    captions = zipf_captions(2000, seed=3, vocab=1000)
+    one = build(tmp_path, captions)
+    two = open_index(tmp_path / "idx", workers=2)
+    try:
+        queries = zipf_captions(100, seed=4, vocab=1000)  # above MIN_PARALLEL_BATCH: split between workers
+        assert two._pool is not None and len(queries) >= two.MIN_PARALLEL_BATCH
+        assert two.search(queries, 5) == one.search(queries, 5)
+    finally:
+        two.close()
+
+
 def test_default_matches_reference_backend_on_shapeworld(tmp_path):
     captions = shapeworld_captions(1500, seed=0)
     ours = build(tmp_path, captions, name="ours")
@@ -266,8 +278,11 @@ def test_existing_index_is_replaced_only_with_overwrite(tmp_path):
 def test_cli_builds_and_reports_errors(tmp_path):
     mem = write_memory(tmp_path / "m.parquet", shapeworld_captions(50))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "retrieval.build_index", *a], capture_output=True,  # noqa: E731
-                                    text=True, cwd=ROOT, env=env)
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "retrieval.build_index", *a], capture_output=True, text=True,
+                              cwd=ROOT, env=env)
+
     ok = run("--memory", str(mem), "--out", str(tmp_path / "idx"), "--k1", "1.2", "--b", "0.75", "--quiet")
     assert ok.returncode == 0, ok.stderr
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())

@@ -159,11 +159,18 @@ def _image_tokens(llava, batcher: CaptionBatcher, image) -> int:
     return int(feats[0].shape[0])
 
 
+TRAIN_CHOICES = ("all", "lm", "projector")
+
+
 def _set_trainable(llava, train: str) -> list[torch.nn.Parameter]:
-    if train not in ("all", "projector"):
-        raise ValueError(f"--train must be 'all' or 'projector', got {train!r}")
+    """all: every weight; lm: projector + language model (vision tower fixed); projector: LLaVA stage 1."""
+    if train not in TRAIN_CHOICES:
+        raise ValueError(f"--train must be one of {TRAIN_CHOICES}, got {train!r}")
     llava.requires_grad_(train == "all")
     llava.model.multi_modal_projector.requires_grad_(True)
+    if train == "lm":
+        llava.model.language_model.requires_grad_(True)
+        llava.lm_head.requires_grad_(True)
     return [p for p in llava.parameters() if p.requires_grad]
 
 
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "clip"):
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    ap.add_argument("--train", choices=("all", "projector"), default=d.train)
+    ap.add_argument("--train", choices=TRAIN_CHOICES, default=d.train)
     ap.add_argument("--no-progress", action="store_true")
     args = vars(ap.parse_args(argv))
     progress = not args.pop("no_progress")
