@@ -3,8 +3,11 @@
 LLaVA's first stage (Liu et al., NeurIPS 2023, sec. 4.1) trains on image -> caption next-token
 prediction so that the projector maps vision features into the LM's space. Our tiny LLaVA starts
 from random weights, so by default every part is trained (``--train all``); with a pretrained
-llava folder as ``--init``, ``--train projector`` is LLaVA's stage 1 proper. Afterwards the frozen
-encoder carries meaning: its hidden states over an image tell colour, shape, size and scene.
+llava folder as ``--init``, ``--train projector`` is LLaVA's stage 1 proper (``--train lm`` keeps
+the vision tower fixed). Afterwards the frozen encoder carries meaning: on ShapeWorld the default
+run (~2.5 min on one CPU thread) reads scene and colour from the image (held-out colour-word
+accuracy ~0.9, size ~0.7); shapes stay near chance (0.18 vs 0.17) and need longer runs.
+Grounding emerges late: after 300-600 steps colours are still at chance, only the scene is read.
 
     python -m vimi.mllm.align --memory data/shapeworld/memory.parquet --out outputs/mllm-tiny
 
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vimi.config import to_dict
-from vimi.mllm.encoder import load_llava
+from vimi.mllm.encoder import count_image_tokens, load_llava
 from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, save_llava
 
 
@@ -40,15 +43,17 @@ class AlignConfig:
     init: str = ""               # LLaVA folder to start from; "" = tiny LLaVA built from seed
     seed: int = 0
     image_size: int = 32         # tiny LLaVA vision input (init="" only)
-    steps: int = 600
+    steps: int = 1000            # ShapeWorld: colour is read from the image after ~1000 steps, not after 300-600
     batch: int = 16              # many small steps beat fewer big ones for the from-scratch tiny model
-    lr: float = 5e-3             # peak AdamW learning rate (high: the tiny model starts from scratch)
+    lr: float = 3e-3             # peak AdamW learning rate (high: the tiny model starts from scratch; 1e-2 diverges)
     warmup: int = 20             # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.0
     clip: float = 1.0            # gradient-norm clip (0 = off)
     train: str = "all"           # "all" (tiny, from scratch) | "projector" (LLaVA stage 1 on a pretrained init)
     eval_rows: int = 128         # held-out rows (chosen by id hash, never trained on)
     max_rows: int = 10000        # training rows read from the memory (streamed; the rest is not read)
+    threads: int = 1             # torch CPU threads (0 = torch's default): the tiny model gains little from
+                                 # more, and on a busy machine several spinning threads run ~10x slower
 
 
 # ---------------------------------------------------------------------- data
@@ -151,14 +156,6 @@ def evaluate(llava, batcher: CaptionBatcher, pairs: list, n_image: int, batch: i
     return total / max(count, 1), correct / max(count, 1)
 
 
-def _image_tokens(llava, batcher: CaptionBatcher, image) -> int:
-    pixels = batcher.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        out = llava.model.get_image_features(pixel_values=pixels.to(llava.dtype), return_dict=True)
-    feats = out.pooler_output if hasattr(out, "pooler_output") else out
-    return int(feats[0].shape[0])
-
-
 TRAIN_CHOICES = ("all", "lm", "projector")
 
 
@@ -179,6 +176,16 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
     """Run the alignment and write OUT (LLaVA folder + align_report.json) -> report dict."""
     if not cfg.memory or not cfg.out:
         raise ValueError("align needs --memory and --out")
+    threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _align(cfg, progress)
+    finally:  # the thread count is process-wide: give the caller's back
+        torch.set_num_threads(threads)
+
+
+def _align(cfg: AlignConfig, progress: bool) -> dict:
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     if cfg.init:
@@ -188,7 +195,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
             llava, processor = load_llava(build_tiny_llava(tmp, cfg.seed, TinyLlavaConfig(image_size=cfg.image_size)))
     train, held, skipped = read_memory(cfg.memory, cfg.eval_rows, cfg.max_rows)
     batcher = CaptionBatcher(llava, processor)
-    n_image = _image_tokens(llava, batcher, held[0][1])
+    n_image = count_image_tokens(llava, processor)
     shuffled = [(c, held[(i + 1) % len(held)][1]) for i, (c, _) in enumerate(held)]  # each caption, another's image
 
     before, acc_before = evaluate(llava, batcher, held, n_image)
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", required=True, help="image-text memory (table, folder, or img2dataset tars)")
     ap.add_argument("--out", required=True, help="output folder for the aligned LLaVA")
     ap.add_argument("--init", default=d.init, help="LLaVA folder to start from (default: tiny LLaVA from --seed)")
-    for name in ("seed", "image_size", "steps", "batch", "warmup", "eval_rows", "max_rows"):
+    for name in ("seed", "image_size", "steps", "batch", "warmup", "eval_rows", "max_rows", "threads"):
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "clip"):
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))

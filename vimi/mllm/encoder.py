@@ -70,6 +70,18 @@ def load_llava(path: str | Path, dtype: str = "float32"):
     return model, processor
 
 
+@torch.no_grad()
+def count_image_tokens(llava, processor) -> int:
+    """Features per image as LLaVA computes them (tower patches, CLS kept or dropped by strategy)."""
+    from PIL import Image
+
+    pixels = processor.image_processor(images=[Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"]
+    device = next(llava.parameters()).device
+    out = llava.model.get_image_features(pixel_values=pixels.to(device, llava.dtype), return_dict=True)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 | 4
+    return int(feats[0].shape[0])
+
+
 _TINY_DEFAULTS: dict[tuple[int, int], tempfile.TemporaryDirectory] = {}
 
 
@@ -106,6 +118,8 @@ class MLLMEncoder(nn.Module):
         super().__init__()
         if cfg.tuning not in TUNINGS:
             raise ValueError(f"MLLMConfig.tuning must be one of {TUNINGS}, got {cfg.tuning!r}")
+        if cfg.null_tokens < 1:
+            raise ValueError(f"MLLMConfig.null_tokens must be >= 1, got {cfg.null_tokens}")
         self.cfg = cfg
         if cfg.path:
             self.source = Path(cfg.path).expanduser()
@@ -128,7 +142,8 @@ class MLLMEncoder(nn.Module):
 
         tok = self.processor.tokenizer
         self.sequencer = PromptTokenizer(
-            tok, image_token_id=self.llava.config.image_token_id, n_image_tokens=self._count_image_tokens(),
+            tok, image_token_id=self.llava.config.image_token_id,
+            n_image_tokens=count_image_tokens(self.llava, self.processor),
             max_length=cfg.max_length, bos_token_id=tok.bos_token_id,
         )
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -153,16 +168,6 @@ class MLLMEncoder(nn.Module):
         if self.cfg.tuning == "frozen":
             self.llava.eval()  # a frozen MLLM stays in eval mode (no dropout) inside a training model
         return self
-
-    @torch.no_grad()
-    def _count_image_tokens(self) -> int:
-        """Features per image as LLaVA computes them (tower patches, CLS kept or dropped by strategy)."""
-        from PIL import Image
-
-        pixels = self._pixels([Image.new("RGB", (8, 8))])
-        out = self.llava.model.get_image_features(pixel_values=pixels, return_dict=True)
-        feats = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 | 4
-        return int(feats[0].shape[0])
 
     # ------------------------------------------------------------------ helpers
     @property
