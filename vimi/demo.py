@@ -60,17 +60,17 @@ def main(argv: list[str] | None = None) -> None:
                                "--index", str(index), "--out", str(shards), "-k", "4", "--seed", str(args.seed)],
              shards / "manifest.json", steps)
     run_step("mllm alignment", [PY, "-m", "vimi.mllm.align", "--memory", str(world / "memory.parquet"),
-                                "--out", str(mllm), "--steps", str(int(200 * s))], mllm / "config.json", steps)
+                                "--out", str(mllm), "--steps", str(int(1000 * s))], mllm / "config.json", steps)
 
     # One BLAS thread per process: the data-loader worker holds the other core (measured faster on 2 cores).
     common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}", "run.cpu_threads=1"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
-                                   f"run.out={stage1}", f"run.steps={int(400 * s)}", *common],
+                                   f"run.out={stage1}", f"run.steps={int(500 * s)}", *common],
              stage1 / "pipeline" / "config.json", steps)
     run_step("stage 2: instruct", [PY, "launch/instruct_tune.py", "--config", "configs/shapeworld/instruct.yaml",
                                    "--init", str(stage1 / "pipeline"), "--set", f"run.out={stage2}",
-                                   f"run.steps={int(400 * s)}", *common],
+                                   f"run.steps={int(500 * s)}", *common],
              stage2 / "pipeline" / "config.json", steps)
 
     videos, scores = out / "videos", out / "scores.json"
