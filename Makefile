@@ -32,6 +32,7 @@ test: setup
 	$(PY) -m pytest tests $(TEST_ARGS)
 
 bench: setup
+	$(PY) benchmarks/shapeworld_gen.py
 	$(PY) benchmarks/retrieval.py
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/training.py
