@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = pipe.cfg
     with tempfile.TemporaryDirectory(prefix="vimi-sampling-") as tmp:
         tmp = Path(tmp)
-        eval_dir = Path(args.eval) if args.eval else render_world(tmp / "world", args.per_split, cfg.video.size, cfg.video.frames)
+        eval_dir = Path(args.eval).resolve() if args.eval else render_world(tmp / "world", args.per_split, cfg.video.size, cfg.video.frames)
         eval_dir = subset_eval(eval_dir, args.per_split, tmp / "eval")
         speed = time_sampling(pipe, load_items(eval_dir), args.batch_sizes)
         trained = args.pipeline != UNTRAINED
