@@ -15,7 +15,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +28,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vimi.config import from_dict, to_dict
-from vimi.diffusion import GuidedDenoiser, edm_sampler, heun_nfe
+from vimi.diffusion import GuidedDenoiser, edm_sampler
 from vimi.mllm import IMAGE_TOKEN, TASKS, PromptError, task_prompt
 from vimi.model import VimiConfig, VimiModel
 
@@ -153,6 +155,7 @@ class VimiPipeline:
         self.retriever = retriever
         self.index_path = index_path
         self._warned_no_index = False
+        self.last_nfe: int | None = None  # denoiser forwards of the last generate_batch (benchmarks)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -250,7 +253,7 @@ class VimiPipeline:
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [int(seeds) + i for i in range(len(requests))]
         if len(seeds) != len(requests):
             raise InputError(f"{len(seeds)} seeds for {len(requests)} requests")
-        device = model.net.backbone.latents.device if hasattr(model.net.backbone, "latents") else torch.device("cpu")
+        device = next(model.net.parameters()).device
 
         # 1. Check inputs.
         reqs = [check_inputs(t, inp, cfg.video.size, cfg.max_cond_frames) for t, inp in requests]
@@ -308,10 +311,6 @@ class VimiPipeline:
                 out[i].append((h.caption, Image.open(io.BytesIO(self.retriever.image(h))).convert("RGB")))
         return out
 
-    def nfe(self, steps: int | None = None, guidance: float | None = None) -> int:
-        """Denoiser forwards per sample batch (guided passes run cond and uncond in one forward)."""
-        return heun_nfe(steps or self.cfg.sampler.num_steps)
-
 
 def open_retriever(index: str | None):
     """An index folder or a retrieval service URL -> an object with ``search`` and ``image``; None -> None."""
@@ -342,9 +341,6 @@ def default_pipeline() -> VimiPipeline:
     """$VIMI_PIPELINE if set; otherwise the default config, untrained (with a warning saying so)."""
     global _DEFAULT
     if _DEFAULT is None:
-        import os
-        import warnings
-
         path = os.environ.get("VIMI_PIPELINE")
         if path:
             _DEFAULT = VimiPipeline.from_pretrained(path)
