@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup demo test lint bench clean-demo
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests $(TEST_ARGS)
+
+# ruff, configured in pyproject.toml; CI runs it before the tests.
+lint: setup
+	$(PY) -m ruff check .
 
 bench: setup
 	$(PY) benchmarks/shapeworld_gen.py

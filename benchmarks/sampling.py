@@ -117,8 +117,12 @@ def quality_vs_steps(pipe, eval_dir: Path, steps_list: list[int], batch_size: in
                                 "accuracy": rep["accuracy"], "psnr": rep["psnr"], "count": rep["count"]}
         rows.append({"steps": steps, "nfe": stats["nfe"],
                      "s_per_video": stats["seconds"] / max(stats["generated"], 1), "splits": per_split})
-        print(f"[quality] steps {steps}: " + ", ".join(f"{SHORT.get(s, s)} {v['all_correct']:.0%}" for s, v in per_split.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"[quality] steps {steps}: "
+            + ", ".join(f"{SHORT.get(s, s)} {v['all_correct']:.0%}" for s, v in per_split.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     return rows
 
 
@@ -132,21 +136,27 @@ def quality_table(rows: list[dict]) -> list[str]:
     for r in rows:
         cells = "".join(f"{v['all_correct']:.0%}/{v['attributes']:.0%}".rjust(12) for v in r["splits"].values())
         psnr = r["splits"].get("prediction", {}).get("psnr")
-        out.append(f"{r['steps']:>5}{r['nfe']:>5}{r['s_per_video']:>8.2f}{cells}{'-' if psnr is None else f'{psnr:.1f}':>7}")
+        out.append(
+            f"{r['steps']:>5}{r['nfe']:>5}{r['s_per_video']:>8.2f}{cells}{'-' if psnr is None else f'{psnr:.1f}':>7}"
+        )
     return out
 
 
 def side_by_side(left: list[str], right: list[str], gap: int = 4) -> str:
     width = max((len(s) for s in left), default=0)
-    return "\n".join(f"{(left[i] if i < len(left) else ''):<{width}}{' ' * gap}{right[i] if i < len(right) else ''}".rstrip()
-                     for i in range(max(len(left), len(right))))
+    return "\n".join(
+        f"{(left[i] if i < len(left) else ''):<{width}}{' ' * gap}{right[i] if i < len(right) else ''}".rstrip()
+        for i in range(max(len(left), len(right)))
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pipeline", default=UNTRAINED, help=f"pipeline folder (default: '{UNTRAINED}', the default config)")
+    ap.add_argument(
+        "--pipeline", default=UNTRAINED, help=f"pipeline folder (default: '{UNTRAINED}', the default config)"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=f"config override for {UNTRAINED}")
     ap.add_argument("--eval", help="eval folder (default: a small world rendered into a temporary folder)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -168,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = pipe.cfg
     with tempfile.TemporaryDirectory(prefix="vimi-sampling-") as tmp:
         tmp = Path(tmp)
-        eval_dir = Path(args.eval).resolve() if args.eval else render_world(tmp / "world", args.per_split, cfg.video.size, cfg.video.frames)
+        eval_dir = (
+            Path(args.eval).resolve()
+            if args.eval
+            else render_world(tmp / "world", args.per_split, cfg.video.size, cfg.video.frames)
+        )
         eval_dir = subset_eval(eval_dir, args.per_split, tmp / "eval")
         speed = time_sampling(pipe, load_items(eval_dir), args.batch_sizes)
         trained = args.pipeline != UNTRAINED

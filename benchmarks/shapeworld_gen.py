@@ -50,7 +50,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", help="output folder, kept (default: a temporary folder, removed)")
     args = ap.parse_args()
-    tmp = None if args.out else Path(tempfile.mkdtemp(prefix="shapeworld-bench-", dir=ROOT / "outputs" if (ROOT / "outputs").is_dir() else None))
+    tmp = (
+        None
+        if args.out
+        else Path(
+            tempfile.mkdtemp(prefix="shapeworld-bench-", dir=ROOT / "outputs" if (ROOT / "outputs").is_dir() else None)
+        )
+    )
     out = Path(args.out) if args.out else tmp / "world"
     cmd = [sys.executable, "-m", "data_pipelines.shapeworld", "--out", str(out), "--videos", str(args.videos),
            "--memory", str(args.memory), "--size", str(args.size), "--frames", str(args.frames),

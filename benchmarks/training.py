@@ -93,7 +93,9 @@ def loader_run(shards: str, batches: int, batch: int, workers: int) -> dict:
     from vimi.training.config import load_train_config
     from vimi.training.loader import DataFeed
 
-    cfg = load_train_config(CONFIG, [f"data.shards=[{shards}]", f"data.workers={workers}", f"optim.micro_batch={batch}"])
+    cfg = load_train_config(
+        CONFIG, [f"data.shards=[{shards}]", f"data.workers={workers}", f"optim.micro_batch={batch}"]
+    )
     feed = DataFeed(build_stream(cfg, 0, 1, None), prefetch=cfg.data.prefetch)
     next(feed)  # worker start-up
     t0 = time.time()
@@ -135,11 +137,17 @@ def main(argv: list[str] | None = None) -> dict:
               "micro_batch": args.batch, "workers": args.workers, "cpu_cores": os.cpu_count(),
               "load_average_at_start": load, "train": runs, "loader": loader,
               "loader_over_step": loader["samples_per_s"] / need}
-    lines = ["| ranks | threads/rank | samples/s (all ranks) | s/step | data wait | peak RSS, process tree | peak RSS, one rank |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ranks | threads/rank | samples/s (all ranks) | s/step | data wait "
+        "| peak RSS, process tree | peak RSS, one rank |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r['ranks']} | {r['threads_per_rank']} | {r['samples_per_s']:.2f} | {r['step_s']:.2f} | {100 * r['data_wait_frac']:.0f}% "
-                     f"| {r['peak_rss_tree_mb']:.0f} MiB | {r['peak_rss_rank_mb']:.0f} MiB |")
+        lines.append(
+            f"| {r['ranks']} | {r['threads_per_rank']} | {r['samples_per_s']:.2f} | {r['step_s']:.2f} "
+            f"| {100 * r['data_wait_frac']:.0f}% "
+            f"| {r['peak_rss_tree_mb']:.0f} MiB | {r['peak_rss_rank_mb']:.0f} MiB |"
+        )
     lines.append(f"\ndata loader alone ({args.workers} worker(s), batch {args.batch}): {loader['samples_per_s']:.1f} "
                  f"samples/s = {result['loader_over_step']:.1f}x what a 1-rank step consumes "
                  f"({'meets' if result['loader_over_step'] >= 3 else 'BELOW'} the 3x goal)")

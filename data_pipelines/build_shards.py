@@ -185,7 +185,9 @@ def retrieve_candidates(
     that dropping the video's own item, duplicate captions and imageless hits still leaves k.
     """
     live = [i for i, c in enumerate(captions) if c]
-    hits = retriever.search([captions[i] for i in live], cfg.k + cfg.extra_hits) if cfg.k and live else [[] for _ in live]
+    hits = (
+        retriever.search([captions[i] for i in live], cfg.k + cfg.extra_hits) if cfg.k and live else [[] for _ in live]
+    )
     out: list[list[tuple[int, Any]] | None] = [None] * len(batch)
     for i, h in zip(live, hits):
         row_no, row = batch[i]

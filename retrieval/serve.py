@@ -100,7 +100,9 @@ def create_app(retriever: Any, cfg: ServiceConfig, metadata: dict | None = None)
     async def _images(request: Request) -> JSONResponse:
         rows = _validate_rows(await _read_json(request, cfg.max_body_bytes), cfg, num_docs)
         images = await run_in_threadpool(_row_images, retriever, rows)
-        return JSONResponse({"images": [base64.b64encode(b).decode("ascii") if b is not None else None for b in images]})
+        return JSONResponse(
+            {"images": [base64.b64encode(b).decode("ascii") if b is not None else None for b in images]}
+        )
 
     @app.get("/image/{row}")
     def _image(row: str) -> Response:

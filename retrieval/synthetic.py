@@ -54,7 +54,7 @@ def zipf_captions(n: int, seed: int = 0, vocab: int = 200_000, min_words: int = 
     names = np.char.add("w", np.arange(vocab).astype(str)).astype(object)
     tokens = names[words]
     ends = np.cumsum(lengths)
-    return [" ".join(tokens[e - l:e]) for e, l in zip(ends.tolist(), lengths.tolist())]
+    return [" ".join(tokens[e - n:e]) for e, n in zip(ends.tolist(), lengths.tolist())]
 
 
 # Standard-library modules whose docstrings make a small real-text corpus available offline.

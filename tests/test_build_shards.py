@@ -58,7 +58,11 @@ def world(tmp_path_factory) -> dict:
     # Traps: the video's own item; an exact duplicate of a caption (up to case/punctuation);
     # a strong match whose image is deleted after indexing; a row without image.
     memory += [
-        {"id": "v_red_circle_left", "caption": "a small red circle moves left on grass photo", "image": "memory/m_red_circle_0.png"},
+        {
+            "id": "v_red_circle_left",
+            "caption": "a small red circle moves left on grass photo",
+            "image": "memory/m_red_circle_0.png",
+        },
         {"id": "dup", "caption": "A small RED circle moves right, on grass.", "image": "memory/m_red_circle_1.png"},
         {"id": "gone", "caption": "small blue square moves left on grass", "image": "memory/gone.png"},
         {"id": "noimg", "caption": "small green triangle moves left on grass", "image": None},

@@ -28,7 +28,6 @@ from vimi.training.data import (
 from vimi.training.loader import DataFeed, ShardStream, StreamState, VideoSpec
 from vimi.training.synthetic import moving_square, write_synthetic_shard
 
-
 # ---------------------------------------------------------------------------- fixtures
 
 
@@ -151,7 +150,7 @@ def test_decode_skips_and_counts_bad_samples():
                       counter=counter, read_clip=read_clip))
     assert [e.key for e in out] == ["a"]
     assert counter.ok == 1 and counter.skipped == {"format": 2, "ValueError": 1}
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):  # json's JSONDecodeError, not swallowed
         list(decode([bad_json], frames=8, size=(16, 16), fps=8.0, seed=0, counter=SkipCounter(), reraise=True,
                     read_clip=read_clip))
 

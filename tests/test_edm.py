@@ -9,9 +9,20 @@ import torch
 from torch import nn
 
 from vimi.config import load_config, save_config
-from vimi.diffusion import (EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, drop_conditions,
-                            dynamic_threshold, edm_coefficients, edm_sampler, heun_nfe, karras_sigmas,
-                            video_input_scale)
+from vimi.diffusion import (
+    EDMConfig,
+    EDMLoss,
+    EDMPrecond,
+    GuidedDenoiser,
+    SamplerConfig,
+    drop_conditions,
+    dynamic_threshold,
+    edm_coefficients,
+    edm_sampler,
+    heun_nfe,
+    karras_sigmas,
+    video_input_scale,
+)
 from vimi.models.fit import FIT, FITConfig
 
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,

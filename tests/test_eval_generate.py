@@ -5,10 +5,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
 from PIL import Image
 
 from data_pipelines.video_io import read_video
-from conftest import TINY_MODEL
 from vimi.eval.generate import EvalGenerateError, generate_eval, load_items, main
 from vimi.pipeline import check_inputs
 
@@ -74,8 +74,21 @@ def test_writes_one_playable_mp4_per_row_and_resumes(world, pipe, tmp_path):
 def test_cli_untrained_limit_resume_and_settings(world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "v"
     subject = str(world / "eval" / "subject.jsonl")
-    args = ["--pipeline", "untrained", *[a for s in TINY_MODEL for a in ("--set", s)], "--eval", subject, "--out", str(out),
-            "--steps", "1", "--limit", "1", "--threads", "1"]
+    args = [
+        "--pipeline",
+        "untrained",
+        *[a for s in TINY_MODEL for a in ("--set", s)],
+        "--eval",
+        subject,
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--limit",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["generation.json", "subject-0000.mp4", "subject-0000.npy"]
     assert "1 generated" in capsys.readouterr().out

@@ -54,7 +54,9 @@ RED, BLUE = (220, 30, 30), (40, 70, 220)
 
 def prompts():
     return [
-        task_prompt("t2v", "a red circle moves left on sand", context=[("a photo of a red circle", shape_image(RED, False))]),
+        task_prompt(
+            "t2v", "a red circle moves left on sand", context=[("a photo of a red circle", shape_image(RED, False))]
+        ),
         task_prompt("prediction", "a blue square moves up", images=[shape_image(BLUE, True)]),
         task_prompt("subject", "A <image> moves left on sand", images=[shape_image(RED, True)]),
         pretrain_prompt("a red circle"),
@@ -96,7 +98,11 @@ def test_different_images_change_condition(enc):
     cb, _ = enc.encode([b])
     ca2, _ = enc.encode([a])
     assert torch.equal(ca, ca2)
-    n_head = len(enc.tokenize([a])[0].ids) - 16 - len(enc.processor.tokenizer("moves left on sand", add_special_tokens=False)["input_ids"])
+    n_head = (
+        len(enc.tokenize([a])[0].ids)
+        - 16
+        - len(enc.processor.tokenizer("moves left on sand", add_special_tokens=False)["input_ids"])
+    )
     assert torch.allclose(ca[0, :n_head], cb[0, :n_head])  # causal: tokens before the image cannot see it
     assert (ca[0, n_head:] - cb[0, n_head:]).abs().amax(-1).min() > 1e-4  # every token from the image on differs
 
@@ -185,7 +191,13 @@ def test_align_reduces_caption_loss_and_output_loads(tmp_path):
         name = list(colors)[i % 3]
         square = bool(rng.integers(2))
         Image.fromarray(shape_image(colors[name], square)).save(tmp_path / "mem" / f"{i}.png")
-        rows.append({"id": f"m{i}", "caption": f"a photo of a {name} {'square' if square else 'circle'} on sand", "image": f"mem/{i}.png"})
+        rows.append(
+            {
+                "id": f"m{i}",
+                "caption": f"a photo of a {name} {'square' if square else 'circle'} on sand",
+                "image": f"mem/{i}.png",
+            }
+        )
     rows.append({"id": "noimg", "caption": "skipped", "image": None})
     (tmp_path / "memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "aligned"
@@ -193,6 +205,9 @@ def test_align_reduces_caption_loss_and_output_loads(tmp_path):
                                lr=3e-3, warmup=5), progress=False)
     assert report["skipped_rows"] == 1 and report["heldout_rows"] == 6 and report["train_rows"] == 42
     assert report["heldout_caption_loss_after"] < report["heldout_caption_loss_before"] - 3.0
-    assert json.loads((out / "align_report.json").read_text())["heldout_caption_loss_after"] == report["heldout_caption_loss_after"]
+    assert (
+        json.loads((out / "align_report.json").read_text())["heldout_caption_loss_after"]
+        == report["heldout_caption_loss_after"]
+    )
     enc = MLLMEncoder(MLLMConfig(path=str(out)), out_dim=OUT)  # the aligned folder is a drop-in MLLM
     assert enc.encode(prompts()[:1])[0].shape[-1] == OUT

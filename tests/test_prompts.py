@@ -49,10 +49,14 @@ def test_task_templates_follow_vimi_instructions():
     assert roles(t2v) == ["instruction", "context_text", "context_image", "caption"]
 
     pred = task_prompt("prediction", "a red circle moves left", images=[img(), img(5)])
-    assert render_text(pred) == "Generate a video with the text and first frame. a red circle moves left <image> <image>"
+    assert (
+        render_text(pred) == "Generate a video with the text and first frame. a red circle moves left <image> <image>"
+    )
     assert roles(pred)[-2:] == ["task_image", "task_image"]
 
-    subj = task_prompt("subject", "A <image> moves left next to <image> on sand", images=[img(1), Image.new("RGB", (8, 8))])
+    subj = task_prompt(
+        "subject", "A <image> moves left next to <image> on sand", images=[img(1), Image.new("RGB", (8, 8))]
+    )
     assert render_text(subj) == "Generate a video with the text and image. A <image> moves left next to <image> on sand"
     assert roles(subj) == ["instruction", "caption", "task_image", "caption", "task_image", "caption"]
     assert subj[2].image.getpixel((0, 0)) == (1, 1, 1)  # images land where their placeholders stand
@@ -92,7 +96,9 @@ def test_context_only_for_t2v_and_images_validated():
 
 
 def _tok(max_length: int) -> PromptTokenizer:
-    return PromptTokenizer(WordTokenizer(), image_token_id=IMG_ID, n_image_tokens=N_IMG, max_length=max_length, bos_token_id=BOS)
+    return PromptTokenizer(
+        WordTokenizer(), image_token_id=IMG_ID, n_image_tokens=N_IMG, max_length=max_length, bos_token_id=BOS
+    )
 
 
 def test_sequence_expands_images_in_order():

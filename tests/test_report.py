@@ -32,7 +32,9 @@ def videos(world, tmp_path_factory) -> Path:
 def _run_dir(tmp_path: Path) -> Path:
     run = tmp_path / "stage1"
     run.mkdir()
-    run.joinpath("metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)))
+    run.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6))
+    )
     return run
 
 

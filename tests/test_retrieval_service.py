@@ -216,7 +216,10 @@ def test_cli_serves_on_loopback(index_dir):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
-        assert line.startswith("retrieval service on http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        assert line.startswith("retrieval service on http://127.0.0.1:"), (
+            line,
+            proc.stderr.read() if proc.poll() else "",
+        )
         url = line.split()[3]
         client = RetrieverClient(url, retries=20, backoff=0.05)  # uvicorn starts serving a moment after the bind
         assert client.health()["documents"] == 41

@@ -9,8 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_pipelines.shapeworld import ClipParams, ShapeWorldError, render_clip, render_image, video_caption
-from data_pipelines.shapeworld import sampling, spec
+from data_pipelines.shapeworld import (
+    ClipParams,
+    ShapeWorldError,
+    render_clip,
+    render_image,
+    sampling,
+    spec,
+    video_caption,
+)
 from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.shapeworld.render import shape_mask
 from data_pipelines.shapeworld.world import EVAL_SPLITS
@@ -59,7 +66,9 @@ def test_pixel_centres_scale_and_subject_patterns():
     img = render_image(ClipParams("on sand", "stays still", 16.0, 16.0, color="red", shape="circle", size="small"))
     assert tuple(img[16, 19]) == spec.COLORS["red"] and tuple(img[18, 19]) == spec.SCENES["on sand"]
     # At 64 px every length doubles: r = 8, pixel (32, 39) centre (39.5, 32.5): 7.5² + 0.5² <= 64.
-    img = render_image(ClipParams("on sand", "stays still", 32.0, 32.0, 1, 64, color="red", shape="circle", size="small"))
+    img = render_image(
+        ClipParams("on sand", "stays still", 32.0, 32.0, 1, 64, color="red", shape="circle", size="small")
+    )
     assert tuple(img[32, 39]) == spec.COLORS["red"] and tuple(img[32, 40]) == spec.SCENES["on sand"]
 
     def subject_pixel(name, row, col, size_px=32):
@@ -69,11 +78,18 @@ def test_pixel_centres_scale_and_subject_patterns():
     # Bobo (stripes-h, red/white): row 16 -> v = 16, (16 // 2) % 2 == 0 -> red; row 18 -> v = 18 -> white.
     assert subject_pixel("Bobo", 16, 16) == spec.COLORS["red"] and subject_pixel("Bobo", 18, 16) == spec.COLORS["white"]
     # Kiki (checker, blue/yellow): u = v = 16 -> 8 + 8 even -> blue; u = 18 -> 9 + 8 odd -> yellow.
-    assert subject_pixel("Kiki", 16, 16) == spec.COLORS["blue"] and subject_pixel("Kiki", 16, 18) == spec.COLORS["yellow"]
+    assert (
+        subject_pixel("Kiki", 16, 16) == spec.COLORS["blue"] and subject_pixel("Kiki", 16, 18) == spec.COLORS["yellow"]
+    )
     # Nono (dots, green/orange): u % 4 = v % 4 = 0 -> the dot -> orange; u = 18 -> green.
-    assert subject_pixel("Nono", 16, 16) == spec.COLORS["orange"] and subject_pixel("Nono", 16, 18) == spec.COLORS["green"]
+    assert (
+        subject_pixel("Nono", 16, 16) == spec.COLORS["orange"] and subject_pixel("Nono", 16, 18) == spec.COLORS["green"]
+    )
     # At 64 px the pattern is in 32-px units: columns 32..35 are u = 16, 17 (one stripe pair), 36 -> u = 18.
-    assert subject_pixel("Roro", 32, 35, 64) == spec.COLORS["yellow"] and subject_pixel("Roro", 32, 36, 64) == spec.COLORS["purple"]
+    assert (
+        subject_pixel("Roro", 32, 35, 64) == spec.COLORS["yellow"]
+        and subject_pixel("Roro", 32, 36, 64) == spec.COLORS["purple"]
+    )
 
 
 def test_motions_move_by_the_spec_per_frame_and_scale():
@@ -84,7 +100,9 @@ def test_motions_move_by_the_spec_per_frame_and_scale():
     grows = render_clip(ClipParams("on grass", "grows", 16.0, 16.0, 3, 32, color="white", shape="circle", size="small"))
     areas = (grows != spec.SCENES["on grass"]).any(-1).sum((1, 2))
     assert list(areas) == [
-        int(shape_mask("circle", np.arange(32)[None] + 0.5, np.arange(32)[:, None] + 0.5, 16.0, 16.0, 4 + 0.5 * t).sum())
+        int(
+            shape_mask("circle", np.arange(32)[None] + 0.5, np.arange(32)[:, None] + 0.5, 16.0, 16.0, 4 + 0.5 * t).sum()
+        )
         for t in range(3)
     ]
     assert areas[0] < areas[1] < areas[2]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from itertools import cycle
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from data_pipelines.shapeworld import ClipParams, render_clip, sampling, spec
 from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.shapeworld.world import EVAL_SPLITS
 from data_pipelines.video_io import read_video, write_video
-from vimi.eval.shapeworld import PSNR_CAP, analyze, main as score_main, score, score_folder
+from vimi.eval.shapeworld import PSNR_CAP, analyze, score, score_folder
+from vimi.eval.shapeworld import main as score_main
 
 OBJECT_ATTRIBUTES = ("color", "shape", "motion", "subject")
 
@@ -45,7 +45,9 @@ def _random_clips(n: int) -> list[ClipParams]:
 def test_renderer_videos_score_100_percent():
     clips = _random_clips(540)
     seen = {k: {getattr(p, k) for p in clips} for k in ("shape", "color", "motion", "scene", "subject", "size_px")}
-    assert seen["shape"] >= set(spec.SHAPES) and seen["color"] >= set(spec.COLORS) and seen["motion"] == set(spec.MOTIONS)
+    assert (
+        seen["shape"] >= set(spec.SHAPES) and seen["color"] >= set(spec.COLORS) and seen["motion"] == set(spec.MOTIONS)
+    )
     assert seen["scene"] == set(spec.SCENES) and seen["subject"] >= set(spec.SUBJECTS) and seen["size_px"] == {32, 64}
     failures = []
     for p in clips:
@@ -58,7 +60,12 @@ def test_renderer_videos_score_100_percent():
 def test_analysis_reads_back_every_word():
     p = ClipParams("on grass", "moves up", 16.0, 24.0, 8, 64, color="cyan", shape="triangle", size="big")
     found = analyze(render_clip(p))
-    assert (found["scene"], found["color"], found["shape"], found["motion"]) == ("on grass", "cyan", "triangle", "moves up")
+    assert (found["scene"], found["color"], found["shape"], found["motion"]) == (
+        "on grass",
+        "cyan",
+        "triangle",
+        "moves up",
+    )
     assert found["object"] and found["subject"] is None and found["radius"] == pytest.approx(7, abs=0.5)
     found = analyze(render_clip(ClipParams("in a dark room", "stays still", 16.0, 16.0, subject="Fifi")))
     assert found["subject"] == "Fifi" and found["shape"] == "diamond" and set(found["colors"]) == {"white", "purple"}
@@ -119,7 +126,10 @@ def world(tmp_path_factory) -> Path:
 
 def test_ground_truth_eval_files_score_100_percent(world, tmp_path):
     report_path = tmp_path / "report.json"
-    assert score_main(["--videos", str(world / "eval" / "gt"), "--eval", str(world / "eval"), "--out", str(report_path)]) == 0
+    assert (
+        score_main(["--videos", str(world / "eval" / "gt"), "--eval", str(world / "eval"), "--out", str(report_path)])
+        == 0
+    )
     report = json.loads(report_path.read_text())["splits"]
     assert list(report) == list(EVAL_SPLITS)
     for split, rep in report.items():
@@ -137,7 +147,9 @@ def test_mp4_folder_with_missing_and_unreadable_videos(world, tmp_path):
     (tmp_path / f"{records[1]['id']}.mp4").write_bytes(b"not a video")  # records[0] is missing
     rep = score_folder(tmp_path, world / "eval" / "t2v-seen.jsonl")
     assert rep["missing"] == 1 and rep["unreadable"] == 1
-    assert rep["accuracy"]["all_correct"] == pytest.approx(10 / 12) and rep["accuracy"]["scene"] == pytest.approx(10 / 12)
+    assert rep["accuracy"]["all_correct"] == pytest.approx(10 / 12) and rep["accuracy"]["scene"] == pytest.approx(
+        10 / 12
+    )
 
 
 def test_cli_reports_bad_paths(tmp_path, capsys):

@@ -82,7 +82,9 @@ def test_tars_are_byte_identical_and_tar_lists_them(tmp_path):
             w.write(_sample("000000001_y", n_ctx=0, n_ref=0))
             w.commit()
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
-    listing = subprocess.run(["tar", "tf", str(tmp_path / "a.tar")], capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(
+        ["tar", "tf", str(tmp_path / "a.tar")], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert listing[:9] == ["000000000_x.json", "000000000_x.mp4", "000000000_x.txt", "000000000_x.ctx0.jpg",
                            "000000000_x.ctx0.txt", "000000000_x.ctx1.jpg", "000000000_x.ctx1.txt",
                            "000000000_x.ref0.png", "000000001_y.json"]
@@ -137,8 +139,12 @@ def test_normalize_caption():
 
 
 def test_candidates_drop_self_and_duplicate_captions_and_keep_rank():
-    hits = [FakeHit("v1", "anything", 9.0), FakeHit("m1", "A red circle!", 8.0), FakeHit("m2", "a photo of a red circle", 7.0),
-            FakeHit("m3", "a blue square", 1.0)]
+    hits = [
+        FakeHit("v1", "anything", 9.0),
+        FakeHit("m1", "A red circle!", 8.0),
+        FakeHit("m2", "a photo of a red circle", 7.0),
+        FakeHit("m3", "a blue square", 1.0),
+    ]
     dropped = Counter()
     cands = candidate_hits("v1", "a red circle", hits, dropped)
     assert [(r, h.id) for r, h in cands] == [(2, "m2"), (3, "m3")]

@@ -114,7 +114,9 @@ def test_deepspeed_json_may_not_own_training_settings(tmp_path):
     cfg = load_train_config(TINY, [f"run.deepspeed={bad}"])
     with pytest.raises(ConfigError, match="optimizer"):
         deepspeed_config(cfg, 1, torch.device("cpu"))
-    ds = deepspeed_config(load_train_config(TINY, ["optim.micro_batch=3", "optim.accumulation=2"]), 4, torch.device("cpu"))
+    ds = deepspeed_config(
+        load_train_config(TINY, ["optim.micro_batch=3", "optim.accumulation=2"]), 4, torch.device("cpu")
+    )
     assert ds["train_batch_size"] == 24 and ds["bf16"]["enabled"] is False  # CPU: fp32 unless the JSON asks
 
 
@@ -151,8 +153,8 @@ def test_real_scale_dry_run_builds_on_meta_without_weights():
 
 
 def test_frozen_mllm_is_hidden_from_the_engine_but_still_runs():
-    from vimi.model import VimiModel
     from vimi.mllm.prompt import pretrain_prompt
+    from vimi.model import VimiModel
     from vimi.training.frozen import freeze_all_but, hide_frozen, restore
 
     model = VimiModel(load_train_config(TINY).model)
@@ -333,9 +335,27 @@ def test_two_ranks_both_stages_zero3_then_zero2(shards, work):
     s1, s2 = work / "r2s1", work / "r2s2"
     from vimi.training.distributed import free_port
 
-    p = launch([str(bindir / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "launch/pretrain.py", "--config", TINY,
-                "--set", f"data.shards=[{shards}]", "run.steps=2", "ema.decay=0", "ema.warmup=false",
-                "--deepspeed_config", "configs/deepspeed/zero3.json", "--out", str(s1)])
+    p = launch(
+        [
+            str(bindir / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "launch/pretrain.py",
+            "--config",
+            TINY,
+            "--set",
+            f"data.shards=[{shards}]",
+            "run.steps=2",
+            "ema.decay=0",
+            "ema.warmup=false",
+            "--deepspeed_config",
+            "configs/deepspeed/zero3.json",
+            "--out",
+            str(s1),
+        ]
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     state = json.loads((s1 / "checkpoints" / "step_000002" / "train_state.json").read_text())
     assert state["world_size"] == 2 and (s1 / "checkpoints" / "step_000002" / "rank_00001.json").is_file()

@@ -1,4 +1,8 @@
-"""`python -m vimi generate --task t2v --prompt "..." [--image ref.png] [--frames first.png|clip.mp4] --out video.mp4`."""
+"""The command line: `python -m vimi generate --task t2v --prompt "..." --out video.mp4`.
+
+`--image ref.png` gives a subject reference, `--frames first.png|clip.mp4` the frames prediction continues.
+"""
+
 from __future__ import annotations
 
 import argparse

@@ -121,7 +121,9 @@ def check_inputs(task: str, inputs: dict, size: int, max_cond_frames: int) -> Re
         if n_ph == 0:
             raise InputError(f"a subject prompt must contain {IMAGE_TOKEN} where the subject stands")
         if len(imgs) != n_ph:
-            raise InputError(f"the subject prompt has {n_ph} {IMAGE_TOKEN} placeholder(s) but {len(imgs)} image(s) were given")
+            raise InputError(
+                f"the subject prompt has {n_ph} {IMAGE_TOKEN} placeholder(s) but {len(imgs)} image(s) were given"
+            )
         return Request(task, prompt, [_load_image(x, f"images[{i}]") for i, x in enumerate(imgs)], None)
     if n_ph:
         raise InputError(f"{IMAGE_TOKEN} placeholders belong to the subject task, not {task!r}")

@@ -14,7 +14,9 @@ from .world import WorldConfig
 
 def main(argv: list[str] | None = None) -> int:
     d = WorldConfig()
-    ap = argparse.ArgumentParser(prog="python -m data_pipelines.shapeworld", description="Render a ShapeWorld dataset (SHAPEWORLD.md).")
+    ap = argparse.ArgumentParser(
+        prog="python -m data_pipelines.shapeworld", description="Render a ShapeWorld dataset (SHAPEWORLD.md)."
+    )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--videos", type=int, default=d.videos, help="training videos")
     ap.add_argument("--memory", type=int, default=d.memory, help="image-text memory items")

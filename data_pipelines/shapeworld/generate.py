@@ -35,16 +35,41 @@ from vimi.config import to_dict
 from . import sampling, spec
 from .captions import memory_caption, subject_prompt, video_caption
 from .render import ClipParams, ShapeWorldError, render_clip, render_image
-from .world import EVAL_SPLITS, SUBJECT_NAMES, VERSION, WorldConfig, eval_params, is_novel, memory_params, reference_params, train_video_params
+from .world import (
+    EVAL_SPLITS,
+    SUBJECT_NAMES,
+    VERSION,
+    WorldConfig,
+    eval_params,
+    is_novel,
+    memory_params,
+    reference_params,
+    train_video_params,
+)
 
 CHUNK = 250  # items per pool task: large enough to amortise pickling, small enough for a smooth bar
 MARKER = ".shapeworld"  # written first: marks a folder this generator may clean and rewrite
 
 _STR = pa.string()
 _ATTRS = [("kind", _STR), ("scene", _STR), ("color", _STR), ("shape", _STR), ("size", _STR), ("subject", _STR)]
-_CLIP = [("motion", _STR), ("cx0", pa.float64()), ("cy0", pa.float64()), ("frames", pa.int64()), ("size_px", pa.int64())]
-VIDEO_SCHEMA = pa.schema([("id", _STR), ("caption", _STR), ("path", _STR), ("split", _STR)] + _ATTRS + _CLIP + [("references", pa.list_(_STR))])
-MEMORY_SCHEMA = pa.schema([("id", _STR), ("caption", _STR), ("image", _STR)] + _ATTRS + [("cx0", pa.float64()), ("cy0", pa.float64()), ("size_px", pa.int64())])
+_CLIP = [
+    ("motion", _STR),
+    ("cx0", pa.float64()),
+    ("cy0", pa.float64()),
+    ("frames", pa.int64()),
+    ("size_px", pa.int64()),
+]
+VIDEO_SCHEMA = pa.schema(
+    [("id", _STR), ("caption", _STR), ("path", _STR), ("split", _STR)]
+    + _ATTRS
+    + _CLIP
+    + [("references", pa.list_(_STR))]
+)
+MEMORY_SCHEMA = pa.schema(
+    [("id", _STR), ("caption", _STR), ("image", _STR)]
+    + _ATTRS
+    + [("cx0", pa.float64()), ("cy0", pa.float64()), ("size_px", pa.int64())]
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +198,9 @@ def _prepare_out(cfg: WorldConfig) -> None:
     out = cfg.out
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         if not cfg.overwrite:
-            raise ShapeWorldError(f"{out} is not empty and holds no ShapeWorld world; pass --overwrite to write into it")
+            raise ShapeWorldError(
+                f"{out} is not empty and holds no ShapeWorld world; pass --overwrite to write into it"
+            )
     if (out / "world.json").exists() and not cfg.overwrite:
         raise ShapeWorldError(f"{out} already holds a world; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
@@ -226,10 +253,16 @@ def generate_world(cfg: WorldConfig) -> dict:
         "size": cfg.size,
         "frames": cfg.frames,
         "fps": spec.FPS,
-        "counts": {"videos": cfg.videos, "memory": cfg.memory, "references": len(rows.get("references", [])),
-                   "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS}},
+        "counts": {
+            "videos": cfg.videos,
+            "memory": cfg.memory,
+            "references": len(rows.get("references", [])),
+            "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS},
+        },
         # Motions whose trajectory fits T frames of this canvas (all of them at the default 8 x 32 px).
-        "object_motions": sorted({m for m, _ in sampling.object_choices(cfg.frames, cfg.size)}, key=list(spec.MOTIONS).index),
+        "object_motions": sorted(
+            {m for m, _ in sampling.object_choices(cfg.frames, cfg.size)}, key=list(spec.MOTIONS).index
+        ),
         "subject_motions": list(sampling.subject_motions(cfg.frames, cfg.size)),
         "novel_subjects": sorted(spec.NOVEL_SUBJECTS),
         "novel_compositions": [" ".join(cs) for cs in sorted(spec.NOVEL_COMPOSITIONS)],

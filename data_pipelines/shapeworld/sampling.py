@@ -16,7 +16,16 @@ from .render import ClipParams, ShapeWorldError
 
 MARGIN = 1.0  # the trajectory keeps the shape's radius this far (32-px scale) inside the canvas
 
-STREAMS = ("videos", "memory", "references", "t2v-seen", "t2v-novel-composition", "t2v-novel-subject", "prediction", "subject")
+STREAMS = (
+    "videos",
+    "memory",
+    "references",
+    "t2v-seen",
+    "t2v-novel-composition",
+    "t2v-novel-subject",
+    "prediction",
+    "subject",
+)
 
 
 def item_rng(seed: int, stream: str, index: int) -> np.random.Generator:
@@ -24,7 +33,9 @@ def item_rng(seed: int, stream: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, STREAMS.index(stream), index])
 
 
-def start_range(motion: str, radius0: float, frames: int, size_px: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def start_range(
+    motion: str, radius0: float, frames: int, size_px: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Allowed frame-0 centres ((x_lo, x_hi), (y_lo, y_hi)) in canvas pixels for a whole trajectory
     that keeps a disc of the current radius at least MARGIN inside the canvas. Raises if none."""
     s = size_px / spec.BASE_SIZE

@@ -54,7 +54,8 @@ class EvalItem:
 
 def eval_files(path: str | Path) -> list[Path]:
     """One eval JSONL, or every *.jsonl of an eval folder (the scorer's split order)."""
-    from vimi.eval.shapeworld import ScoreError, eval_files as _files
+    from vimi.eval.shapeworld import ScoreError
+    from vimi.eval.shapeworld import eval_files as _files
 
     try:
         return _files(path)
@@ -214,9 +215,13 @@ def generate_eval(pipe, eval_path: str | Path, out_dir: str | Path, *, steps: in
 # ---------------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vimi.eval.generate",
-                                 description="Generate {id}.mp4 (and exact {id}.npy) for every row of ShapeWorld eval sets.")
-    ap.add_argument("--pipeline", required=True, help=f"pipeline folder, or '{UNTRAINED}' for the default config untrained")
+    ap = argparse.ArgumentParser(
+        prog="python -m vimi.eval.generate",
+        description="Generate {id}.mp4 (and exact {id}.npy) for every row of ShapeWorld eval sets.",
+    )
+    ap.add_argument(
+        "--pipeline", required=True, help=f"pipeline folder, or '{UNTRAINED}' for the default config untrained"
+    )
     ap.add_argument("--eval", required=True, help="an eval .jsonl, or the eval folder for every split")
     ap.add_argument("--out", required=True, help="folder for {id}.mp4 / {id}.npy (one folder for all splits)")
     ap.add_argument("--steps", type=int, help="Heun steps (default: the pipeline's)")
@@ -226,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N rows of each eval file")
     ap.add_argument("--seed", type=int, default=0, help="row i of an eval file uses seed + i")
     ap.add_argument("--no-frames", action="store_true", help="write only the mp4, not the exact {id}.npy frames")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is often faster on a shared machine)")
+    ap.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often faster on a shared machine)"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"config override for --pipeline {UNTRAINED} (e.g. sampler.num_steps=4)")
     args = ap.parse_args(list(argv) if argv is not None else None)

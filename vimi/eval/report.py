@@ -175,7 +175,11 @@ def contact_sheet(samples: Sequence[Sample], task: str, scale: int = SCALE) -> I
     has_left = any(b[0] is not None for b in blocks)
     left_w = max((b[0].width for b in blocks if b[0] is not None), default=0)
     labelled = any(len(b[1]) > 1 for b in blocks)  # name the strips only when a row has several
-    label_w = max(measure.textbbox((0, 0), n, font=font)[2] for n in ("generated", "ground truth")) + MARGIN if labelled else 0
+    label_w = (
+        max(measure.textbbox((0, 0), n, font=font)[2] for n in ("generated", "ground truth")) + MARGIN
+        if labelled
+        else 0
+    )
     x0 = MARGIN + (left_w + 3 * GAP if has_left else 0) + label_w
     strip_w = max(st.width for b in blocks for _, st in b[1])
     text_w = max(measure.textbbox((0, 0), t, font=font)[2] for b in blocks for t, _ in b[2])
@@ -189,7 +193,7 @@ def contact_sheet(samples: Sequence[Sample], task: str, scale: int = SCALE) -> I
     for line in head:
         draw.text((MARGIN, y), line, fill=FG, font=font)
         y += line_h
-    for (left, strips, texts), h in zip(blocks, heights):
+    for left, strips, texts in blocks:
         y += MARGIN
         if left is not None:
             sheet.paste(left, (MARGIN, y))
@@ -289,7 +293,9 @@ def scores_table(gen: dict[str, dict], gt: dict[str, dict]) -> str:
     """Per split: accuracy of each attribute, all_correct and PSNR exactly as scored; a grey
     ground-truth row under each split when the ground-truth report is given."""
     splits = [s for s in EVAL_SPLITS if s in gen or s in gt] + sorted((set(gen) | set(gt)) - set(EVAL_SPLITS))
-    attrs = [a for a in ATTRIBUTE_ORDER if any(a in r.get("accuracy", {}) for r in list(gen.values()) + list(gt.values()))]
+    attrs = [
+        a for a in ATTRIBUTE_ORDER if any(a in r.get("accuracy", {}) for r in list(gen.values()) + list(gt.values()))
+    ]
     head = "".join(f"<th>{_e(a)}</th>" for a in ["split", "source", "n", "missing"] + attrs + ["PSNR (dB)"])
     body = []
     for s in splits:
@@ -321,16 +327,18 @@ def timings_table(metrics: dict) -> str:
 
 def render_html(*, title: str, sources: dict, gen: dict, gt: dict, sheets: dict[str, str],
                 videos: list[tuple[str, str, str]], runs: list[dict], metrics: dict | None) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{_e(title)}</h1>",
-             "<p class='note'>" + "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in sources.items()) + "</p>",
-             "<h2>Scores</h2>",
-             "<p>ShapeWorld analytic scores (SHAPEWORLD.md, Scores): the share of videos whose scene, colour, shape, "
-             "motion and subject read back by analysis equal the prompt's; <i>all_correct</i> when every applicable "
-             "attribute is right at once; PSNR of prediction against the exact continuation. "
-             + ("Grey rows score the ground-truth clips, a check of the scorer itself. " if gt else "")
-             + "Missing counts videos absent or unreadable (wrong on everything).</p>",
-             scores_table(gen, gt) if (gen or gt) else "<p>No scores.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        "<p class='note'>" + "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in sources.items()) + "</p>",
+        "<h2>Scores</h2>",
+        "<p>ShapeWorld analytic scores (SHAPEWORLD.md, Scores): the share of videos whose scene, colour, shape, "
+        "motion and subject read back by analysis equal the prompt's; <i>all_correct</i> when every applicable "
+        "attribute is right at once; PSNR of prediction against the exact continuation. "
+        + ("Grey rows score the ground-truth clips, a check of the scorer itself. " if gt else "")
+        + "Missing counts videos absent or unreadable (wrong on everything).</p>",
+        scores_table(gen, gt) if (gen or gt) else "<p>No scores.</p>",
+    ]
     if sheets:
         parts.append("<h2>Samples per task</h2>")
         for task, png in sheets.items():
@@ -344,7 +352,11 @@ def render_html(*, title: str, sources: dict, gen: dict, gt: dict, sheets: dict[
     if runs:
         parts.append("<h2>Training</h2>")
         for r in runs:
-            stat = f"{r['steps']} steps, final loss {r['final_loss']:.4g}" if r["final_loss"] is not None else "no metrics.jsonl"
+            stat = (
+                f"{r['steps']} steps, final loss {r['final_loss']:.4g}"
+                if r["final_loss"] is not None
+                else "no metrics.jsonl"
+            )
             parts.append(f"<h3>{_e(r['name'])}</h3><p class='note'>{_e(r['path'])}: {_e(stat)}</p>")
             if r["png"]:
                 parts.append(f"<img src='{_e(r['png'])}' alt='loss curve of {_e(r['name'])}'>")
@@ -352,7 +364,10 @@ def render_html(*, title: str, sources: dict, gen: dict, gt: dict, sheets: dict[
         table = timings_table(metrics)
         if table:
             parts.append("<h2>Pipeline wall times</h2>" + table)
-    parts.append(f"<p class='note'>written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} by <code>python -m vimi.eval.report</code></p>")
+    parts.append(
+        f"<p class='note'>written {_e(time.strftime('%Y-%m-%d %H:%M:%S'))} "
+        "by <code>python -m vimi.eval.report</code></p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -406,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--eval", required=True, help="the world's eval folder (or one eval .jsonl)")
     ap.add_argument("--out", required=True, help="report folder (e.g. outputs/demo)")
     ap.add_argument("--scores", help="scorer report.json of the videos (scored here when not given)")
-    ap.add_argument("--gt-scores", help="scorer report.json of the ground-truth clips (default: metrics.json's ground_truth)")
+    ap.add_argument(
+        "--gt-scores", help="scorer report.json of the ground-truth clips (default: metrics.json's ground_truth)"
+    )
     ap.add_argument("--metrics", help="the demo's metrics.json (wall times of the pipeline steps)")
     ap.add_argument("--run-dirs", nargs="*", default=[], help="training run folders (or loss-curve PNGs)")
     ap.add_argument("--per-task", type=int, default=6, help="samples per contact sheet")

@@ -293,7 +293,9 @@ def eval_files(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ScoreError(f"eval file or folder not found: {path}")
-    files = sorted(path.glob("*.jsonl"), key=lambda p: (EVAL_SPLITS.index(p.stem) if p.stem in EVAL_SPLITS else 99, p.name))
+    files = sorted(
+        path.glob("*.jsonl"), key=lambda p: (EVAL_SPLITS.index(p.stem) if p.stem in EVAL_SPLITS else 99, p.name)
+    )
     if not files:
         raise ScoreError(f"{path}: no eval .jsonl files")
     return files
@@ -313,7 +315,9 @@ def _format(reports: dict[str, dict]) -> str:
     for split, rep in reports.items():
         acc = "  ".join(f"{a} {v:6.1%}" for a, v in rep["accuracy"].items())
         extra = f"  psnr {rep['psnr']:.2f} dB" if rep["psnr"] is not None else ""
-        lines.append(f"{split:<22} n={rep['count']:<5} missing={rep['missing']} unreadable={rep['unreadable']}  {acc}{extra}")
+        lines.append(
+            f"{split:<22} n={rep['count']:<5} missing={rep['missing']} unreadable={rep['unreadable']}  {acc}{extra}"
+        )
     return "\n".join(lines)
 
 
@@ -321,7 +325,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m vimi.eval.shapeworld", description="Score generated ShapeWorld videos (SHAPEWORLD.md, Scores).")
+    ap = argparse.ArgumentParser(
+        prog="python -m vimi.eval.shapeworld", description="Score generated ShapeWorld videos (SHAPEWORLD.md, Scores)."
+    )
     ap.add_argument("--videos", required=True, help="folder of generated videos named {id}.mp4 (or {id}.npy)")
     ap.add_argument("--eval", required=True, help="an eval .jsonl, or the eval folder for every split")
     ap.add_argument("--out", help="report.json to write")

@@ -57,7 +57,9 @@ class AlignConfig:
 
 
 # ---------------------------------------------------------------------- data
-def read_memory(path: str, eval_rows: int, max_rows: int) -> tuple[list[tuple[str, object]], list[tuple[str, object]], int]:
+def read_memory(
+    path: str, eval_rows: int, max_rows: int
+) -> tuple[list[tuple[str, object]], list[tuple[str, object]], int]:
     """-> (train [(caption, image)], held-out [(caption, image)], rows skipped for lack of an image).
 
     Rows stream through ``data_pipelines.tables.iter_memory`` (tables or img2dataset tars). A row
@@ -87,7 +89,9 @@ def read_memory(path: str, eval_rows: int, max_rows: int) -> tuple[list[tuple[st
         if len(train) >= max_rows and len(held) >= eval_rows:
             break
     if not train or not held:
-        raise ValueError(f"{path}: need image rows for training and held-out evaluation, got {len(train)} and {len(held)}")
+        raise ValueError(
+            f"{path}: need image rows for training and held-out evaluation, got {len(train)} and {len(held)}"
+        )
     return train, held, skipped
 
 
@@ -261,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(ap.parse_args(argv))
     progress = not args.pop("no_progress")
     report = align(AlignConfig(**args), progress=progress)
-    print(f"held-out caption loss: before {report['heldout_caption_loss_before']:.3f} -> after "
-          f"{report['heldout_caption_loss_after']:.3f} (shuffled images {report['heldout_caption_loss_after_shuffled_images']:.3f}) "
-          f"nats/token; token accuracy {report['heldout_token_accuracy_before']:.3f} -> "
-          f"{report['heldout_token_accuracy_after']:.3f} (shuffled {report['heldout_token_accuracy_after_shuffled_images']:.3f}); "
-          f"{report['seconds']} s; wrote {args['out']}")
+    print(
+        f"held-out caption loss: before {report['heldout_caption_loss_before']:.3f} -> after "
+        f"{report['heldout_caption_loss_after']:.3f} "
+        f"(shuffled images {report['heldout_caption_loss_after_shuffled_images']:.3f}) "
+        f"nats/token; token accuracy {report['heldout_token_accuracy_before']:.3f} -> "
+        f"{report['heldout_token_accuracy_after']:.3f} "
+        f"(shuffled {report['heldout_token_accuracy_after_shuffled_images']:.3f}); "
+        f"{report['seconds']} s; wrote {args['out']}"
+    )
     return 0
 
 

@@ -46,7 +46,7 @@ class MLLMConfig:
     lora_alpha: int = 16         # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # LM modules only
-    image_size: int = 32         # vision input of the built-in tiny default (path=""); a real folder's processor decides
+    image_size: int = 32  # vision input of the built-in tiny default (path=""); a real folder's processor decides
     seed: int = 0                # weights of the built-in tiny default
     null_tokens: int = 1         # length of the learned null condition (classifier-free guidance)
     normalize: bool = True       # LayerNorm (no affine) before the projection; LLM states have outlier channels
@@ -59,10 +59,14 @@ def load_llava(path: str | Path, dtype: str = "float32"):
 
     p = Path(path).expanduser()
     if not p.is_dir() or not (p / "config.json").is_file():
-        raise MLLMLoadError(f"MLLM path {str(path)!r} is not a local folder with a config.json (hub names are not loaded)")
+        raise MLLMLoadError(
+            f"MLLM path {str(path)!r} is not a local folder with a config.json (hub names are not loaded)"
+        )
     config = AutoConfig.from_pretrained(p, local_files_only=True)
     if getattr(config, "model_type", None) != "llava":
-        raise MLLMLoadError(f"{p}: model_type {getattr(config, 'model_type', None)!r} is not 'llava' (LlavaForConditionalGeneration)")
+        raise MLLMLoadError(
+            f"{p}: model_type {getattr(config, 'model_type', None)!r} is not 'llava' (LlavaForConditionalGeneration)"
+        )
     if dtype not in ("float32", "bfloat16", "float16"):
         raise MLLMLoadError(f"unknown MLLM dtype {dtype!r}")
     model = LlavaForConditionalGeneration.from_pretrained(p, dtype=getattr(torch, dtype), local_files_only=True)
@@ -202,7 +206,9 @@ class MLLMEncoder(nn.Module):
         pixels = self._pixels(images) if images else None
         grad = contextlib.nullcontext() if self.cfg.tuning != "frozen" else torch.no_grad()
         with grad:
-            out = self.llava.model(input_ids=ids, pixel_values=pixels, attention_mask=mask.long(), output_hidden_states=True)
+            out = self.llava.model(
+                input_ids=ids, pixel_values=pixels, attention_mask=mask.long(), output_hidden_states=True
+            )
         return out.hidden_states[self.cfg.layer], mask  # (B, L, H), (B, L)
 
     def project(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +241,9 @@ class MLLMEncoder(nn.Module):
         c = self.null.unsqueeze(0).expand(batch, -1, -1)
         return c, torch.ones(batch, self.null.shape[0], dtype=torch.bool, device=self.null.device)
 
-    def drop_condition(self, c: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def drop_condition(
+        self, c: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace rows where ``drop`` (B,) bool is True by the null condition, keeping (B, L) shapes."""
         n = self.null.shape[0]
         if c.shape[1] < n:  # (B, L, D) -> (B, n, D): room for the null sequence

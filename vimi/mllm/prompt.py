@@ -93,7 +93,8 @@ def _interleave(caption: str, images: Sequence[Any]) -> list[Segment]:
     parts = caption.split(IMAGE_TOKEN)
     if len(parts) - 1 != len(images):
         raise PromptError(
-            f"caption has {len(parts) - 1} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s) were given: {caption!r}"
+            f"caption has {len(parts) - 1} {IMAGE_TOKEN} placeholder(s) "
+            f"but {len(images)} image(s) were given: {caption!r}"
         )
     out: list[Segment] = []
     for i, part in enumerate(parts):

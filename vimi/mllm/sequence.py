@@ -55,7 +55,9 @@ class PromptTokenizer:
             raise PromptError("empty prompt")
         texts = [s.text for s in prompt if not s.is_image]
         text_ids = iter(self._text_ids(texts))  # type: ignore[arg-type]
-        pieces: list[list[int]] = [[self.image_token_id] * self.n_image_tokens if s.is_image else next(text_ids) for s in prompt]
+        pieces: list[list[int]] = [
+            [self.image_token_id] * self.n_image_tokens if s.is_image else next(text_ids) for s in prompt
+        ]
         keep = [True] * len(prompt)
         total = len(self.bos) + sum(len(p) for p in pieces)
 
@@ -89,7 +91,10 @@ class PromptTokenizer:
                 cut += take
                 if cut == excess:
                     break
-            warnings.warn(f"prompt longer than max_length={self.max_length}: cut {cut} caption token(s) from its end", stacklevel=3)
+            warnings.warn(
+                f"prompt longer than max_length={self.max_length}: cut {cut} caption token(s) from its end",
+                stacklevel=3,
+            )
 
         ids = list(self.bos)
         images: list[Image.Image] = []

@@ -183,7 +183,9 @@ def prune(root: Path, keep: int) -> None:
     """Keep the newest ``keep`` complete checkpoints; drop older ones and failed partial saves."""
     latest = find_latest(root)
     dirs = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: step_of(p.name))
-    complete = [p for p in dirs if (p / TRAIN_STATE).is_file() and (latest is None or step_of(p.name) <= step_of(latest.name))]
+    complete = [
+        p for p in dirs if (p / TRAIN_STATE).is_file() and (latest is None or step_of(p.name) <= step_of(latest.name))
+    ]
     keep_set = set(complete[-keep:]) | ({latest} if latest else set())
     for p in dirs:
         if p not in keep_set:

@@ -28,7 +28,9 @@ def parser(stage: str) -> argparse.ArgumentParser:
                     help="override config fields, e.g. --set optim.lr=1e-4 run.steps=100")
     ap.add_argument("--init", help="pipeline export to start from (stage 2: stage 1's RUN/pipeline)")
     ap.add_argument("--out", help="run folder (run.out)")
-    ap.add_argument("--resume", help='"auto" (default: latest checkpoint of the run folder), "never", or a checkpoint path')
+    ap.add_argument(
+        "--resume", help='"auto" (default: latest checkpoint of the run folder), "never", or a checkpoint path'
+    )
     ap.add_argument("--deepspeed_config", help="DeepSpeed JSON (run.deepspeed), e.g. configs/deepspeed/zero3.json")
     ap.add_argument("--dry-run", action="store_true",
                     help="build model and data, print parameter counts and a memory estimate, do not train")

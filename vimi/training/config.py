@@ -120,7 +120,9 @@ class TrainConfig:
         if r.stop_at is not None and not 1 <= r.stop_at <= r.steps:
             raise ConfigError(f"run.stop_at={r.stop_at} must lie in [1, run.steps={r.steps}]")
         if o.micro_batch < 1 or o.accumulation < 1:
-            raise ConfigError(f"optim.micro_batch and optim.accumulation must be >= 1, got {o.micro_batch}, {o.accumulation}")
+            raise ConfigError(
+                f"optim.micro_batch and optim.accumulation must be >= 1, got {o.micro_batch}, {o.accumulation}"
+            )
         if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
             raise ConfigError("optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1, grad_clip >= 0")
         if len(o.betas) != 2:

@@ -44,7 +44,9 @@ def expand_shards(specs: Sequence[str]) -> list[str]:
     from webdataset.shardlists import expand_urls
 
     if not specs:
-        raise DataError("data.shards is empty: give shard files, folders or globs (python -m data_pipelines.build_shards)")
+        raise DataError(
+            "data.shards is empty: give shard files, folders or globs (python -m data_pipelines.build_shards)"
+        )
     out: list[str] = []
     for spec in specs:
         if spec.startswith("pipe:") or "://" in spec:

@@ -42,7 +42,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+                self.tb = SummaryWriter(
+                    str(self.run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+                )
             except ImportError:  # tensorboard is a declared dependency; keep training if it is absent
                 self.tb = None
 

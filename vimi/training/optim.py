@@ -80,7 +80,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, device: torch.device) ->
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     clash = [k for k in OWNED_KEYS if k in ds]
     if clash:
-        raise ConfigError(f"{path} sets {clash}; those come from the training config (optim.*) — remove them from the JSON")
+        raise ConfigError(
+            f"{path} sets {clash}; those come from the training config (optim.*) — remove them from the JSON"
+        )
     o = cfg.optim
     precision = resolve_precision(cfg, ds, device)
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}

@@ -32,7 +32,6 @@ def write_samples(model: nn.Module | None, cfg: TrainConfig, step: int, run_dir:
     from PIL import Image
 
     from data_pipelines.video_io import write_video
-
     from vimi.pipeline import VimiPipeline, open_retriever
 
     was_training = model.training
@@ -44,7 +43,7 @@ def write_samples(model: nn.Module | None, cfg: TrainConfig, step: int, run_dir:
     out = Path(run_dir) / "samples" / f"step_{step:06d}"
     out.mkdir(parents=True, exist_ok=True)
     fps = cfg.model.video.fps
-    for i, (caption, frames) in enumerate(zip(cfg.sample.prompts, videos)):
+    for i, frames in enumerate(videos):
         write_video(out / f"{i:02d}.mp4", frames, fps=fps)
     (out / "prompts.txt").write_text("".join(f"{i:02d}\t{c}\n" for i, c in enumerate(cfg.sample.prompts)))
     sheet = contact_sheet(videos)
