@@ -3,12 +3,12 @@
     python benchmarks/retrieval.py [--corpus shapeworld|zipf|both] [--n-docs 1000000]
         [--n-queries 10000] [--backends ours,bm25s,pyserini,rank_bm25] [--out outputs/benchmarks/retrieval.json]
 
-Corpora (``retrieval.synthetic``): ShapeWorld memory captions queried with ShapeWorld video
+Corpora (``data_pipelines.caption_corpora``): ShapeWorld memory captions queried with ShapeWorld video
 captions (480 distinct captions: heavy ties), and a Zipfian 200k-word vocabulary (5-20 words per
 caption, queries drawn from the same law; nearly every caption distinct).
 
 Backends, each in its own process (so its peak RSS is its own):
-- ``ours``: ``retrieval.build_index`` default backend, ``open_index(...).search`` in one process,
+- ``ours``: ``data_pipelines.build_index`` default backend, ``open_index(...).search`` in one process,
   and the same index with ``open_index(..., workers=2)`` (two worker processes);
 - ``bm25s``: the bm25s package as shipped (method="lucene", k1=0.9, b=0.4) on our tokens,
   ``retrieve(..., n_threads=2)``;
@@ -50,7 +50,7 @@ CHUNK = 500             # queries per batch call
 
 # ---------------------------------------------------------------------------------- data
 def make_corpus(corpus: str, n_docs: int, n_queries: int, folder: Path) -> tuple[Path, Path]:
-    from retrieval.synthetic import shapeworld_captions, zipf_captions
+    from data_pipelines.caption_corpora import shapeworld_captions, zipf_captions
 
     folder.mkdir(parents=True, exist_ok=True)
     mem, qfile = folder / "memory.parquet", folder / "queries.json"
@@ -114,8 +114,8 @@ def _timed_search(search, queries: list[str], check: int, budget_s: float):
 def worker(backend: str, mem: Path, qfile: Path, work: Path, check: int, budget_s: float) -> dict:
     queries = json.loads(qfile.read_text())
     n_docs = pq.ParquetFile(mem).metadata.num_rows
-    from retrieval import open_index
-    from retrieval.build_index import BuildConfig, build_index
+    from data_pipelines.build_index import index_memory
+    from retrieval import BuildConfig, open_index
 
     if backend == "ours2":  # the index "ours" built, searched by 2 worker processes
         index = open_index(work / "index-ours", workers=2)
@@ -133,7 +133,7 @@ def worker(backend: str, mem: Path, qfile: Path, work: Path, check: int, budget_
         search, size = _bm25s_shipped(mem, out)
     else:
         be = {"ours": "bm25s", "pyserini": "pyserini", "rank_bm25": "rank_bm25"}[backend]
-        build_index(BuildConfig(memory=str(mem), out=str(out), backend=be, progress=False, threads=2))
+        index_memory(BuildConfig(memory=str(mem), out=str(out), backend=be, progress=False, threads=2))
         index = open_index(out, workers=2 if backend == "pyserini" else 1)  # pyserini: 2 search threads
         search, size = _hits_search(index), dir_size(out)
     build_wall, build_cpu = time.perf_counter() - t0, _cpu() - c0

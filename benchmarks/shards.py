@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base.tar import iter_samples  # noqa: E402
 from data_pipelines import shards as fmt  # noqa: E402
 from data_pipelines.build_shards import ShardBuildConfig, build_shards  # noqa: E402
 
@@ -32,7 +33,7 @@ def _worker(cfg: ShardBuildConfig) -> tuple[float, float, float, int]:
     t0, c0 = time.time(), time.process_time()
     build_shards(cfg)
     t1, c1 = time.time(), time.process_time()
-    written = sum(len(list(fmt.iter_shard(p))) for p in fmt.list_shards(cfg.out)
+    written = sum(len(list(iter_samples(p))) for p in fmt.list_shards(cfg.out)
                   if fmt.shard_index(p.name) % cfg.num_workers == cfg.worker_rank)
     return t0, t1, c1 - c0, written
 
@@ -63,7 +64,7 @@ def _start_service(index: Path) -> tuple[subprocess.Popen, str]:
     if not line.startswith("retrieval service on "):
         proc.kill()
         raise RuntimeError(f"service did not start: {line!r}")
-    from retrieval.client import RetrieverClient
+    from retrieval import RetrieverClient
 
     url = line.split()[3]
     RetrieverClient(url, retries=40, backoff=0.05).health()  # wait until it answers
@@ -86,9 +87,10 @@ def main() -> None:
                         str(args.videos), "--memory", str(args.memory), "--seed", "0"], check=True)
     index = world.parent / f"{world.name}-index"
     if not (index / "index.json").is_file():
-        from retrieval.build_index import BuildConfig, build_index
+        from data_pipelines.build_index import index_memory
+        from retrieval import BuildConfig
 
-        build_index(BuildConfig(memory=str(world / "memory.parquet"), out=str(index), progress=False, overwrite=True))
+        index_memory(BuildConfig(memory=str(world / "memory.parquet"), out=str(index), progress=False, overwrite=True))
     base = ShardBuildConfig(videos=str(world / "videos.parquet"), index=str(index), out="", k=args.k,
                             shard_size=args.shard_size, progress=False)
     runs = [("in-process", 1, "decode"), ("in-process", args.workers, "decode"), ("in-process", args.workers, "header"),

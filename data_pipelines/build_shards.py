@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -42,11 +41,14 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
+from base.config import from_dict
+from base.io import write_json_atomic
+from base.tar import AtomicTarWriter
 from data_pipelines import shards as fmt
 from data_pipelines.contexts import HitImages, candidate_hits, pick_contexts, sample_rng, shuffle_ties
-from data_pipelines.tables import iter_videos, resolve, table_dir
+from data_pipelines.ingest import iter_videos
+from data_pipelines.tables import resolve, table_dir
 from data_pipelines.video_io import VideoDecodeError, probe_video, read_video, write_video
-from vimi.config import from_dict
 
 # Columns that the sample stores elsewhere (or that only make sense on the building machine).
 _NOT_ATTRIBUTES = {"id", "caption", "path", "references"}
@@ -56,7 +58,7 @@ _NOT_ATTRIBUTES = {"id", "caption", "path", "references"}
 class ShardBuildConfig:
     videos: str = ""                 # video table (Parquet/JSONL/CSV, or WebVid-style CSV)
     out: str = ""                    # output folder for shard-*.tar, stats/, manifest.json
-    index: str | None = None         # in-process retrieval: index folder from retrieval.build_index
+    index: str | None = None         # in-process retrieval: index folder from data_pipelines.build_index
     retriever: str | None = None     # or a retrieval service URL (python -m retrieval.serve)
     k: int = 4                       # in-context pairs per video (VIMI uses K retrieved pairs)
     shard_size: int = 1000           # table rows per shard (a shard holds at most this many samples)
@@ -103,7 +105,7 @@ class SkipSample(Exception):
 def open_retriever(cfg: ShardBuildConfig) -> Any:
     """In-process index or HTTP client; both have ``search(queries, k)``."""
     if cfg.retriever is not None:
-        from retrieval.client import RetrieverClient
+        from retrieval import RetrieverClient
 
         client = RetrieverClient(cfg.retriever, timeout=cfg.timeout, retries=cfg.retries, batch_size=cfg.batch_size)
         client.health()  # fail before any shard is started when the URL is dead
@@ -210,8 +212,8 @@ def build_shard(
     out = Path(cfg.out)
     skipped: Counter = Counter()
     dropped: Counter = Counter()
-    short = 0
-    with fmt.ShardWriter(out / fmt.shard_name(index)) as writer:
+    short = written = 0
+    with AtomicTarWriter(out / fmt.shard_name(index)) as writer:
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start : start + cfg.batch_size]
             captions = [str(r.get("caption") or "").strip() for _, r in batch]
@@ -226,18 +228,19 @@ def build_shard(
                     skipped[e.reason] += 1
                     continue
                 short += len(sample.contexts) < cfg.k
-                writer.write(sample)
+                writer.add(fmt.encode_sample(sample))
+                written += 1
             bar.update(len(batch))
         stats = {
             "shard": fmt.shard_name(index),
             "rows": len(rows),
-            "samples": writer.samples,
+            "samples": written,
             "skipped": dict(sorted(skipped.items())),
             "short_context": short,
             "context_dropped": dict(sorted(dropped.items())),
         }
         # Stats first, tar rename second: a finished tar always has its stats beside it.
-        _write_json_atomic(out / "stats" / fmt.shard_name(index).replace(fmt.SHARD_SUFFIX, ".json"), stats)
+        write_json_atomic(out / "stats" / fmt.shard_name(index).replace(fmt.SHARD_SUFFIX, ".json"), stats)
         writer.commit()
     return stats
 
@@ -288,13 +291,6 @@ def _iter_owned_shards(cfg: ShardBuildConfig, total: list[int]) -> Iterator[tupl
         yield current, rows
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / "build.json"
     if path.is_file():
@@ -303,7 +299,7 @@ def _check_settings(out: Path, settings: dict) -> None:
         if diff:
             raise ValueError(f"{out} holds shards built with other settings {diff} (old, new); use a new --out")
     else:
-        _write_json_atomic(path, settings)
+        write_json_atomic(path, settings)
 
 
 def write_manifest(out: Path, settings: dict, num_shards: int) -> dict:
@@ -331,7 +327,7 @@ def write_manifest(out: Path, settings: dict, num_shards: int) -> dict:
         "context_dropped": dict(sorted(dropped.items())),
         "shards": shards,
     }
-    _write_json_atomic(out / fmt.MANIFEST_NAME, manifest)
+    write_json_atomic(out / fmt.MANIFEST_NAME, manifest)
     return manifest
 
 
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build_shards(cfg)
     except Exception as e:  # a clear one-line error for the CLI; the API raises
-        from retrieval.client import RetrieverError
+        from retrieval import RetrieverError
 
         if isinstance(e, (ValueError, RetrieverError, FileNotFoundError)):
             print(f"build_shards: error: {e}", file=sys.stderr)

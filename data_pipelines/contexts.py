@@ -92,7 +92,7 @@ class HitImages:
     """Context images by hit, as JPEG bytes, cached (memories repeat images across many videos).
 
     Works with the in-process index (``retriever.image(hit)``) and with
-    `retrieval.client.RetrieverClient`, whose ``images(hits)`` fetches a batch per request.
+    `retrieval.RetrieverClient`, whose ``images(hits)`` fetches a batch per request.
     A missing or undecodable image is cached as None.
     """
 

@@ -10,7 +10,7 @@
   WebVid CSV (``videoid, name, page_dir, ...``: path ``<videos_root>/<page_dir>/<videoid>.mp4``).
 
 Nothing is read whole: tables stream through pyarrow batches, tar shards through a small
-streaming tar reader (one sample in memory at a time). Image paths come back absolute (resolved against
+streaming tar reader (``base.tar``, one sample in memory at a time). Image paths come back absolute (resolved against
 the table's folder); an image that is only a URL comes back as ``None`` (nothing is downloaded).
 
 Rows are never dropped here. Empty captions, rows without an image / video path and (when asked)
@@ -19,12 +19,8 @@ decides: the retrieval index may keep text-only rows, the shard builder may skip
 """
 from __future__ import annotations
 
-import bz2
-import glob
-import gzip
 import io
 import json
-import lzma
 import os
 import re
 from dataclasses import dataclass, field
@@ -33,10 +29,10 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
+from base import tar
 from data_pipelines.tables import TableError, iter_columns, table_columns, table_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # Candidate column names, in order of preference; matched case-insensitively.
 MEMORY_COLUMNS = {
     "id": ("id", "key", "__key__", "sample_id", "uid"),
@@ -201,143 +197,14 @@ def _image_ref(value: Any, base: str) -> bytes | str | None:
 # --------------------------------------------------------------------------- WebDataset tars
 
 
-def expand_shards(spec: str | os.PathLike) -> list[Path]:
-    """A .tar (.tar.gz), a folder of them, or a glob / brace pattern -> sorted shard paths.
-
-    Raises TableError when nothing matches or a brace-expanded name does not exist.
-    """
-    text = str(spec)
-    p = Path(text)
-    if p.is_dir():
-        shards = sorted(q for q in p.iterdir() if q.name.endswith(TAR_SUFFIXES))
-    elif p.is_file():
-        shards = [p]
-    else:
-        from braceexpand import braceexpand  # installed with webdataset
-
-        shards = []
-        for pattern in braceexpand(text):
-            if any(ch in pattern for ch in "*?["):
-                shards += [Path(m) for m in sorted(glob.glob(pattern)) if m.endswith(TAR_SUFFIXES)]
-            elif Path(pattern).is_file():
-                shards.append(Path(pattern))
-            else:
-                raise TableError(f"shard not found: {pattern} (from {text})")
-    if not shards:
-        raise TableError(f"{text}: no .tar shards found")
-    return shards
-
-
-def _split_key(name: str) -> tuple[str, str]:
-    # WebDataset convention: the key is the path up to the first dot of the file name.
-    folder, _, base = name.removeprefix("./").rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
-_BLOCK = 512  # tar header and padding unit
-_ZERO_BLOCK = bytes(_BLOCK)
-
-
-class _TarDamage(ValueError):
-    pass
-
-
-def _tar_number(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 (members of 8 GiB and more)
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
-
-
-def _pax_records(data: bytes) -> dict[str, str]:
-    out, pos = {}, 0
-    while pos < len(data):  # records are "<length> <key>=<value>\n"
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-def _open_tar_stream(path: Path) -> io.BufferedIOBase:
-    fh = open(path, "rb", buffering=1 << 20)
-    magic = fh.peek(6)[:6]
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh)
-    if magic[:3] == b"BZh":
-        return bz2.BZ2File(fh)
-    if magic[:6] == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(fh)
-    return fh
-
-
-def _tar_members(fh: io.BufferedIOBase) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, data)`` of the regular files of a tar stream (ustar, GNU and pax headers).
-
-    Why not ``tarfile``: its pure-Python header parsing managed ~3k img2dataset samples/s here;
-    this reads ~25k/s. Unlike ``tarfile``, a stream that stops where a header should start is an
-    error (a complete tar ends with a zero block), so a cut shard is never taken for a short one.
-    """
-    offset, long_name, pax = 0, None, {}
-    while True:
-        header = fh.read(_BLOCK)
-        if len(header) < _BLOCK:
-            raise _TarDamage(f"ends at byte {offset + len(header)} without an end-of-archive block")
-        if header == _ZERO_BLOCK:
-            return
-        # The checksum counts its own 8-byte field as spaces (8 * 32).
-        if _tar_number(header[148:156]) != sum(header) - sum(header[148:156]) + 256:
-            raise _TarDamage(f"bad header checksum at byte {offset}")
-        kind = header[156:157]
-        size = int(pax["size"]) if "size" in pax else _tar_number(header[124:136])
-        data, pad = fh.read(size), -size % _BLOCK
-        if len(data) < size or len(fh.read(pad)) < pad:
-            raise _TarDamage(f"member at byte {offset} is cut ({len(data)} of {size} bytes)")
-        offset += _BLOCK + size + pad
-        if kind == b"L":  # GNU: the next member's long name
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            continue
-        if kind == b"x":  # pax: the next member's path/size
-            pax = _pax_records(data)
-            continue
-        if kind in (b"g", b"K"):  # pax global header, GNU long link name
-            continue
-        if kind in (b"0", b"\0", b"7"):  # regular files; directories and links are skipped
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if header[257:263] == b"ustar\0" and header[345]:
-                name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
-            yield long_name or pax.get("path") or name, data
-        long_name, pax = None, {}
-
-
 def iter_tar_samples(shards: str | os.PathLike) -> Iterator[dict]:
-    """Stream WebDataset samples ``{"__key__", "__url__", ext: bytes, ...}`` from tar shards
-    (plain, .gz, .bz2 or .xz).
-
-    Files of one sample are consecutive in the tar (as webdataset writes them); the tar is read as
-    a stream, so at most one sample's bytes are held. A damaged or cut shard raises TableError
-    after the samples before the damage.
-    """
-    for shard in expand_shards(shards):
-        sample: dict | None = None
-        try:
-            with _open_tar_stream(shard) as fh:
-                for name, data in _tar_members(fh):
-                    key, ext = _split_key(name)
-                    if not ext or name.rpartition("/")[2].startswith("."):
-                        continue
-                    if sample is not None and sample["__key__"] != key:
-                        yield sample
-                        sample = None
-                    if sample is None:
-                        sample = {"__key__": key, "__url__": str(shard)}
-                    sample[ext] = data
-        except (_TarDamage, ValueError, OSError, EOFError, lzma.LZMAError) as e:
-            raise TableError(f"{shard}: damaged tar shard ({e})") from None
-        if sample is not None:
-            yield sample
+    """WebDataset samples ``{"__key__", "__url__", ext: bytes, ...}`` of img2dataset-style tars
+    (plain, .gz, .bz2 or .xz), streamed by the one tar layer (``base.tar``). A missing, damaged or
+    cut shard raises TableError after the samples before the damage."""
+    try:
+        yield from tar.iter_samples(shards)
+    except tar.TarError as e:
+        raise TableError(str(e)) from None
 
 
 def _tar_row(sample: dict) -> dict:
@@ -368,9 +235,9 @@ def _tar_row(sample: dict) -> dict:
 def _is_shard_spec(path: str | os.PathLike) -> bool:
     text, p = str(path), Path(path)
     if p.is_dir():  # img2dataset folders hold .tar plus metadata .parquet: the tars have the images
-        return any(q.name.endswith(TAR_SUFFIXES) for q in p.iterdir())
+        return any(q.name.endswith(tar.TAR_SUFFIXES) for q in p.iterdir())
     if p.exists():
-        return p.name.endswith(TAR_SUFFIXES)
+        return p.name.endswith(tar.TAR_SUFFIXES)
     return any(ch in text for ch in "*?[{")
 
 

@@ -23,21 +23,20 @@ frame size). Keys use ``[A-Za-z0-9_-]`` only: WebDataset splits a member name at
 dot, so a dot in a key would corrupt the sample. ``{row:09d}_{id}`` keeps keys unique even
 when the source table repeats an id.
 
-Only safe decoders are used (PIL, PyAV through video_io, json, UTF-8). Read raw samples with
-``webdataset.WebDataset(urls).map(decode_sample)`` -- never with ``.decode()``'s defaults,
-which unpickle ``.pyd``/``.pickle`` members.
+Shards are written with ``base.tar.AtomicTarWriter`` (``writer.add(encode_sample(s))``) and read
+with ``base.tar.iter_samples`` (or the training stream), whose grouping rule is WebDataset's.
+Only safe decoders are used (PIL, PyAV through video_io, json, UTF-8); never decode these shards
+with ``webdataset``'s ``.decode()`` defaults, which unpickle ``.pyd``/``.pickle`` members.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -188,95 +187,6 @@ def encode_sample(s: ShardSample) -> list[tuple[str, bytes]]:
         members += [(f"ctx{i}.jpg", c.image), (f"ctx{i}.txt", c.caption.encode("utf-8"))]
     members += [(f"ref{i}.png", r) for i, r in enumerate(s.references)]
     return [(f"{s.key}.{ext}", data) for ext, data in members]
-
-
-_BLOCK = 512
-_RECORD = 20 * _BLOCK  # tar pads the archive to whole records, like GNU tar and Python's tarfile
-
-
-def tar_header(name: str, size: int) -> bytes:
-    """A POSIX ustar header for a regular file, every variable field fixed (mtime 0, root, 0644).
-
-    Written by hand rather than with ``tarfile``: its per-member header code costs as much as the
-    rest of sample writing, and here every field is fixed anyway. Keys keep names < 100 bytes.
-    """
-    raw = name.encode("ascii")
-    if len(raw) >= 100:
-        raise ShardFormatError(f"member name {name!r} is too long for a ustar header")
-    header = b"".join([
-        raw.ljust(100, b"\0"),
-        b"0000644\0", b"0000000\0", b"0000000\0",   # mode, uid, gid
-        b"%011o\0" % size, b"00000000000\0",        # size, mtime
-        b" " * 8,                                    # checksum, computed over these spaces
-        b"0", b"\0" * 100,                           # regular file, no link
-        b"ustar\x0000", b"\0" * 64,                  # POSIX magic + version, no user/group names
-        b"\0" * 183,                                  # devmajor/minor (unused), prefix, padding
-    ])
-    return header[:148] + b"%06o\0 " % sum(header) + header[156:]
-
-
-class ShardWriter:
-    """Writes one shard to a temporary name and renames it into place on `commit`.
-
-    The rename is the commit point: a shard file with its final name is always complete, so a
-    re-run may skip it, and a crash or an error leaves only a temp file that no reader lists.
-    Every tar header field that could vary between runs (mtime, owner, mode) is fixed, so the
-    same samples give byte-identical tars.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._file = open(self.tmp, "wb")
-        self._size = 0
-        self.samples = 0
-
-    def write(self, sample: ShardSample) -> None:
-        for name, data in encode_sample(sample):
-            pad = -len(data) % _BLOCK
-            self._file.write(tar_header(name, len(data)) + data + b"\0" * pad)
-            self._size += _BLOCK + len(data) + pad
-        self.samples += 1
-
-    def commit(self) -> Path:
-        end = self._size + 2 * _BLOCK  # two zero blocks end the archive
-        self._file.write(b"\0" * (2 * _BLOCK + (-end % _RECORD)))
-        self._file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "ShardWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Raw samples of one shard, grouped like WebDataset: {"__key__", "__url__", ext: bytes}."""
-    current: dict[str, Any] | None = None
-    with tarfile.open(path, "r") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, dot, ext = info.name.partition(".")
-            if not dot:
-                raise ShardFormatError(f"{path}: member {info.name!r} has no extension")
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__url__": str(path)}
-            current[ext] = tar.extractfile(info).read()
-    if current is not None:
-        yield current
 
 
 def decode_mp4(data: bytes, **read_kwargs: Any) -> np.ndarray:

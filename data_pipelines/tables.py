@@ -6,8 +6,7 @@ ShapeWorld's 50,000. Relative paths inside a table (``path`` of a video, ``image
 row) are resolved against the table's folder.
 
 The mapping of real formats onto the memory / video tables (img2dataset Parquet and tar shards,
-WebVid CSVs) lives in ``data_pipelines/ingest.py`` and is re-exported here: ``iter_memory``,
-``iter_videos``, ``load_image``, ``MissingImageError``, ``IngestStats``, ``iter_tar_samples``.
+WebVid CSVs) lives one level up, in ``data_pipelines/ingest.py``, which reads through this module.
 """
 from __future__ import annotations
 
@@ -156,15 +155,3 @@ def table_dir(path: str | Path) -> Path:
     path = Path(path)
     return path if path.is_dir() else path.parent
 
-
-# Real-format ingestion (memory / video tables, img2dataset tars, WebVid CSVs) lives in
-# data_pipelines/ingest.py, which imports this module; re-exported lazily to avoid a cycle.
-_INGEST_NAMES = ("iter_memory", "iter_videos", "load_image", "MissingImageError", "IngestStats", "iter_tar_samples")
-
-
-def __getattr__(name: str):
-    if name in _INGEST_NAMES:
-        from data_pipelines import ingest
-
-        return getattr(ingest, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

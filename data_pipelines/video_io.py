@@ -40,6 +40,8 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from base.io import atomic_path
+
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # A folder of frames carries no frame rate; this is the project's default clip rate.
 DEFAULT_FOLDER_FPS = 8.0
@@ -479,10 +481,9 @@ def write_video(
     _, H, W, _ = frames.shape
     rate = Fraction(fps).limit_denominator(1001)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     options = {"qp": "0", "preset": "veryfast"} if lossless else {"crf": "18", "preset": "medium"}
     container_options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
-    try:
+    with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format=fmt, options=container_options) as c:
             stream = c.add_stream("libx264", rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
@@ -496,8 +497,4 @@ def write_video(
                     c.mux(packet)
             for packet in stream.encode():  # flush delayed frames
                 c.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

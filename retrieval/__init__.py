@@ -5,7 +5,8 @@
     hits = index.search(["a small red circle moves left on sand"], k=4)   # list[list[Hit]]
     data = index.image(hits[0][0])                                        # image bytes
 
-Build with ``python -m retrieval.build_index --memory PATH --out INDEX``; serve over HTTP with
+Build with ``python -m data_pipelines.build_index --memory PATH --out INDEX`` (or ``build_index(cfg,
+batches)`` on rows you read yourself); serve over HTTP with
 ``python -m retrieval.serve --index INDEX``. ``Hit.image`` is an absolute image path,
 ``<index>/images.bin#j`` for image bytes copied into the index, or None; ``read_image(ref)``
 turns a reference into bytes (see retrieval/docstore.py).
@@ -14,12 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.api import Hit, IndexRetriever, Retriever, SearchError
+from retrieval.api import Hit, IndexRetriever, SearchError
+from retrieval.bm25 import VARIANTS
+from retrieval.build_index import BACKENDS, BuildConfig, build_index
+from retrieval.client import RetrieverClient, RetrieverError, RetrieverRequestError, RetrieverUnavailableError
 from retrieval.docstore import MissingImageError, read_image
 from retrieval.index_format import IndexBuildError, IndexFormatError, read_meta
+from retrieval.tokenizer import ENGLISH_STOPWORDS, TokenizerConfig
 
-__all__ = ["Hit", "Retriever", "IndexRetriever", "open_index", "read_image", "SearchError",
-           "MissingImageError", "IndexFormatError", "IndexBuildError"]
+__all__ = ["Hit", "IndexRetriever", "open_index", "read_image", "SearchError", "MissingImageError",
+           "IndexFormatError", "IndexBuildError", "BuildConfig", "build_index", "BACKENDS", "VARIANTS",
+           "TokenizerConfig", "ENGLISH_STOPWORDS", "RetrieverClient", "RetrieverError", "RetrieverRequestError",
+           "RetrieverUnavailableError"]
 
 
 def open_index(path: str | Path, workers: int = 1) -> IndexRetriever:

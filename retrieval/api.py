@@ -1,4 +1,4 @@
-"""What every backend returns and how it is asked: ``Hit``, ``Retriever``, and their shared shell.
+"""What every backend returns and how it is asked: ``Hit``, and the shell every backend shares.
 
 A backend only ranks documents (rows of the index's ``docs.arrow``); turning rows into hits,
 dense and hybrid modes, and image access are the same for all and live here.
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import numpy as np
 
 from retrieval.docstore import DocStore, MissingImageError, read_image
 from retrieval.tokenizer import Tokenizer, TokenizerConfig
+from retrieval.topk import Ranked
 
 Mode = Literal["bm25", "dense", "hybrid"]
 MODES = ("bm25", "dense", "hybrid")
@@ -34,21 +35,9 @@ class Hit:
     row: int = -1           # row of the index's docs.arrow (stable document number)
 
 
-@runtime_checkable
-class Retriever(Protocol):
-    def _rank(self, queries: list[str], k: int) -> list[Ranked]:
-        if self._pool is not None and len(queries) >= self.MIN_PARALLEL_BATCH:
-            return self._pool.rank(queries, k)
-        return self.rank(queries, k)
-
-    def search(self, queries: list[str], k: int, mode: Mode = "bm25") -> list[list[Hit]]: ...
-
-
 class SearchError(ValueError):
     """A search request the index cannot answer (bad k, unknown mode, no dense index)."""
 
-
-Ranked = tuple[np.ndarray, np.ndarray]  # (rows int64, scores float64), best first
 
 
 class IndexRetriever:

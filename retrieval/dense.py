@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.api import Ranked
-from retrieval.topk import expand, group_threshold
+from retrieval.topk import Ranked, expand, group_threshold
 
 ENCODE_BATCH = 256
 MAX_TOKENS = 256  # MiniLM was trained on 256 word pieces (sentence-transformers' max_seq_length)

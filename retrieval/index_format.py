@@ -1,7 +1,7 @@
 """Index folders: the versioned ``index.json``, atomic creation, and the completeness check.
 
-An index is built inside ``<OUT>.tmp-<pid>-<rand>`` beside ``OUT`` and renamed to ``OUT`` only
-after every file is closed and ``index.json`` (written last) lists them with their sizes. So a
+An index is built inside ``<OUT>.tmp-<pid>-<rand>`` beside ``OUT`` (``base.io.make_temp_dir``) and
+renamed to ``OUT`` only after every file is closed and ``index.json`` (written last) lists them with their sizes. So a
 build killed at any point leaves either the previous index or a temp folder that ``open_index``
 refuses (no ``index.json``, or files that do not match it); the next build removes temp folders
 whose builder process is gone.
@@ -12,9 +12,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import secrets
-import shutil
 from pathlib import Path
+
+from base.io import replace_dir
+from base.tar import expand_shards
 
 FORMAT = "vimi-retrieval-index"
 FORMAT_VERSION = 1
@@ -44,41 +45,13 @@ def source_fingerprint(memory: str | os.PathLike) -> dict:
     elif os.path.exists(path):
         files = [path]
     else:  # a glob / brace pattern of tar shards
-        from data_pipelines.ingest import expand_shards
-
-        files = [str(p) for p in expand_shards(path)]
+        files = expand_shards(path)
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
         name = os.path.relpath(f, path) if os.path.isdir(path) else os.path.basename(f)
         h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {"path": os.path.abspath(path), "files": len(files), "sha256": h.hexdigest()}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def make_temp_dir(out: Path) -> Path:
-    """A fresh temp folder beside ``out``; stale ones left by dead builders are removed first."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{out.name}.tmp-*"):
-        try:
-            pid = int(stale.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except (IndexError, ValueError):
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    return tmp
 
 
 def finalize(tmp: Path, out: Path, meta: dict, overwrite: bool) -> Path:
@@ -93,16 +66,9 @@ def finalize(tmp: Path, out: Path, meta: dict, overwrite: bool) -> Path:
         json.dump(meta, fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
-    if out.exists():
-        if not overwrite:
-            raise IndexBuildError(f"{out} exists; pass --overwrite to replace it")
-        old = out.parent / f"{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-    return out
+    if out.exists() and not overwrite:
+        raise IndexBuildError(f"{out} exists; pass --overwrite to replace it")
+    return replace_dir(tmp, out)
 
 
 def read_meta(path: str | os.PathLike) -> dict:

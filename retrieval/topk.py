@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+Ranked = tuple[np.ndarray, np.ndarray]  # a query's (rows int64, scores float64), best first
+
 
 def group_threshold(scores: np.ndarray, sizes: np.ndarray, k: int) -> float:
     """Score of the k-th best row when group i holds ``sizes[i]`` rows scoring ``scores[i]``.

@@ -27,7 +27,7 @@ TINY_MODEL = ["fit.num_blocks=1", "fit.latent_layers=1", "fit.latent_dim=64", "f
 @pytest.fixture(scope="session")
 def tiny_pipeline():
     """An untrained VimiPipeline with a tiny FIT and the built-in tiny LLaVA (built once per session)."""
-    from vimi.config import load_config
+    from base.config import load_config
     from vimi.model import VimiConfig
     from vimi.pipeline import VimiPipeline
 

@@ -12,13 +12,13 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from base.tar import iter_samples
 from data_pipelines import shards as fmt
+from data_pipelines.build_index import index_memory
 from data_pipelines.build_shards import ShardBuildConfig, build_shards
 from data_pipelines.contexts import normalize_caption
 from data_pipelines.video_io import read_video, write_video
-from retrieval import open_index
-from retrieval.build_index import BuildConfig, build_index
-from retrieval.client import RetrieverUnavailableError
+from retrieval import BuildConfig, RetrieverUnavailableError, open_index
 from retrieval.serve import BackgroundServer, ServiceConfig, create_app
 
 COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 230)}
@@ -97,7 +97,7 @@ def world(tmp_path_factory) -> dict:
     (root / "videos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in videos))
     (root / "memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in memory))
     index = root / "index"
-    build_index(BuildConfig(memory=str(root / "memory.jsonl"), out=str(index), progress=False))
+    index_memory(BuildConfig(memory=str(root / "memory.jsonl"), out=str(index), progress=False))
     (root / "memory" / "gone.png").unlink()
     return {"root": root, "videos": str(root / "videos.jsonl"), "index": str(index), "rows": len(videos),
             "table": videos}
@@ -110,7 +110,7 @@ def _build(world, out, **kw) -> dict:
 
 
 def _samples(out) -> list[fmt.PromptSample]:
-    return [fmt.decode_sample(raw) for tar in fmt.list_shards(out) for raw in fmt.iter_shard(tar)]
+    return [fmt.decode_sample(raw) for tar in fmt.list_shards(out) for raw in iter_samples(tar)]
 
 
 def _tar_bytes(out) -> dict[str, bytes]:

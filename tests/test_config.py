@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vimi.config import ConfigError, load_config, save_config
+from base.config import ConfigError, load_config, save_config
 from vimi.model import VimiConfig
 
 

@@ -18,10 +18,10 @@ from vimi.training.data import (
     consumer_split,
     decode,
     every_nth,
-    expand_shards,
     format_tasks,
     frame_crop,
     sample_rng,
+    shard_urls,
     shuffle,
     subject_caption,
 )
@@ -168,7 +168,7 @@ def test_collate_shapes_and_range():
 
 
 def stream(urls, resume=None, workers=0, rank=0, world=1, fmt=None, bs=2):
-    return ShardStream(expand_shards(urls), fmt or TaskFormat(stage="instruct"), VideoSpec(8, (16, 16), 8.0),
+    return ShardStream(shard_urls(urls), fmt or TaskFormat(stage="instruct"), VideoSpec(8, (16, 16), 8.0),
                        batch_size=bs, shuffle_buffer=4, seed=0, rank=rank, world_size=world, num_workers=workers,
                        resume=resume)
 
@@ -177,19 +177,19 @@ def keys_of(feed, n):
     return [next(feed)["keys"] for _ in range(n)]
 
 
-def test_expand_shards_takes_folders_globs_and_remote_urls(shards):
-    local = expand_shards(shards)
+def test_shard_urls_takes_folders_globs_and_remote_urls(shards):
+    local = shard_urls(shards)
     assert [Path(u).name for u in local] == ["shard-000000.tar", "shard-000001.tar"]
-    assert expand_shards([str(Path(shards[0]) / "shard-*.tar")]) == local
-    remote = expand_shards(["pipe:curl -s https://host/s-{000..002}.tar"])
+    assert shard_urls([str(Path(shards[0]) / "shard-*.tar")]) == local
+    remote = shard_urls(["pipe:curl -s https://host/s-{000..002}.tar"])
     assert remote == [f"pipe:curl -s https://host/s-00{i}.tar" for i in range(3)]
 
 
-def test_expand_shards_errors_clearly(tmp_path):
+def test_shard_urls_errors_clearly(tmp_path):
     with pytest.raises(DataError, match="matches no shard"):
-        expand_shards([str(tmp_path / "nope-*.tar")])
+        shard_urls([str(tmp_path / "nope-*.tar")])
     with pytest.raises(DataError, match="empty"):
-        expand_shards([])
+        shard_urls([])
 
 
 def test_stream_decodes_real_shards_and_ranks_are_disjoint(shards):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from vimi.config import load_config, save_config
+from base.config import load_config, save_config
 from vimi.diffusion import (
     EDMConfig,
     EDMLoss,

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vimi.config import from_dict, to_dict
+from base.config import from_dict, to_dict
 from vimi.models import FIT, FIT_CONFIGS, FITConfig, FITInputError, build_fit, count_parameters
 
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,

@@ -104,7 +104,7 @@ def test_t2v_retrieves_from_the_bundled_index(pipe, tmp_path):
     world, index = tmp_path / "world", tmp_path / "index"
     subprocess.run([sys.executable, "-m", "data_pipelines.shapeworld", "--out", str(world), "--videos", "12",
                     "--memory", "60", "--eval-per-split", "1", "--workers", "1"], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "retrieval.build_index", "--memory", str(world / "memory.parquet"),
+    subprocess.run([sys.executable, "-m", "data_pipelines.build_index", "--memory", str(world / "memory.parquet"),
                     "--out", str(index), "--quiet"], check=True, capture_output=True)
     from retrieval import open_index
 

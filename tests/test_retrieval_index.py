@@ -14,10 +14,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval import IndexBuildError, IndexFormatError, MissingImageError, SearchError, open_index, read_image
-from retrieval.build_index import BuildConfig, build_index
+from data_pipelines.build_index import index_memory
+from data_pipelines.caption_corpora import shapeworld_captions, zipf_captions
+from retrieval import (
+    BuildConfig,
+    IndexBuildError,
+    IndexFormatError,
+    MissingImageError,
+    SearchError,
+    open_index,
+    read_image,
+)
 from retrieval.compare import hits_mismatch
-from retrieval.synthetic import shapeworld_captions, zipf_captions
 from retrieval.tokenizer import Tokenizer, TokenizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +42,7 @@ def write_memory(path: Path, captions, ids=None, images=None, schema=SCHEMA) -> 
 
 def build(tmp_path: Path, captions, name="idx", **kw):
     mem = write_memory(tmp_path / f"{name}.parquet", captions, ids=kw.pop("ids", None), images=kw.pop("images", None))
-    return open_index(build_index(BuildConfig(memory=str(mem), out=str(tmp_path / name), progress=False, **kw)))
+    return open_index(index_memory(BuildConfig(memory=str(mem), out=str(tmp_path / name), progress=False, **kw)))
 
 
 def brute_force(index, query: str, k: int):
@@ -176,7 +184,7 @@ def test_byte_images_from_tar_shards_are_copied_into_the_index(tmp_path):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-    index = open_index(build_index(BuildConfig(memory=str(shard), out=str(tmp_path / "idx"), progress=False)))
+    index = open_index(index_memory(BuildConfig(memory=str(shard), out=str(tmp_path / "idx"), progress=False)))
     hits = index.search(["red ring"], 3)[0]
     assert [h.id for h in hits] == ["k2", "k0", "k1"]
     assert hits[0].image is None
@@ -209,10 +217,10 @@ def test_queries_empty_huge_non_utf8_and_bad_arguments(tmp_path):
 def test_empty_memory_and_memories_without_text_fail_clearly(tmp_path):
     empty = write_memory(tmp_path / "empty.parquet", [])
     with pytest.raises(IndexBuildError, match="no rows"):
-        build_index(BuildConfig(memory=str(empty), out=str(tmp_path / "a"), progress=False))
+        index_memory(BuildConfig(memory=str(empty), out=str(tmp_path / "a"), progress=False))
     blank = write_memory(tmp_path / "blank.parquet", ["", "   ", None, "a the of"])
     with pytest.raises(IndexBuildError, match="none of its 4 rows"):
-        build_index(BuildConfig(memory=str(blank), out=str(tmp_path / "b"), progress=False))
+        index_memory(BuildConfig(memory=str(blank), out=str(tmp_path / "b"), progress=False))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert not list(tmp_path.glob("*.tmp-*"))  # failed builds clean up after themselves
 
@@ -227,7 +235,7 @@ def test_rows_without_caption_are_skipped_and_counted(tmp_path):
 def test_duplicate_ids_fail_naming_them(tmp_path):
     mem = write_memory(tmp_path / "m.parquet", ["red", "blue", "green"], ids=["a", "b", "a"])
     with pytest.raises(IndexBuildError, match="duplicate id.*'a'"):
-        build_index(BuildConfig(memory=str(mem), out=str(tmp_path / "idx"), progress=False))
+        index_memory(BuildConfig(memory=str(mem), out=str(tmp_path / "idx"), progress=False))
 
 
 def test_a_half_built_index_never_loads_and_the_next_build_succeeds(tmp_path):
@@ -247,11 +255,11 @@ def test_a_half_built_index_never_loads_and_the_next_build_succeeds(tmp_path):
     sparse.SparseBuilder.finish = lambda self, folder: (_ for _ in ()).throw(KeyboardInterrupt())
     try:
         with pytest.raises(KeyboardInterrupt):
-            build_index(cfg)
+            index_memory(cfg)
     finally:
         sparse.SparseBuilder.finish = orig
     assert not out.exists()
-    index = open_index(build_index(cfg))
+    index = open_index(index_memory(cfg))
     assert len(index) == 100 and not dead.exists()  # stale temp of the dead builder removed
     # a damaged index (a file cut short) is refused, as is an unknown format version
     (out / "post_weights.npy").write_bytes((out / "post_weights.npy").read_bytes()[:-4])
@@ -267,11 +275,11 @@ def test_a_half_built_index_never_loads_and_the_next_build_succeeds(tmp_path):
 def test_existing_index_is_replaced_only_with_overwrite(tmp_path):
     mem = write_memory(tmp_path / "m.parquet", ["red circle"])
     cfg = BuildConfig(memory=str(mem), out=str(tmp_path / "idx"), progress=False)
-    build_index(cfg)
+    index_memory(cfg)
     with pytest.raises(IndexBuildError, match="overwrite"):
-        build_index(cfg)
+        index_memory(cfg)
     write_memory(tmp_path / "m.parquet", ["blue ring", "red ring"])
-    build_index(BuildConfig(memory=str(mem), out=str(tmp_path / "idx"), progress=False, overwrite=True))
+    index_memory(BuildConfig(memory=str(mem), out=str(tmp_path / "idx"), progress=False, overwrite=True))
     assert len(open_index(tmp_path / "idx")) == 2
 
 
@@ -280,7 +288,7 @@ def test_cli_builds_and_reports_errors(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def run(*a):
-        return subprocess.run([sys.executable, "-m", "retrieval.build_index", *a], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "data_pipelines.build_index", *a], capture_output=True, text=True,
                               cwd=ROOT, env=env)
 
     ok = run("--memory", str(mem), "--out", str(tmp_path / "idx"), "--k1", "1.2", "--b", "0.75", "--quiet")

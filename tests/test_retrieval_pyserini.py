@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval import open_index
-from retrieval.build_index import BuildConfig, build_index
+from data_pipelines.build_index import index_memory
+from data_pipelines.caption_corpora import shapeworld_captions, stdlib_docstrings
+from retrieval import BuildConfig, open_index
 from retrieval.compare import hits_mismatch
-from retrieval.synthetic import shapeworld_captions, stdlib_docstrings
 
 try:
     from retrieval.lucene import LuceneUnavailable, check_available
@@ -31,7 +31,7 @@ def both(tmp_path, ids, captions):
     out = {}
     for backend in ("bm25s", "pyserini"):
         cfg = BuildConfig(memory=str(mem), out=str(tmp_path / backend), backend=backend, progress=False)
-        out[backend] = open_index(build_index(cfg))
+        out[backend] = open_index(index_memory(cfg))
     return out["bm25s"], out["pyserini"]
 
 

@@ -15,9 +15,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from retrieval import MissingImageError, open_index
-from retrieval.build_index import BuildConfig, build_index
-from retrieval.client import RetrieverClient, RetrieverRequestError, RetrieverUnavailableError
+from data_pipelines.build_index import index_memory
+from retrieval import (
+    BuildConfig,
+    MissingImageError,
+    RetrieverClient,
+    RetrieverRequestError,
+    RetrieverUnavailableError,
+    open_index,
+)
 from retrieval.serve import BackgroundServer, ServiceConfig, create_app, index_metadata
 
 COLORS = ["red", "green", "blue", "yellow"]
@@ -42,7 +48,7 @@ def index_dir(tmp_path_factory) -> Path:
     rows.append({"id": "kiki", "caption": "a photo of Kiki on sand", "image": None})
     (root / "memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = root / "index"
-    build_index(BuildConfig(memory=str(root / "memory.jsonl"), out=str(out), progress=False))
+    index_memory(BuildConfig(memory=str(root / "memory.jsonl"), out=str(out), progress=False))
     return out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from base.tar import AtomicTarWriter, TarError, iter_samples, ustar_header
 from data_pipelines import shards as fmt
 from data_pipelines.contexts import candidate_hits, normalize_caption, pick_contexts, sample_rng, shuffle_ties
 
@@ -64,12 +65,12 @@ def test_shard_names_round_trip_and_listing_ignores_temp_files(tmp_path):
 def test_writer_commits_by_rename_and_aborts_cleanly(tmp_path):
     path = tmp_path / fmt.shard_name(0)
     with pytest.raises(RuntimeError):
-        with fmt.ShardWriter(path) as w:
-            w.write(_sample())
+        with AtomicTarWriter(path) as w:
+            w.add(fmt.encode_sample(_sample()))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []  # no half shard, no temp file
-    with fmt.ShardWriter(path) as w:
-        w.write(_sample())
+    with AtomicTarWriter(path) as w:
+        w.add(fmt.encode_sample(_sample()))
         assert not path.exists()  # invisible until committed
         w.commit()
     assert path.exists() and list(tmp_path.iterdir()) == [path]
@@ -77,9 +78,9 @@ def test_writer_commits_by_rename_and_aborts_cleanly(tmp_path):
 
 def test_tars_are_byte_identical_and_tar_lists_them(tmp_path):
     for name in ("a.tar", "b.tar"):
-        with fmt.ShardWriter(tmp_path / name) as w:
-            w.write(_sample("000000000_x"))
-            w.write(_sample("000000001_y", n_ctx=0, n_ref=0))
+        with AtomicTarWriter(tmp_path / name) as w:
+            w.add(fmt.encode_sample(_sample("000000000_x")))
+            w.add(fmt.encode_sample(_sample("000000001_y", n_ctx=0, n_ref=0)))
             w.commit()
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
     listing = subprocess.run(
@@ -97,16 +98,16 @@ def test_tar_headers_equal_tarfiles_ustar_headers():
     for name, size in [("a.json", 0), ("000000001_v.ctx0.jpg", 1234), (f"{longest_key}.ctx99.jpg", 8**11 - 1)]:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
-        assert fmt.tar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT)
-    with pytest.raises(fmt.ShardFormatError, match="too long"):
-        fmt.tar_header("x" * 100, 1)
+        assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT)
+    with pytest.raises(TarError, match="too long"):
+        ustar_header("x" * 100, 1)
 
 
 def test_decode_sample_round_trip(tmp_path, monkeypatch):
-    with fmt.ShardWriter(tmp_path / "s.tar") as w:
-        w.write(_sample())
+    with AtomicTarWriter(tmp_path / "s.tar") as w:
+        w.add(fmt.encode_sample(_sample()))
         w.commit()
-    raw = next(fmt.iter_shard(tmp_path / "s.tar"))
+    raw = next(iter_samples(tmp_path / "s.tar"))
     raw["evil.pyd"] = b"\x80\x04not pickle"  # unknown members are ignored, never decoded
     s = fmt.decode_sample(raw, decode_video=False)
     assert s.key == "000000000_v0" and s.id == "v/0.x" and s.caption == "a red circle moves left"

@@ -13,15 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_pipelines.tables import (
-    IngestStats,
-    MissingImageError,
-    TableError,
-    iter_memory,
-    iter_table,
-    iter_videos,
-    load_image,
-)
+from data_pipelines.ingest import IngestStats, MissingImageError, iter_memory, iter_videos, load_image
+from data_pipelines.tables import TableError, iter_table
 from data_pipelines.video_io import read_video, write_video
 
 COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (250, 200, 10), (90, 90, 90), (10, 250, 250), (255, 255, 255)]

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vimi.config import ConfigError, save_config
+from base.config import ConfigError, save_config
 from vimi.training.build import InitError
 from vimi.training.checkpoint import CheckpointError, ConfigMismatchError, find_latest
 from vimi.training.cli import main as cli_main

@@ -4,7 +4,7 @@
     video = vimi.generate(task="t2v", inputs={"prompt": "a big red circle moves left on sand"},
                           pipeline="outputs/demo/pipeline", output="video.mp4")
 
-Heavy modules (torch, transformers) load on first use, so ``import vimi.config`` stays light.
+Heavy modules (torch, transformers) load on first use, so ``import base.config`` stays light.
 """
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     gt_report = out / "ground_truth_scores.json"
     run_step("score ground truth", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(world / "eval" / "gt"),
                                     "--eval", str(world / "eval"), "--out", str(gt_report)], gt_report, steps)
-    run_step("bm25 index", [PY, "-m", "retrieval.build_index", "--memory", str(world / "memory.parquet"),
+    run_step("bm25 index", [PY, "-m", "data_pipelines.build_index", "--memory", str(world / "memory.parquet"),
                             "--out", str(index)], index / "index.json", steps)
     run_step("prompt shards", [PY, "-m", "data_pipelines.build_shards", "--videos", str(world / "videos.parquet"),
                                "--index", str(index), "--out", str(shards), "-k", "4", "--seed", str(args.seed)],

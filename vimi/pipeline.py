@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vimi.config import from_dict, to_dict
+from base.config import from_dict, to_dict
+from base.pixels import to_model_video, to_uint8_video
 from vimi.diffusion import GuidedDenoiser, edm_sampler
 from vimi.mllm import IMAGE_TOKEN, TASKS, PromptError, task_prompt
 from vimi.model import VimiConfig, VimiModel
@@ -131,17 +132,6 @@ def check_inputs(task: str, inputs: dict, size: int, max_cond_frames: int) -> Re
         frames = _first_frames(inputs["frames"], size, max_cond_frames)
         return Request(task, prompt, [Image.fromarray(f) for f in frames], frames)
     return Request(task, prompt, [], None)
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(C, T, H, W) float in [-1, 1] -> (T, H, W, C) uint8."""
-    v = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return v.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def to_float(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, C) uint8 -> (C, T, H, W) float in [-1, 1]."""
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +267,7 @@ class VimiPipeline:
         for i, r in enumerate(reqs):
             if r.cond_frames is not None:
                 n = min(len(r.cond_frames), T)
-                given[i, :, :n] = to_float(r.cond_frames[:n])
+                given[i, :, :n] = to_model_video(r.cond_frames[:n])
                 k[i] = n
         extra = model.cond_frames(given.to(device), k.to(device))
         cond = {"cond": c, "cond_mask": mask, "extra": extra}
@@ -292,7 +282,7 @@ class VimiPipeline:
         known = torch.arange(T)[None] < k[:, None]                              # (B, T)
         video = torch.where(known[:, None, :, None, None], given, video)
         self.last_nfe = out.nfe
-        return [to_uint8(v) for v in video]
+        return list(to_uint8_video(video))
 
     def _retrieve(self, queries: list[str | None]) -> list[list[tuple[str, Image.Image]]]:
         k = self.cfg.retrieval_k
@@ -319,7 +309,7 @@ def open_retriever(index: str | None):
     if not index:
         return None
     if index.startswith(("http://", "https://")):
-        from retrieval.client import RetrieverClient
+        from retrieval import RetrieverClient
 
         return RetrieverClient(index)
     from retrieval import open_index

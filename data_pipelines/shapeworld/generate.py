@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +28,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
 
+from base.config import to_dict
+from base.io import atomic_path, write_json_atomic
 from data_pipelines.video_io import write_video
-from vimi.config import to_dict
 
 from . import sampling, spec
 from .captions import memory_caption, subject_prompt, video_caption
@@ -76,17 +76,6 @@ MEMORY_SCHEMA = pa.schema(
 # Files
 # ---------------------------------------------------------------------------------------------
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary name and rename: a reader never sees half a table."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # Item files are written in place (a rename each would double the file-system work of 70,000
 # tiny files): the folders are emptied before a run and no table names a file until all exist.
 def save_png(path: Path, image: np.ndarray) -> None:
@@ -98,18 +87,16 @@ def save_npy(path: Path, frames: np.ndarray) -> None:
 
 
 def _write_table(rows: list[dict], schema: pa.Schema, path: Path) -> None:
-    """`path` (.parquet) and its JSONL twin."""
-    _atomic(path, lambda tmp: pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp))
+    """`path` (.parquet) and its JSONL twin, each written atomically: a reader never sees half a table."""
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     _write_jsonl(rows, path.with_suffix(".jsonl"))
 
 
 def _write_jsonl(rows: list[dict], path: Path) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
-
-    _atomic(path, write)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +256,6 @@ def generate_world(cfg: WorldConfig) -> dict:
         "references": {name: reference_paths(cfg, name) for name in SUBJECT_NAMES},
         "config": {k: v for k, v in to_dict(cfg).items() if k not in ("out", "workers", "overwrite")},
     }
-    _atomic(out / "world.json", lambda tmp: tmp.write_text(json.dumps(world, indent=2) + "\n"))
+    write_json_atomic(out / "world.json", world)
     world["seconds"] = time.perf_counter() - t0  # returned, not stored: world.json depends on the seed only
     return world

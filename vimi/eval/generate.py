@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from base.io import atomic_path
 from data_pipelines.tables import resolve
 
 UNTRAINED = "untrained"
@@ -126,10 +127,8 @@ def is_done(out_dir: Path, vid: str, frames: bool = True) -> bool:
 
 def save_frames(path: Path, frames: np.ndarray) -> None:
     """np.save to a temporary name, then rename: a half-written npy never looks finished."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, frames, allow_pickle=False)
-    tmp.replace(path)
 
 
 def generate_items(pipe, items: Sequence[EvalItem], out_dir: str | Path, *, steps: int | None = None,
@@ -192,7 +191,7 @@ def load_pipeline(spec: str, overrides: Iterable[str] = (), index: str | None = 
     from vimi.pipeline import VimiPipeline
 
     if spec == UNTRAINED:
-        from vimi.config import load_config
+        from base.config import load_config
         from vimi.model import VimiConfig
 
         return VimiPipeline.from_config(load_config(VimiConfig, None, list(overrides)), index=index)

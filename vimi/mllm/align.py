@@ -31,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vimi.config import to_dict
+from base.config import to_dict
 from vimi.mllm.encoder import count_image_tokens, load_llava
 from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, save_llava
 
 
 @dataclass
 class AlignConfig:
-    memory: str = ""             # image-text memory: table or img2dataset tars (data_pipelines.tables.iter_memory)
+    memory: str = ""             # image-text memory: table or img2dataset tars (data_pipelines.ingest.iter_memory)
     out: str = ""                # output folder: aligned LLaVA (save_pretrained) + align_report.json
     init: str = ""               # LLaVA folder to start from; "" = tiny LLaVA built from seed
     seed: int = 0
@@ -62,11 +62,11 @@ def read_memory(
 ) -> tuple[list[tuple[str, object]], list[tuple[str, object]], int]:
     """-> (train [(caption, image)], held-out [(caption, image)], rows skipped for lack of an image).
 
-    Rows stream through ``data_pipelines.tables.iter_memory`` (tables or img2dataset tars). A row
+    Rows stream through ``data_pipelines.ingest.iter_memory`` (tables or img2dataset tars). A row
     is held out when crc32(id) % 8 == 0 (stable across runs and memory orderings) until
     ``eval_rows`` are held out; reading stops once both lists are full.
     """
-    from data_pipelines.tables import MissingImageError, iter_memory, load_image
+    from data_pipelines.ingest import MissingImageError, iter_memory, load_image
 
     train: list = []
     held: list = []

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vimi.config import to_dict
+from base.config import to_dict
 from vimi.diffusion import EDMLoss
 from vimi.training.config import TrainConfig
-from vimi.training.data import TaskFormat, expand_shards
+from vimi.training.data import TaskFormat, shard_urls
 from vimi.training.ema import shared_copy
 from vimi.training.frozen import Hidden, freeze_all_but, frozen_modules, hide_frozen
 from vimi.training.loader import ShardStream, StreamState, VideoSpec
@@ -125,6 +125,6 @@ def build_stream(cfg: TrainConfig, rank: int, world: int, state: StreamState | N
     fmt = TaskFormat(stage=cfg.run.stage, tasks=dict(d.tasks), max_contexts=d.max_contexts, cond_frames=d.cond_frames,
                      subject_field=d.subject_field, subject_phrase=d.subject_phrase,
                      subject_fallback=d.subject_fallback, subject_crop=tuple(d.subject_crop))
-    return ShardStream(expand_shards(d.shards), fmt, video_spec(cfg), batch_size=cfg.optim.micro_batch,
+    return ShardStream(shard_urls(d.shards), fmt, video_spec(cfg), batch_size=cfg.optim.micro_batch,
                        shuffle_buffer=d.shuffle_buffer, seed=cfg.run.seed, rank=rank, world_size=world,
                        num_workers=d.workers, reraise=d.on_error == "raise", resume=state)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from base.io import write_text_atomic
 
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
@@ -49,12 +50,6 @@ def tag_for(step: int) -> str:
 
 def step_of(tag: str) -> int:
     return int(tag.rsplit("_", 1)[1])
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- RNG states
@@ -160,7 +155,7 @@ def save(engine, root: Path, step: int, *, rank: int, world_size: int, config: d
         if rank == 0 and path.exists():
             shutil.rmtree(path)  # a leftover of a failed save of the same step
         engine.save_checkpoint(str(root), tag=tag, save_latest=False)
-        atomic_write_text(path / f"rank_{rank:05d}.json", json.dumps({"rng": rng_state(), **rank_state}))
+        write_text_atomic(path / f"rank_{rank:05d}.json", json.dumps({"rng": rng_state(), **rank_state}))
         if rank == 0 and ema is not None and ema.average is not None:
             from safetensors.torch import save_file
 
@@ -168,10 +163,10 @@ def save(engine, root: Path, step: int, *, rank: int, world_size: int, config: d
         if barrier is not None:
             barrier()  # every rank's files are on disk before rank 0 commits
         if rank == 0:
-            atomic_write_text(path / TRAIN_STATE, json.dumps(
+            write_text_atomic(path / TRAIN_STATE, json.dumps(
                 {"step": step, "world_size": world_size, "ema_updates": ema.updates if ema is not None else 0,
                  "layout": layout or {}, "config": config}, indent=1))
-            atomic_write_text(root / LATEST, tag)  # the commit point
+            write_text_atomic(root / LATEST, tag)  # the commit point
             prune(root, keep)
     except OSError as e:
         raise CheckpointError(f"writing checkpoint {path} failed ({e}); {find_latest(root) or 'no earlier checkpoint'} "

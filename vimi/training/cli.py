@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vimi.config import ConfigError
+from base.config import ConfigError
 
 STAGE_SCRIPTS = {"pretrain": "launch/pretrain.py", "instruct": "launch/instruct_tune.py"}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vimi.config import ConfigError, load_config, save_config
+from base.config import ConfigError, load_config, save_config
 from vimi.model import VimiConfig
 
 STAGES = ("pretrain", "instruct")

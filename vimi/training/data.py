@@ -17,15 +17,16 @@ whichever rank, worker or resume reads it (EDM's one-generator-per-sample idea).
 """
 from __future__ import annotations
 
-import glob
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from base import tar
+from base.pixels import to_model_video
 
 IMAGE_TOKEN = "<image>"
 TASKS = ("t2v", "prediction", "subject")
@@ -38,31 +39,17 @@ class DataError(RuntimeError):
 # ---------------------------------------------------------------------------- shard lists
 
 
-def expand_shards(specs: Sequence[str]) -> list[str]:
-    """Shard files, folders (their ``*.tar``), globs, and remote WebDataset URLs (``pipe:...``,
-    ``http(s)://...``, with ``{000..099}`` brace ranges) -> sorted, de-duplicated list."""
-    from webdataset.shardlists import expand_urls
-
+def shard_urls(specs: Sequence[str]) -> list[str]:
+    """``data.shards`` -> the sorted shard list (``base.tar.expand_shards``: files, folders, globs,
+    and remote ``pipe:``/``http(s)://`` URLs with brace ranges), or one DataError saying what is wrong."""
     if not specs:
         raise DataError(
             "data.shards is empty: give shard files, folders or globs (python -m data_pipelines.build_shards)"
         )
-    out: list[str] = []
-    for spec in specs:
-        if spec.startswith("pipe:") or "://" in spec:
-            out.extend(expand_urls(spec))  # streamed by webdataset's gopen; existence is checked on open
-            continue
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            found = sorted(str(f) for f in p.glob("*.tar") if not f.name.startswith("."))
-        elif any(ch in spec for ch in "*?["):
-            found = sorted(glob.glob(str(p)))
-        else:
-            found = [str(p)] if p.is_file() else []
-        if not found:
-            raise DataError(f"data.shards: {spec!r} matches no shard (.tar) file")
-        out.extend(found)
-    return sorted(dict.fromkeys(out))
+    try:
+        return tar.expand_shards(specs)
+    except tar.TarError as e:
+        raise DataError(f"data.shards: {e}") from None
 
 
 def consumer_split(urls: Sequence[str], consumer: int, consumers: int) -> tuple[list[str], int]:
@@ -130,13 +117,20 @@ class CountingHandler:
 
 
 def raw_samples(urls: Sequence[str], handler: Callable[[BaseException], bool]) -> Iterator[dict]:
-    """WebDataset streaming: shard URLs (local paths, or ``pipe:``/http that webdataset opens) ->
-    raw samples ``{"__key__", "__url__", ext: bytes}``. Only bytes here: nothing is decoded, so
-    no member (a ``.pyd``, say) can ever be unpickled."""
-    from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+    """Shard URLs (local paths, or ``pipe:``/http that webdataset's opener streams) -> raw samples
+    ``{"__key__", "__url__", ext: bytes}``, grouped by the one tar layer (``base.tar``). Only bytes
+    here: nothing is decoded, so no member (a ``.pyd``, say) can ever be unpickled. A damaged shard
+    goes to ``handler`` after the samples before the damage; the stream moves on to the next."""
+    from webdataset.tariterators import url_opener
 
-    stream = url_opener(({"url": u} for u in urls), handler=handler)
-    yield from group_by_keys(tar_file_expander(stream, handler=handler), handler=handler)
+    for src in url_opener(({"url": u} for u in urls), handler=handler):
+        try:
+            yield from tar.stream_samples(src["stream"], src["url"])
+        except tar.TarError as e:
+            if not handler(e):
+                break
+        finally:
+            src["stream"].close()
 
 
 def every_nth(src: Iterable[Any], n: int, offset: int) -> Iterator[Any]:
@@ -308,12 +302,6 @@ def batched(src: Iterable[Any], n: int) -> Iterator[list[Any]]:
         if len(batch) == n:
             yield batch
             batch = []
-
-
-def to_model_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (..., T, H, W, 3) -> float (..., 3, T, H, W) in [-1, 1] (the model's convention)."""
-    x = torch.as_tensor(np.asarray(frames)).float() / 127.5 - 1.0
-    return x.movedim(-1, -4).contiguous()
 
 
 def collate(batch: Sequence[TrainExample]) -> dict[str, Any]:

@@ -120,10 +120,10 @@ def memory_estimate(n_trainable: int, n_frozen: int, precision: str, zero: int, 
 
 def _data_check(cfg: TrainConfig) -> str:
     from vimi.training.build import build_stream
-    from vimi.training.data import DataError, expand_shards
+    from vimi.training.data import DataError, shard_urls
 
     try:
-        urls = expand_shards(cfg.data.shards)
+        urls = shard_urls(cfg.data.shards)
     except DataError as e:
         return f"not checked ({e})"
     try:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from vimi.config import save_config, to_dict
+from base.config import save_config, to_dict
 from vimi.training import checkpoint as ckpt
 from vimi.training.config import TrainConfig
 from vimi.training.distributed import DistInfo, cpu_threads, setup_env
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     # 1. Checks that need no heavy import: a checkpoint from another config or a missing --init
     #    must fail before minutes of building.
     from vimi.training.build import build_stream, build_training_model, check_init
-    from vimi.training.data import expand_shards
+    from vimi.training.data import shard_urls
     from vimi.training.optim import deepspeed_config, param_groups, scheduler_factory
 
     device = pick_device(cfg, info)
@@ -135,7 +135,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     resume_path = ckpt.resolve_resume(cfg.run.resume, ckpt_root)
     train_state = ckpt.read_train_state(resume_path, cfg_dict, world, layout) if resume_path else None
     check_init(cfg, resuming=resume_path is not None)
-    expand_shards(cfg.data.shards)
+    shard_urls(cfg.data.shards)
 
     import deepspeed  # after setup_env: the accelerator and the op cache are chosen from the environment
 

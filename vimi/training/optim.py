@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vimi.config import ConfigError
+from base.config import ConfigError
 from vimi.training.config import OptimConfig, TrainConfig
 from vimi.training.distributed import PROJECT_ROOT
 

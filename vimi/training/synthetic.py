@@ -35,12 +35,13 @@ def write_synthetic_shard(path: str | Path, n: int, start: int = 0, *, corrupt: 
                           frames: int = 8, size: int = 16, subject_every: int = 3, fps: float = 8.0) -> Path:
     """Write ``n`` samples (ids start .. start+n-1) to shard ``path``; ids in ``corrupt`` get a
     truncated mp4 (training must skip and count them)."""
-    from data_pipelines.shards import ContextEntry, ShardSample, ShardWriter, to_jpeg
+    from base.tar import AtomicTarWriter
+    from data_pipelines.shards import ContextEntry, ShardSample, encode_sample, to_jpeg
     from data_pipelines.video_io import write_video
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, ShardWriter(path) as w:
+    with tempfile.TemporaryDirectory() as tmp, AtomicTarWriter(path) as w:
         for i in range(start, start + n):
             mp4 = write_video(Path(tmp) / f"{i}.mp4", moving_square(frames, size, size, seed=i), fps=fps,
                               lossless=True).read_bytes()
@@ -50,9 +51,10 @@ def write_synthetic_shard(path: str | Path, n: int, start: int = 0, *, corrupt: 
             caption = f"Kiki moves right on sand {i}" if subject else f"a small red square moves right {i}"
             ctx = [ContextEntry(id=f"m{i}_{j}", caption=f"a photo of thing {j}", score=1.0 - j, rank=j,
                                 image=to_jpeg(png_bytes(moving_square(1, 8, 8, seed=100 + j)[0]))) for j in range(2)]
-            w.write(ShardSample(key=f"{i:09d}_v{i}", video_id=f"v{i}", caption=caption, source="synthetic", mp4=mp4,
-                                fps=fps, frames=frames, size=(size, size), contexts=ctx,
-                                references=[png_bytes(moving_square(1, 14, 14, seed=7)[0])] if subject else [],
-                                attributes={"subject": "Kiki" if subject else None}))
+            refs = [png_bytes(moving_square(1, 14, 14, seed=7)[0])] if subject else []
+            sample = ShardSample(key=f"{i:09d}_v{i}", video_id=f"v{i}", caption=caption, source="synthetic", mp4=mp4,
+                                 fps=fps, frames=frames, size=(size, size), contexts=ctx, references=refs,
+                                 attributes={"subject": "Kiki" if subject else None})
+            w.add(encode_sample(sample))
         w.commit()
     return path
