@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from base.tasks import TASK_NAMES as TASKS  # noqa: E402
 from vimi.eval.generate import UNTRAINED, EvalItem, generate_items, load_items, load_pipeline  # noqa: E402
 
-TASKS = ("t2v", "prediction", "subject")
 SHORT = {"t2v-seen": "seen", "t2v-novel-composition": "novel-comp", "t2v-novel-subject": "novel-subj",
          "prediction": "pred", "subject": "subj"}
 

@@ -90,14 +90,14 @@ def test_clip_start_fits_and_lands_on_frames():
 def test_pretrain_format_puts_retrieved_pairs_before_caption_without_instruction():
     (te,) = format_tasks([example()], TaskFormat(stage="pretrain"))
     roles = [s.role for s in te.prompt]
-    assert te.task == "pretrain" and te.cond_frames == 0
+    assert te.task == "pretrain" and te.given_frames == 0
     assert roles == ["context_text", "context_image", "context_text", "context_image", "caption"]
     (te1,) = format_tasks([example()], TaskFormat(stage="pretrain", max_contexts=1))
     assert [s.role for s in te1.prompt] == ["context_text", "context_image", "caption"]
 
 
 def test_instruct_mix_follows_weights_and_templates():
-    fmt = TaskFormat(stage="instruct", tasks={"t2v": 2.0, "prediction": 1.0, "subject": 1.0}, cond_frames=2)
+    fmt = TaskFormat(stage="instruct", tasks={"t2v": 2.0, "prediction": 1.0, "subject": 1.0}, given_frames=2)
     out = list(format_tasks((example(key=f"k{i}") for i in range(400)), fmt))
     share = {t: sum(o.task == t for o in out) / len(out) for t in ("t2v", "prediction", "subject")}
     assert abs(share["t2v"] - 0.5) < 0.08 and abs(share["prediction"] - 0.25) < 0.08
@@ -105,10 +105,10 @@ def test_instruct_mix_follows_weights_and_templates():
         first = o.prompt[0]
         assert first.role == "instruction"
         if o.task == "prediction":
-            assert o.cond_frames == 2 and [s.role for s in o.prompt][-2:] == ["task_image", "task_image"]
+            assert o.given_frames == 2 and [s.role for s in o.prompt][-2:] == ["task_image", "task_image"]
             np.testing.assert_array_equal(np.asarray(o.prompt[-2].image), o.frames[0])
         elif o.task == "t2v":
-            assert o.cond_frames == 0 and "context_image" in [s.role for s in o.prompt]
+            assert o.given_frames == 0 and "context_image" in [s.role for s in o.prompt]
         else:
             assert "task_image" in [s.role for s in o.prompt]
     only = list(format_tasks([example()], TaskFormat(stage="instruct", tasks={"prediction": 1.0})))
@@ -161,7 +161,7 @@ def test_collate_shapes_and_range():
     out = collate(b)
     assert out["video"].shape == (2, 3, 8, 16, 16)
     assert float(out["video"].min()) >= -1 and float(out["video"].max()) <= 1
-    assert out["cond_frames"].tolist() == [0, 0] and out["keys"] == ["a", "b"]
+    assert out["given_frames"].tolist() == [0, 0] and out["keys"] == ["a", "b"]
 
 
 # ---------------------------------------------------------------------------- real shards

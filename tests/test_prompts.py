@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from base.tasks import TASKS
 from vimi.mllm.prompt import (
-    INSTRUCTIONS,
     PromptError,
     Segment,
     pretrain_prompt,
@@ -60,7 +60,7 @@ def test_task_templates_follow_vimi_instructions():
     assert render_text(subj) == "Generate a video with the text and image. A <image> moves left next to <image> on sand"
     assert roles(subj) == ["instruction", "caption", "task_image", "caption", "task_image", "caption"]
     assert subj[2].image.getpixel((0, 0)) == (1, 1, 1)  # images land where their placeholders stand
-    assert set(INSTRUCTIONS) == {"t2v", "prediction", "subject"}
+    assert set(TASKS) == {"t2v", "prediction", "subject"}
 
 
 def test_context_pair_without_image_keeps_its_text():
@@ -73,9 +73,9 @@ def test_context_pair_without_image_keeps_its_text():
     [
         ("subject", "A <image> moves left", [], "1 <image> placeholder"),
         ("subject", "A <image> and <image>", [img()], "2 <image> placeholder"),
-        ("subject", "A cat moves left", [img()], "mark where the subject stands"),
-        ("prediction", "a red circle", [], "at least one conditioning frame"),
-        ("prediction", "a <image> circle", [img()], "after the caption"),
+        ("subject", "A cat moves left", [img()], "must contain <image>"),
+        ("prediction", "a red circle", [], "at least one image"),
+        ("prediction", "a <image> circle", [img()], "placeholders belong to"),
         ("t2v", "a red circle", [img()], "no images"),
         ("dance", "a red circle", [], "unknown task"),
         ("t2v", "  ", [], "non-empty"),
@@ -104,7 +104,7 @@ def _tok(max_length: int) -> PromptTokenizer:
 def test_sequence_expands_images_in_order():
     p = task_prompt("subject", "A <image> moves", images=[img(3)])
     t = _tok(100)(p)
-    n_instr = len(INSTRUCTIONS["subject"].split())
+    n_instr = len(TASKS["subject"].instruction.split())
     assert t.ids[0] == BOS and len(t.ids) == 1 + n_instr + 1 + N_IMG + 1
     assert t.ids[1 + n_instr + 1 : 1 + n_instr + 1 + N_IMG] == [IMG_ID] * N_IMG
     assert len(t.images) == 1 and t.dropped_pairs == 0

@@ -8,15 +8,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+# The CLI flag that carries each kind of task image (the inputs key is the task's image_input).
+IMAGE_FLAGS = {"frames": "--frames", "images": "--image"}
+
 
 def main(argv: list[str] | None = None) -> int:
+    from base.tasks import TASK_NAMES, TASKS
+
     ap = argparse.ArgumentParser(prog="python -m vimi")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate one video")
-    g.add_argument("--task", required=True, choices=["t2v", "prediction", "subject"])
+    g.add_argument("--task", required=True, choices=TASK_NAMES)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--image", action="append", default=[], help="subject: one reference image per <image>")
-    g.add_argument("--frames", nargs="+", default=None, help="prediction: first frame image(s) or an mp4")
+    g.add_argument("--image", dest="images", action="append", default=[],
+                   help="subject: one reference image per <image>")
+    g.add_argument("--frames", nargs="+", default=[], help="prediction: first frame image(s) or an mp4")
     g.add_argument("--pipeline", default=None, help="pipeline folder (default: $VIMI_PIPELINE or untrained)")
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--guidance", type=float, default=None)
@@ -27,17 +33,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from vimi.pipeline import InputError, generate
 
+    task = TASKS[args.task]
     inputs: dict = {"prompt": args.prompt}
-    if args.task == "subject":
-        inputs["images"] = args.image
-    elif args.image:
-        ap.error("--image is for the subject task")
-    if args.task == "prediction":
-        if not args.frames:
-            ap.error("prediction needs --frames")
-        inputs["frames"] = args.frames[0] if len(args.frames) == 1 and args.frames[0].endswith(".mp4") else args.frames
-    elif args.frames:
-        ap.error("--frames is for the prediction task")
+    for key, flag in IMAGE_FLAGS.items():
+        given = getattr(args, key)
+        if key != task.image_input:
+            if given:
+                ap.error(f"{flag} is not an input of the {task.name} task (it takes {', '.join(task.inputs)})")
+            continue
+        # An empty list is passed on: the task's own check says what is missing. One video file stands for its frames; image files are a list.
+        inputs[key] = given[0] if len(given) == 1 and given[0].endswith(".mp4") else given
     try:
         video = generate(args.task, inputs, args.pipeline, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, num_frames=args.num_frames, output=args.out)

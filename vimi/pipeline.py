@@ -29,8 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from base.config import from_dict, to_dict
 from base.pixels import to_model_video, to_uint8_video
+from base.tasks import TASKS, get_task
 from vimi.diffusion import GuidedDenoiser, edm_sampler
-from vimi.mllm import IMAGE_TOKEN, TASKS, PromptError, task_prompt
+from vimi.mllm import PromptError, task_prompt
 from vimi.model import VimiConfig, VimiModel
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Request:
     task: str
     prompt: str
     images: list[Image.Image]          # task images: subject references or the first frame(s)
-    cond_frames: np.ndarray | None     # prediction: (k, H, W, 3) uint8 clean first frames
+    first_frames: np.ndarray | None    # tasks given frames (prediction): (k, H, W, 3) uint8, clean
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,36 +103,30 @@ def _first_frames(frames: Any, size: int, max_k: int) -> np.ndarray:
     return arr
 
 
-def check_inputs(task: str, inputs: dict, size: int, max_cond_frames: int) -> Request:
-    """Validate one request against the task's input contract (README, `vimi.generate`)."""
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; expected one of {TASKS}")
+def check_inputs(task: str, inputs: dict, size: int, max_given_frames: int) -> Request:
+    """Validate one request against the task's input contract (``base.tasks``; README, `vimi.generate`)."""
+    spec = get_task(task, InputError)
     if not isinstance(inputs, dict):
         raise InputError(f"inputs must be a dict, got {type(inputs).__name__}")
-    allowed = {"t2v": {"prompt"}, "prediction": {"prompt", "frames"}, "subject": {"prompt", "images"}}[task]
-    missing, extra = sorted(allowed - set(inputs)), sorted(set(inputs) - allowed)
-    if missing or extra:
-        raise InputError(f"task {task!r} takes inputs {sorted(allowed)}: missing {missing}, unexpected {extra}")
+    allowed = set(spec.inputs)
+    missing, unexpected = sorted(allowed - set(inputs)), sorted(set(inputs) - allowed)
+    if missing or unexpected:
+        raise InputError(f"task {task!r} takes inputs {sorted(allowed)}: missing {missing}, unexpected {unexpected}")
     prompt = inputs["prompt"]
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("inputs['prompt'] must be a non-empty string")
-    n_ph = prompt.count(IMAGE_TOKEN)
-    if task == "subject":
-        imgs = inputs["images"]
-        imgs = list(imgs) if isinstance(imgs, (list, tuple)) else [imgs]
-        if n_ph == 0:
-            raise InputError(f"a subject prompt must contain {IMAGE_TOKEN} where the subject stands")
-        if len(imgs) != n_ph:
-            raise InputError(
-                f"the subject prompt has {n_ph} {IMAGE_TOKEN} placeholder(s) but {len(imgs)} image(s) were given"
-            )
-        return Request(task, prompt, [_load_image(x, f"images[{i}]") for i, x in enumerate(imgs)], None)
-    if n_ph:
-        raise InputError(f"{IMAGE_TOKEN} placeholders belong to the subject task, not {task!r}")
-    if task == "prediction":
-        frames = _first_frames(inputs["frames"], size, max_cond_frames)
+    if spec.given_frames:
+        frames = _first_frames(inputs[spec.image_input], size, max_given_frames)
+        spec.check(prompt, len(frames), InputError)
         return Request(task, prompt, [Image.fromarray(f) for f in frames], frames)
-    return Request(task, prompt, [], None)
+    if spec.image_input is None:
+        spec.check(prompt, 0, InputError)
+        return Request(task, prompt, [], None)
+    imgs = inputs[spec.image_input]
+    imgs = list(imgs) if isinstance(imgs, (list, tuple)) else [imgs]
+    spec.check(prompt, len(imgs), InputError)
+    name = spec.image_input
+    return Request(task, prompt, [_load_image(x, f"{name}[{i}]") for i, x in enumerate(imgs)], None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +245,7 @@ class VimiPipeline:
         # 1. Check inputs.
         reqs = [check_inputs(t, inp, cfg.video.size, cfg.max_cond_frames) for t, inp in requests]
         # 2. Retrieve image-text pairs for t2v (VIMI conditions t2v on its retrieved context).
-        contexts = self._retrieve([r.prompt if r.task == "t2v" else None for r in reqs])
+        contexts = self._retrieve([r.prompt if TASKS[r.task].retrieves else None for r in reqs])
         # 3. Build the multimodal instruction prompts.
         try:
             prompts = [task_prompt(r.task, r.prompt, images=r.images, context=c) for r, c in zip(reqs, contexts)]
@@ -265,13 +260,13 @@ class VimiPipeline:
         given = torch.zeros(shape)
         k = torch.zeros(B, dtype=torch.long)
         for i, r in enumerate(reqs):
-            if r.cond_frames is not None:
-                n = min(len(r.cond_frames), T)
-                given[i, :, :n] = to_model_video(r.cond_frames[:n])
+            if r.first_frames is not None:
+                n = min(len(r.first_frames), T)
+                given[i, :, :n] = to_model_video(r.first_frames[:n])
                 k[i] = n
-        extra = model.cond_frames(given.to(device), k.to(device))
-        cond = {"cond": c, "cond_mask": mask, "extra": extra}
-        uncond = {"cond": null_c, "cond_mask": null_mask, "extra": extra}
+        frame_cond = model.cond_frames(given.to(device), k.to(device))        # (B, C + 1, T, H, W)
+        cond = {"cond": c, "cond_mask": mask, "extra": frame_cond}
+        uncond = {"cond": null_c, "cond_mask": null_mask, "extra": frame_cond}
         denoiser = GuidedDenoiser(model, cond, uncond, guidance, sc.dynamic_threshold, sc.threshold_floor)
         sigma_in = cfg.edm.input_scale(T, cfg.video.size, cfg.video.size)
         kw = sc.step_kwargs() | {"num_steps": steps}
@@ -347,7 +342,7 @@ def default_pipeline() -> VimiPipeline:
 def generate(task: str, inputs: dict, pipeline: str | Path | VimiPipeline | None = None, *,
              steps: int | None = None, guidance: float | None = None, seed: int = 0,
              num_frames: int | None = None, output: str | Path | None = None) -> np.ndarray:
-    """Generate one video for ``task`` in ("t2v", "prediction", "subject").
+    """Generate one video for a registered ``task`` (``base.tasks.TASK_NAMES``: t2v, prediction, subject).
 
     inputs: t2v ``{"prompt": str}``; prediction ``{"prompt": str, "frames": first frame(s) as a list of
     uint8 arrays / PIL images / image paths, or an mp4 path}``; subject ``{"prompt": "A <image> moves

@@ -1,9 +1,9 @@
 """Canonical ShapeWorld captions (SHAPEWORLD.md, Text). Evaluation uses exactly these forms."""
 from __future__ import annotations
 
-from .render import ClipParams
+from base.tasks import IMAGE_TOKEN
 
-SUBJECT_PLACEHOLDER = "<image>"
+from .render import ClipParams
 
 
 def video_caption(p: ClipParams) -> str:
@@ -22,4 +22,4 @@ def memory_caption(p: ClipParams) -> str:
 
 def subject_prompt(p: ClipParams) -> str:
     """Subject task prompt, the name replaced by an image placeholder: 'A <image> moves left on sand'."""
-    return f"A {SUBJECT_PLACEHOLDER} {p.motion} {p.scene}"
+    return f"A {IMAGE_TOKEN} {p.motion} {p.scene}"

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from base.io import atomic_path
+from base.tasks import TaskError, get_task
 from data_pipelines.tables import resolve
 
 UNTRAINED = "untrained"
@@ -74,21 +75,22 @@ def read_rows(eval_file: Path) -> list[dict]:
 
 
 def request_for(record: dict, base: Path) -> tuple[str, dict]:
-    """The (task, inputs) pair of one eval row; ``base`` is the folder its image paths are relative to."""
-    task = record.get("task")
+    """The (task, inputs) pair of one eval row; ``base`` is the folder its image paths are relative to.
+
+    A row's ``images`` are the task's images (``base.tasks``): the given frame(s), or references."""
+    try:
+        task = get_task(record.get("task"))
+    except TaskError as e:
+        raise EvalGenerateError(f"eval row {record.get('id')!r}: {e}") from None
     prompt = record.get("prompt")
     if not isinstance(prompt, str):
         raise EvalGenerateError(f"eval row {record.get('id')!r} has no prompt")
+    if task.image_input is None:
+        return task.name, {"prompt": prompt}
     images = [resolve(base, p) for p in record.get("images") or []]
-    if task == "t2v":
-        return task, {"prompt": prompt}
-    if task == "prediction":
-        if not images:
-            raise EvalGenerateError(f"prediction row {record.get('id')!r} names no first frame in 'images'")
-        return task, {"prompt": prompt, "frames": images}
-    if task == "subject":
-        return task, {"prompt": prompt, "images": images}
-    raise EvalGenerateError(f"eval row {record.get('id')!r}: unknown task {task!r}")
+    if not images:
+        raise EvalGenerateError(f"{task.name} row {record.get('id')!r} names no image in 'images'")
+    return task.name, {"prompt": prompt, task.image_input: images}
 
 
 def load_items(eval_path: str | Path, limit: int | None = None, seed: int = 0) -> list[EvalItem]:

@@ -25,10 +25,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from base.tasks import TASK_NAMES, TASKS
 from vimi.eval.shapeworld import ATTRIBUTE_ORDER, EVAL_SPLITS, analyze, applicable_attributes, eval_files, score
 
-TASKS = ("t2v", "prediction", "subject")
-LEFT_LABEL = {"prediction": "first frame", "subject": "reference"}
+LEFT_LABEL = {t.name: t.image_label for t in TASKS.values() if t.image_label}  # the image shown at the left
 SCALE = 3          # nearest-neighbour upscaling of the 32-px frames so they are visible
 GAP, MARGIN = 2, 8  # px between frames / around blocks
 BG, FG, DIM = (255, 255, 255), (20, 20, 20), (110, 110, 110)
@@ -86,7 +86,7 @@ def load_generated(videos_dir: Path, vid: str) -> tuple[np.ndarray | None, Path 
 def pick_samples(videos_dir: Path, eval_path: Path, per_task: int) -> dict[str, list[Sample]]:
     """Up to ``per_task`` samples per task with a video, taken round-robin over the task's splits
     (t2v has three: seen, novel composition, novel subject)."""
-    queues: dict[str, list[list[tuple[dict, Path]]]] = {t: [] for t in TASKS}
+    queues: dict[str, list[list[tuple[dict, Path]]]] = {t: [] for t in TASK_NAMES}
     for f in eval_files(eval_path):
         with open(f, encoding="utf-8") as fh:
             rows = [json.loads(line) for line in fh if line.strip()]
@@ -398,7 +398,7 @@ def write_report(videos: str | Path, eval_path: str | Path, out: str | Path, *, 
 
     samples = pick_samples(videos, eval_path, per_task)
     sheets, shown = {}, []
-    for task in TASKS:
+    for task in TASK_NAMES:
         if task not in samples:
             continue
         contact_sheet(samples[task], task).save(out / f"contact_{task}.png")

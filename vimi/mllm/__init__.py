@@ -8,8 +8,6 @@
 from vimi.mllm.encoder import MLLMConfig, MLLMEncoder, MLLMLoadError, load_llava, pad_hidden
 from vimi.mllm.prompt import (
     IMAGE_TOKEN,
-    INSTRUCTIONS,
-    TASKS,
     Prompt,
     PromptError,
     Segment,
@@ -21,7 +19,7 @@ from vimi.mllm.sequence import PromptTokenizer, PromptTooLongError
 from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, tiny_llava
 
 __all__ = [
-    "IMAGE_TOKEN", "INSTRUCTIONS", "TASKS", "MLLMConfig", "MLLMEncoder", "MLLMLoadError", "Prompt", "PromptError",
+    "IMAGE_TOKEN", "MLLMConfig", "MLLMEncoder", "MLLMLoadError", "Prompt", "PromptError",
     "PromptTokenizer", "PromptTooLongError", "Segment", "TinyLlavaConfig", "build_tiny_llava", "load_llava",
     "pad_hidden", "pretrain_prompt", "render_text", "task_prompt", "tiny_llava",
 ]

@@ -1,4 +1,4 @@
-"""Multimodal prompts: the one place where VIMI's instruction templates live.
+"""Multimodal prompts: VIMI's instruction templates put together (the instructions: ``base.tasks``).
 
 A prompt is a list of :class:`Segment` s, each text or an image, tagged with the *role* it plays so
 that truncation (``vimi.mllm.encoder``) can drop retrieved pairs before it touches the caption or
@@ -6,10 +6,10 @@ the task images. Templates follow VIMI's figure 2 (Fang et al., EMNLP 2024):
 
 - stage 1, retrieval-augmented pretraining: the K retrieved (caption_i, image_i) pairs, then the
   caption; no instruction;
-- t2v: "Generate a video with the retrieved text-image pairs." + K pairs + caption;
-- prediction: "Generate a video with the text and first frame." + caption + <image> (the frame(s));
-- subject: "Generate a video with the text and image." + caption with <image> where the subject
-  stands (the caption holds one placeholder per reference image, several allowed).
+- stage 2, every task opens with its instruction, then by the task's ``layout``:
+  ``context_then_caption`` (t2v): the K pairs, then the caption;
+  ``caption_then_images`` (prediction): the caption, then the given frame(s);
+  ``images_in_caption`` (subject): the caption with each ``<image>`` replaced by its reference.
 """
 from __future__ import annotations
 
@@ -19,21 +19,13 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-IMAGE_TOKEN = "<image>"  # placeholder in user captions; LLaVA's image token has the same spelling
+from base.tasks import IMAGE_TOKEN, TaskError, get_task
 
 Role = Literal["instruction", "context_text", "context_image", "caption", "task_image"]
 ROLES: tuple[str, ...] = ("instruction", "context_text", "context_image", "caption", "task_image")
-TASKS: tuple[str, ...] = ("t2v", "prediction", "subject")
-
-# VIMI, figure 2: the instruction that opens each stage-2 task prompt.
-INSTRUCTIONS: dict[str, str] = {
-    "t2v": "Generate a video with the retrieved text-image pairs.",
-    "prediction": "Generate a video with the text and first frame.",
-    "subject": "Generate a video with the text and image.",
-}
 
 
-class PromptError(ValueError):
+class PromptError(TaskError):
     """A prompt cannot be built: unknown task, bad image, or images that do not match placeholders."""
 
 
@@ -89,13 +81,9 @@ def _context_segments(context: Sequence[tuple[str, Any]]) -> list[Segment]:
 
 
 def _interleave(caption: str, images: Sequence[Any]) -> list[Segment]:
-    """Split the caption at each <image> placeholder and put the matching reference image there."""
+    """Split the caption at each <image> placeholder and put the matching image there (the task's
+    ``check`` has matched placeholders to images)."""
     parts = caption.split(IMAGE_TOKEN)
-    if len(parts) - 1 != len(images):
-        raise PromptError(
-            f"caption has {len(parts) - 1} {IMAGE_TOKEN} placeholder(s) "
-            f"but {len(images)} image(s) were given: {caption!r}"
-        )
     out: list[Segment] = []
     for i, part in enumerate(parts):
         if part.strip():
@@ -120,31 +108,24 @@ def pretrain_prompt(caption: str, context: Sequence[tuple[str, Any]] = ()) -> Pr
 
 
 def task_prompt(task: str, caption: str, images: Sequence[Any] = (), context: Sequence[tuple[str, Any]] = ()) -> Prompt:
-    """Stage-2 multimodal instruction prompt for ``task`` in TASKS (VIMI sec. 3.2, figure 2).
+    """Stage-2 multimodal instruction prompt for a registered task (``base.tasks``; VIMI sec. 3.2, fig. 2).
 
-    ``images``: the first frame(s) for prediction, one reference image per ``<image>`` for subject,
-    none for t2v. ``context``: retrieved (caption, image) pairs, best first; t2v only.
+    ``images``: the task's images (the first frame(s) for prediction, one reference image per
+    ``<image>`` for subject, none for t2v). ``context``: retrieved (caption, image) pairs, best
+    first, for tasks that retrieve.
     """
-    if task not in TASKS:
-        raise PromptError(f"unknown task {task!r}; expected one of {TASKS}")
+    spec = get_task(task, PromptError)
     caption = _check_caption(caption)
     images = list(images)
-    if context and task != "t2v":
+    if context and not spec.retrieves:
         raise PromptError(f"retrieved context is part of the t2v instruction only, not {task}")
-    head = [Segment("instruction", text=INSTRUCTIONS[task])]
-    if task == "t2v":
-        if images or IMAGE_TOKEN in caption:
-            raise PromptError(f"t2v takes no images or {IMAGE_TOKEN} placeholders (got {len(images)} image(s))")
+    spec.check(caption, len(images), PromptError)
+    head = [Segment("instruction", text=spec.instruction)]
+    if spec.layout == "context_then_caption":
         return head + _context_segments(context) + [Segment("caption", text=caption)]
-    if task == "prediction":
-        if IMAGE_TOKEN in caption:
-            raise PromptError(f"prediction puts the frame(s) after the caption; remove {IMAGE_TOKEN} from {caption!r}")
-        if not images:
-            raise PromptError("prediction needs at least one conditioning frame")
+    if spec.layout == "caption_then_images":
         frames = [Segment("task_image", image=as_image(im, f"frames[{i}]")) for i, im in enumerate(images)]
         return head + [Segment("caption", text=caption)] + frames
-    if IMAGE_TOKEN not in caption:
-        raise PromptError(f"subject captions mark where the subject stands with {IMAGE_TOKEN}: {caption!r}")
     return head + _interleave(caption, images)
 
 

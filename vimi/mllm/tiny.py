@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vimi.mllm.prompt import IMAGE_TOKEN
+from base.tasks import IMAGE_TOKEN
 
 
 @dataclass

@@ -122,9 +122,10 @@ def _without_paths(d: dict) -> dict:
 
 def build_stream(cfg: TrainConfig, rank: int, world: int, state: StreamState | None) -> ShardStream:
     d = cfg.data
-    fmt = TaskFormat(stage=cfg.run.stage, tasks=dict(d.tasks), max_contexts=d.max_contexts, cond_frames=d.cond_frames,
-                     subject_field=d.subject_field, subject_phrase=d.subject_phrase,
-                     subject_fallback=d.subject_fallback, subject_crop=tuple(d.subject_crop))
+    fmt = TaskFormat(stage=cfg.run.stage, tasks=dict(d.tasks), max_contexts=d.max_contexts,
+                     given_frames=cfg.model.max_cond_frames, subject_field=d.subject_field,
+                     subject_phrase=d.subject_phrase, subject_fallback=d.subject_fallback,
+                     subject_crop=tuple(d.subject_crop))
     return ShardStream(shard_urls(d.shards), fmt, video_spec(cfg), batch_size=cfg.optim.micro_batch,
                        shuffle_buffer=d.shuffle_buffer, seed=cfg.run.seed, rank=rank, world_size=world,
                        num_workers=d.workers, reraise=d.on_error == "raise", resume=state)

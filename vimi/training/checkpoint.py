@@ -33,7 +33,7 @@ EMA_FILE = "ema.safetensors"
 # Settings that decide what the saved tensors and data positions mean: a resume with any of them
 # changed would fail deep inside DeepSpeed or silently train something else.
 MUST_MATCH = ("model", "data.shards", "data.tasks", "data.workers", "data.shuffle_buffer", "data.max_contexts",
-              "data.cond_frames", "optim.micro_batch", "optim.accumulation", "run.seed", "run.stage")
+              "optim.micro_batch", "optim.accumulation", "run.seed", "run.stage")
 
 
 class CheckpointError(RuntimeError):

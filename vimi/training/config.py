@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from base.config import ConfigError, load_config, save_config
+from base.tasks import TASK_NAMES
 from vimi.model import VimiConfig
 
 STAGES = ("pretrain", "instruct")
@@ -24,13 +25,12 @@ class DataConfig:
     """Where the prompt shards are and how samples become training examples."""
 
     shards: list[str] = field(default_factory=list)  # shard files, folders of shard-*.tar, or globs
-    tasks: dict[str, float] = field(default_factory=lambda: {"t2v": 1.0, "prediction": 1.0, "subject": 1.0})
+    tasks: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASK_NAMES})
     #                                 stage-2 task mix (VIMI sec. 3.2); stage 1 ignores it
     shuffle_buffer: int = 256       # samples held for the seeded shuffle (per dataloader worker)
     workers: int = 2                # dataloader worker processes per rank (0 = in the training process)
     prefetch: int = 2               # batches each worker prepares ahead
     max_contexts: int | None = None  # use at most this many retrieved pairs per sample (None = all stored)
-    cond_frames: int = 1            # k clean first frames given for the prediction task (SHAPEWORLD.md: 1)
     subject_field: str = "subject"  # attribute naming the subject in the caption (ShapeWorld: "Kiki")
     subject_phrase: str = "A <image>"  # what replaces that name in a subject-task caption
     subject_fallback: str = "{caption}, with <image>"  # caption when no subject name is known
@@ -129,13 +129,16 @@ class TrainConfig:
             raise ConfigError(f"optim.betas must hold two values, got {o.betas}")
         if not 0 <= self.ema.decay < 1 or self.ema.every < 1:
             raise ConfigError(f"ema.decay must be in [0, 1) and ema.every >= 1, got {self.ema.decay}, {self.ema.every}")
-        unknown = sorted(set(d.tasks) - {"t2v", "prediction", "subject"})
+        unknown = sorted(set(d.tasks) - set(TASK_NAMES))
         if unknown:
-            raise ConfigError(f"data.tasks: unknown task(s) {unknown}; known: t2v, prediction, subject")
+            raise ConfigError(f"data.tasks: unknown task(s) {unknown}; known: {', '.join(TASK_NAMES)}")
         if any(w < 0 for w in d.tasks.values()) or (r.stage == "instruct" and sum(d.tasks.values()) <= 0):
             raise ConfigError(f"data.tasks weights must be >= 0 with a positive sum, got {d.tasks}")
-        if d.shuffle_buffer < 1 or d.workers < 0 or d.prefetch < 1 or d.cond_frames < 1:
-            raise ConfigError("data: need shuffle_buffer >= 1, workers >= 0, prefetch >= 1, cond_frames >= 1")
+        if d.shuffle_buffer < 1 or d.workers < 0 or d.prefetch < 1:
+            raise ConfigError("data: need shuffle_buffer >= 1, workers >= 0, prefetch >= 1")
+        if self.model.max_cond_frames < 1:
+            raise ConfigError(f"model.max_cond_frames (frames given to prediction) must be >= 1, "
+                              f"got {self.model.max_cond_frames}")
         if len(d.subject_crop) != 2 or not 0 < d.subject_crop[0] <= d.subject_crop[1] <= 1:
             raise ConfigError(f"data.subject_crop must be [lo, hi] with 0 < lo <= hi <= 1, got {d.subject_crop}")
         if "<image>" not in d.subject_phrase or "<image>" not in d.subject_fallback:

@@ -27,9 +27,7 @@ import torch
 
 from base import tar
 from base.pixels import to_model_video
-
-IMAGE_TOKEN = "<image>"
-TASKS = ("t2v", "prediction", "subject")
+from base.tasks import TASK_NAMES, TASKS
 
 
 class DataError(RuntimeError):
@@ -221,10 +219,10 @@ class TrainExample:
     """One formatted training example."""
 
     key: str
-    task: str                 # "pretrain" | "t2v" | "prediction" | "subject"
+    task: str                 # "pretrain" or a registered task name (base.tasks)
     prompt: list              # vimi.mllm.prompt.Prompt (list of Segments)
     frames: np.ndarray        # uint8 (T, H, W, 3) target clip
-    cond_frames: int          # clean leading frames given to the model (prediction), else 0
+    given_frames: int         # clean leading frames given to the model (tasks given frames), else 0
     pos: tuple[int, int] = (0, 0)
 
 
@@ -233,9 +231,9 @@ class TaskFormat:
     """How Examples become prompts (the fields of DataConfig that matter here)."""
 
     stage: str = "pretrain"
-    tasks: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    tasks: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASK_NAMES})
     max_contexts: int | None = None
-    cond_frames: int = 1
+    given_frames: int = 1     # k first frames shown to tasks given frames (the model's max_cond_frames)
     subject_field: str = "subject"
     subject_phrase: str = "A <image>"
     subject_fallback: str = "{caption}, with <image>"
@@ -243,7 +241,7 @@ class TaskFormat:
 
 
 def choose_task(rng: np.random.Generator, tasks: dict[str, float]) -> str:
-    names = [t for t in TASKS if tasks.get(t, 0) > 0]
+    names = [t for t in TASK_NAMES if tasks.get(t, 0) > 0]
     w = np.array([tasks[t] for t in names], dtype=np.float64)
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
@@ -269,8 +267,8 @@ def frame_crop(frames: np.ndarray, rng: np.random.Generator, lo: float, hi: floa
 
 def format_tasks(src: Iterable[Example], fmt: TaskFormat) -> Iterator[TrainExample]:
     """Examples -> prompts: stage 1 = retrieved pairs then caption (no instruction); stage 2 = one
-    of t2v / prediction / subject per sample, drawn with the configured weights from the sample's
-    own generator. Templates live in vimi.mllm.prompt only."""
+    registered task per sample (``base.tasks``), drawn with the configured weights from the
+    sample's own generator; what the task is shown follows its entry. Templates: vimi.mllm.prompt."""
     from vimi.mllm.prompt import pretrain_prompt, task_prompt
 
     for ex in src:
@@ -280,18 +278,20 @@ def format_tasks(src: Iterable[Example], fmt: TaskFormat) -> Iterator[TrainExamp
             task, prompt = "pretrain", pretrain_prompt(ex.caption, ctx)
         else:
             task = choose_task(ex.rng, fmt.tasks)
-            if task == "t2v":
-                prompt = task_prompt("t2v", ex.caption, context=ctx)
-            elif task == "prediction":
-                k = min(fmt.cond_frames, ex.frames.shape[0] - 1)
-                prompt = task_prompt("prediction", ex.caption, images=list(ex.frames[:k]))
-            else:
+            spec = TASKS[task]
+            context = ctx if spec.retrieves else ()
+            if spec.images == "first_frames":
+                k = min(fmt.given_frames, ex.frames.shape[0] - 1)
+                prompt = task_prompt(task, ex.caption, images=list(ex.frames[:k]), context=context)
+            elif spec.images == "references":
                 if ex.references:
                     ref = ex.references[int(ex.rng.integers(len(ex.references)))]
                 else:
                     ref = frame_crop(ex.frames, ex.rng, *fmt.subject_crop)
-                prompt = task_prompt("subject", subject_caption(ex.caption, ex.meta, fmt), images=[ref])
-        yield TrainExample(key=ex.key, task=task, prompt=prompt, frames=ex.frames, cond_frames=k, pos=ex.pos)
+                prompt = task_prompt(task, subject_caption(ex.caption, ex.meta, fmt), images=[ref], context=context)
+            else:
+                prompt = task_prompt(task, ex.caption, context=context)
+        yield TrainExample(key=ex.key, task=task, prompt=prompt, frames=ex.frames, given_frames=k, pos=ex.pos)
 
 
 def batched(src: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -310,7 +310,7 @@ def collate(batch: Sequence[TrainExample]) -> dict[str, Any]:
         "video": to_model_video(np.stack([b.frames for b in batch])),   # (B, 3, T, H, W)
         "prompts": [b.prompt for b in batch],
         "tasks": [b.task for b in batch],
-        "cond_frames": torch.tensor([b.cond_frames for b in batch], dtype=torch.long),  # (B,)
+        "given_frames": torch.tensor([b.given_frames for b in batch], dtype=torch.long),  # (B,)
         "keys": [b.key for b in batch],
         "pos": batch[-1].pos,                                             # stream position after it
     }

@@ -205,7 +205,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 video = batch["video"].to(device, non_blocking=True)                 # (B, 3, T, H, W)
                 seeds = sample_seeds(cfg.run.seed, step, rank, micro, video.shape[0])
                 drop = drop_mask(seeds, cfg.model.edm.cond_drop_prob).to(device)
-                per_sample = engine(video, batch["prompts"], batch["cond_frames"].to(device), drop, seeds)  # (B,)
+                per_sample = engine(video, batch["prompts"], batch["given_frames"].to(device), drop, seeds)  # (B,)
                 engine.backward(per_sample.mean())
                 if engine.is_gradient_accumulation_boundary():
                     window["lr"] = float(engine.get_lr()[0])   # the LR this optimizer step uses

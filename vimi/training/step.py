@@ -37,18 +37,18 @@ class TrainStep(nn.Module):
         self.loss = loss
         self.sigma_in = sigma_in
 
-    def forward(self, video: Tensor, prompts: list, cond_frames: Tensor, drop: Tensor,
+    def forward(self, video: Tensor, prompts: list, given_frames: Tensor, drop: Tensor,
                 seeds: Sequence[int]) -> Tensor:
-        """video (B, 3, T, H, W) in [-1, 1], prompts (B), cond_frames (B,) k clean leading frames,
-        drop (B,) bool -> loss (B,)."""
+        """video (B, 3, T, H, W) in [-1, 1], prompts (B), given_frames (B,) count of clean leading
+        frames shown to the model, drop (B,) bool -> loss (B,)."""
         model = self.model
         C, mask = model.condition(prompts, drop=drop)                 # (B, L, D), (B, L)
-        extra = model.cond_frames(video, cond_frames)                   # (B, 4, T, H, W)
+        frame_cond = model.cond_frames(video, given_frames)             # (B, 4, T, H, W)
         dtype = next(p.dtype for p in model.net.parameters())
         generators = make_generators(seeds, device=video.device)
 
         def denoise(x_noisy: Tensor, sigma: Tensor, sigma_in=None) -> Tensor:
             # EDMPrecond casts x to the backbone dtype itself; the side inputs are cast here.
-            return model(x_noisy, sigma, C.to(dtype), mask, extra.to(dtype), sigma_in=sigma_in)
+            return model(x_noisy, sigma, C.to(dtype), mask, frame_cond.to(dtype), sigma_in=sigma_in)
 
         return self.loss(denoise, video, sigma_in=self.sigma_in, generators=generators)  # (B,)
