@@ -43,9 +43,10 @@ from tqdm import tqdm
 
 from base.config import from_dict
 from base.io import write_json_atomic
+from base.rng import sample_rng
 from base.tar import AtomicTarWriter
 from data_pipelines import shards as fmt
-from data_pipelines.contexts import HitImages, candidate_hits, pick_contexts, sample_rng, shuffle_ties
+from data_pipelines.contexts import HitImages, candidate_hits, pick_contexts, shuffle_ties
 from data_pipelines.ingest import iter_videos
 from data_pipelines.tables import resolve, table_dir
 from data_pipelines.video_io import VideoDecodeError, probe_video, read_video, write_video

@@ -10,11 +10,12 @@ Each function here is a small stage that works on plain lists, so it is tested w
 """
 from __future__ import annotations
 
-import random
 import re
 import unicodedata
 from collections import Counter, OrderedDict
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from data_pipelines.shards import ContextEntry, ImageDataError, to_jpeg
 
@@ -44,7 +45,7 @@ def candidate_hits(video_id: str, caption: str, hits: Sequence[Any], dropped: Co
     return out
 
 
-def shuffle_ties(cands: list[tuple[int, Any]], rng: random.Random) -> list[tuple[int, Any]]:
+def shuffle_ties(cands: list[tuple[int, Any]], rng: np.random.Generator) -> list[tuple[int, Any]]:
     """Shuffle hits within runs of equal score; the order between different scores is kept.
 
     ShapeWorld's memory (and any real memory) holds many pairs with the same caption, so BM25
@@ -83,11 +84,6 @@ def pick_contexts(
     return chosen
 
 
-def sample_rng(seed: int, key: str) -> random.Random:
-    """One generator per sample (EDM's per-seed idea): choices do not depend on batch or rank."""
-    return random.Random(f"{seed}/{key}")
-
-
 class HitImages:
     """Context images by hit, as JPEG bytes, cached (memories repeat images across many videos).
 
@@ -122,7 +118,7 @@ class HitImages:
             return None
         try:
             return self._retriever.image(hit)
-        except OSError:  # MissingImageError is a FileNotFoundError: file deleted since indexing
+        except OSError:  # MissingImageError is a FileNotFoundError too: file deleted since indexing
             return None
 
     def _jpeg(self, data: bytes | None) -> bytes | None:

@@ -30,6 +30,7 @@ from typing import Any, Iterable, Iterator
 from PIL import Image
 
 from base import tar
+from base.errors import MissingImageError
 from data_pipelines.tables import TableError, iter_columns, table_columns, table_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -47,10 +48,6 @@ VIDEO_COLUMNS = {
     "page_dir": ("page_dir",),  # WebVid; stays in the row as an extra column
 }
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
-
-
-class MissingImageError(ValueError):
-    """An image reference is absent, unreadable or not a decodable image."""
 
 
 @dataclass

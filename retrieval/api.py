@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from retrieval.docstore import DocStore, MissingImageError, read_image
+from retrieval.docstore import DocStore, read_image
 from retrieval.tokenizer import Tokenizer, TokenizerConfig
 from retrieval.topk import Ranked
 
@@ -122,23 +122,6 @@ class IndexRetriever:
     def image(self, hit: Hit) -> bytes:
         """The hit's image bytes (``MissingImageError`` when the memory row had none)."""
         return read_image(hit.image)
-
-    def images_of_rows(self, rows: list[int]) -> list[bytes | None]:
-        """Image bytes of document rows (``Hit.row``), None where missing or unreadable.
-
-        For a service: it should hand out images by row of its own index, never by a path
-        that a client sends.
-        """
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self.docs)):
-            raise SearchError(f"rows must lie in [0, {len(self.docs)})")
-        out: list[bytes | None] = []
-        for ref in self.docs.rows(rows)[2]:
-            try:
-                out.append(read_image(ref))
-            except (MissingImageError, OSError):
-                out.append(None)
-        return out
 
     def close(self) -> None:
         if self._pool is not None:

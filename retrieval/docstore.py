@@ -23,15 +23,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from base.errors import MissingImageError
+
 IMAGES_BIN = "images.bin"
 IMAGES_OFFSETS = "images.offsets.npy"
 DOCS_FILE = "docs.arrow"
 
 SCHEMA = pa.schema([("id", pa.string()), ("caption", pa.string()), ("image", pa.string())])
-
-
-class MissingImageError(FileNotFoundError):
-    """A hit has no image, or its image reference cannot be resolved."""
 
 
 class DocStoreWriter:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from base.rng import sample_rng
 from vimi.training.data import (
     DataError,
     Example,
@@ -20,7 +21,6 @@ from vimi.training.data import (
     every_nth,
     format_tasks,
     frame_crop,
-    sample_rng,
     shard_urls,
     shuffle,
     subject_caption,

@@ -14,7 +14,6 @@ from vimi.mllm import (
     MLLMEncoder,
     MLLMLoadError,
     build_tiny_llava,
-    pad_hidden,
     pretrain_prompt,
     task_prompt,
     tiny_llava,
@@ -138,15 +137,6 @@ def test_lora_adds_trainable_lm_params_only_and_starts_equal_to_frozen(folder, e
 
     full = make_encoder(folder, tuning="full")
     assert all(p.requires_grad for p in full.parameters())
-
-
-def test_hidden_cache_then_project_equals_encode(enc):
-    ps = prompts()
-    rows = enc.hidden_many(ps, batch_size=3, progress=False)
-    c_cached, m_cached = enc.project(*pad_hidden(rows))
-    c, m = enc.encode(ps)
-    assert torch.equal(m, m_cached)
-    torch.testing.assert_close(c_cached, c, atol=1e-5, rtol=1e-5)
 
 
 def test_null_condition_and_drop(enc):

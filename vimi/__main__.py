@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             if given:
                 ap.error(f"{flag} is not an input of the {task.name} task (it takes {', '.join(task.inputs)})")
             continue
-        # An empty list is passed on: the task's own check says what is missing. One video file stands for its frames; image files are a list.
+        # An empty list is passed on: the task's own check says what is missing.
+        # One video file stands for its frames; image files are a list.
         inputs[key] = given[0] if len(given) == 1 and given[0].endswith(".mp4") else given
     try:
         video = generate(args.task, inputs, args.pipeline, steps=args.steps, guidance=args.guidance,

@@ -21,8 +21,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from vimi.diffusion.guidance import drop_conditions
 from vimi.mllm.prompt import Prompt
 from vimi.mllm.sequence import PromptTokenizer, TokenizedPrompt
 from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, save_llava
@@ -100,19 +100,6 @@ def _tiny_default(seed: int, image_size: int) -> Path:
         build_tiny_llava(tmp.name, seed, TinyLlavaConfig(image_size=image_size))
         _TINY_DEFAULTS[key] = tmp
     return Path(_TINY_DEFAULTS[key].name)
-
-
-def pad_hidden(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(L_i, H)] -> (H (B, L, H) zero-padded on the right, mask (B, L) bool True=valid)."""
-    if not rows:
-        raise ValueError("pad_hidden needs at least one row")
-    L = max(r.shape[0] for r in rows)
-    out = rows[0].new_zeros(len(rows), L, rows[0].shape[-1])
-    mask = torch.zeros(len(rows), L, dtype=torch.bool, device=rows[0].device)
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-        mask[i, : r.shape[0]] = True
-    return out, mask
 
 
 class MLLMEncoder(nn.Module):
@@ -222,19 +209,6 @@ class MLLMEncoder(nn.Module):
 
     forward = encode
 
-    @torch.no_grad()
-    def hidden_many(self, prompts: Sequence[Prompt], batch_size: int = 32, progress: bool = True) -> list[torch.Tensor]:
-        """Hidden states of many prompts, in batches, unpadded on CPU: [(L_i, H)].
-
-        With a frozen MLLM these never change, so a training loop can compute them once and call
-        ``project(*pad_hidden(rows))`` per step (the projection is the only MLLM-side trainable part).
-        """
-        rows: list[torch.Tensor] = []
-        for start in tqdm(range(0, len(prompts), batch_size), desc="MLLM encode", disable=not progress, unit="batch"):
-            h, m = self.hidden(prompts[start : start + batch_size])
-            rows.extend(h[i, m[i]].cpu() for i in range(h.shape[0]))
-        return rows
-
     # ------------------------------------------------------------------ classifier-free guidance
     def null_condition(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Learned null condition -> (C (B, N_null, out_dim), mask (B, N_null) all True)."""
@@ -244,17 +218,12 @@ class MLLMEncoder(nn.Module):
     def drop_condition(
         self, c: torch.Tensor, mask: torch.Tensor, drop: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replace rows where ``drop`` (B,) bool is True by the null condition, keeping (B, L) shapes."""
-        n = self.null.shape[0]
-        if c.shape[1] < n:  # (B, L, D) -> (B, n, D): room for the null sequence
-            c = torch.nn.functional.pad(c, (0, 0, 0, n - c.shape[1]))
-            mask = torch.nn.functional.pad(mask, (0, n - mask.shape[1]))
-        null_c = torch.zeros_like(c)
-        null_c[:, :n] = self.null.to(c.dtype)
-        null_m = torch.zeros_like(mask)
-        null_m[:, :n] = True
-        drop = drop.to(c.device).bool()
-        return torch.where(drop[:, None, None], null_c, c), torch.where(drop[:, None], null_m, mask)
+        """Classifier-free dropout: rows where ``drop`` (B,) bool is True get the null condition
+        (``vimi.diffusion.drop_conditions``; the shorter of the two sequences is padded, mask False)."""
+        null_c, null_mask = self.null_condition(c.shape[0])
+        out = drop_conditions({"cond": c, "cond_mask": mask}, {"cond": null_c.to(c.dtype), "cond_mask": null_mask},
+                              keep=~drop.to(c.device).bool())
+        return out["cond"], out["cond_mask"]
 
     # ------------------------------------------------------------------ parameters and saving
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -17,7 +17,6 @@ whichever rank, worker or resume reads it (EDM's one-generator-per-sample idea).
 """
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -27,6 +26,7 @@ import torch
 
 from base import tar
 from base.pixels import to_model_video
+from base.rng import sample_rng
 from base.tasks import TASK_NAMES, TASKS
 
 
@@ -62,11 +62,6 @@ def consumer_split(urls: Sequence[str], consumer: int, consumers: int) -> tuple[
     if len(urls) >= consumers:
         return list(urls[consumer::consumers]), 1
     return list(urls), consumers
-
-
-def sample_rng(seed: int, epoch: int, key: str, salt: int = 0) -> np.random.Generator:
-    """The one generator of a sample in an epoch: stable across processes (crc32, not hash())."""
-    return np.random.default_rng([int(seed), int(epoch), zlib.crc32(key.encode("utf-8")), int(salt)])
 
 
 # ---------------------------------------------------------------------------- error policy
