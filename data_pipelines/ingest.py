@@ -1,7 +1,8 @@
 """Map real-world dataset formats onto DESIGN.md's two tables, streaming in batches.
 
 - Image-text memory -> rows ``{"id": str, "caption": str, "image": bytes | str | None}`` from
-  (a) our memory table (Parquet / JSONL / CSV with id, caption, image path or bytes),
+  (a) our memory table (Parquet / JSONL / CSV, or a ``datasets`` save_to_disk folder, with id,
+      caption, image path or bytes),
   (b) img2dataset Parquet (``key``, ``caption``, ``jpg`` bytes, or only ``url``; LAION's
       upper-case ``SAMPLE_ID``/``TEXT``/``URL`` too), Hugging Face ``{"bytes", "path"}`` image cells,
   (c) img2dataset WebDataset shards (``{key}.jpg`` + ``{key}.txt`` and/or ``{key}.json``) given as
@@ -31,7 +32,7 @@ from PIL import Image
 
 from base import tar
 from base.errors import MissingImageError
-from data_pipelines.tables import TableError, iter_columns, table_columns, table_files
+from data_pipelines.tables import TableError, is_datasets_folder, iter_columns, table_columns, table_dir, table_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Candidate column names, in order of preference; matched case-insensitively.
@@ -260,7 +261,7 @@ def _table_batches(
         _check_media(f, names, mapping)
         required = [mapping["id"], mapping["caption"]]
         proj = required
-        if f.suffix == ".parquet":
+        if f.suffix == ".parquet" or is_datasets_folder(f):
             # Read only the mapped columns: an img2dataset Parquet also carries exif, hashes, sizes.
             proj = [c for c in dict.fromkeys(mapping[r] for r in project) if c] if project else None
         for cols in iter_columns(f, batch_size, proj, string_columns=required):
@@ -306,7 +307,7 @@ def iter_memory(
 
 def _memory_table_chunks(path: Path, batch_size: int, columns: dict[str, str] | None) -> Iterator[list[dict]]:
     for f, m, cols, ids in _table_batches(path, batch_size, MEMORY_COLUMNS, columns, ("id", "caption", "image")):
-        base = os.path.abspath(f.parent)
+        base = os.path.abspath(table_dir(f))
         captions = [_text(c) for c in cols[m["caption"]]]
         cells = cols.get(m["image"]) if m["image"] else None  # a JSONL batch may lack the key
         images = [_image_ref(v, base) for v in cells] if cells else [None] * len(ids)
@@ -344,7 +345,7 @@ def _video_chunks(
     path: Path, batch_size: int, root: Path | None, columns: dict[str, str] | None
 ) -> Iterator[list[dict]]:
     for f, m, cols, ids in _table_batches(path, batch_size, VIDEO_COLUMNS, columns, None):
-        base = os.path.abspath(root if root is not None else f.parent)
+        base = os.path.abspath(root if root is not None else table_dir(f))
         none = [None] * len(ids)
         if m["path"] is not None:
             refs = cols.get(m["path"], none)

@@ -2,8 +2,10 @@
 
 Tables are read in batches of plain dicts (``iter_table``) or columns (``iter_columns``), never
 whole into RAM: a memory of hundreds of millions of rows streams through the same code as
-ShapeWorld's 50,000. Relative paths inside a table (``path`` of a video, ``image`` of a memory
-row) are resolved against the table's folder.
+ShapeWorld's 50,000. A table is a Parquet / JSONL / CSV file, a folder of them, or a Hugging Face
+``datasets`` folder written by ``save_to_disk`` (memory-mapped Arrow, read batch by batch; image
+cells come as ``{"bytes", "path"}``). Relative paths inside a table (``path`` of a video,
+``image`` of a memory row) are resolved against the table's folder.
 
 The mapping of real formats onto the memory / video tables (img2dataset Parquet and tar shards,
 WebVid CSVs) lives one level up, in ``data_pipelines/ingest.py``, which reads through this module.
@@ -26,7 +28,29 @@ class TableError(ValueError):
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
 
+def is_datasets_folder(path: Path) -> bool:
+    """A ``datasets`` ``save_to_disk`` folder: a Dataset (state.json) or a DatasetDict (dataset_dict.json)."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _open_datasets_folder(path: Path):
+    """The folder's Dataset in Arrow format (a DatasetDict must hold one split, or a "train" one)."""
+    import datasets
+
+    try:
+        hf = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as e:
+        raise TableError(f"{path}: unreadable datasets folder ({e})") from None
+    if isinstance(hf, datasets.DatasetDict):
+        if len(hf) != 1 and "train" not in hf:
+            raise TableError(f"{path}: a DatasetDict with splits {sorted(hf)}; point at one split's folder")
+        hf = hf["train"] if "train" in hf else next(iter(hf.values()))
+    return hf.with_format("arrow")  # no decoding: image cells stay {"bytes", "path"}
+
+
 def _table_files(path: Path) -> list[Path]:
+    if is_datasets_folder(path):
+        return [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in TABLE_SUFFIXES)
         if not files:
@@ -82,8 +106,17 @@ def iter_columns(
 def _file_batches(
     f: Path, batch_size: int, columns: list[str] | None, string_columns: Sequence[str]
 ) -> Iterator[pa.RecordBatch | list[dict]]:
-    """Batches of one table file: Arrow record batches (Parquet, CSV) or lists of dicts (JSONL)."""
-    if f.suffix == ".parquet":
+    """Batches of one table file: Arrow record batches (Parquet, CSV, datasets) or lists of dicts (JSONL)."""
+    if is_datasets_folder(f):
+        hf = _open_datasets_folder(f)
+        missing = [c for c in columns or [] if c not in hf.column_names]
+        if missing:
+            raise TableError(f"{f}: missing column(s) {missing}; has {hf.column_names}")
+        if columns:
+            hf = hf.select_columns(columns)
+        for table in hf.iter(batch_size=batch_size):
+            yield from table.to_batches()
+    elif f.suffix == ".parquet":
         dataset = ds.dataset(f, format="parquet")
         missing = [c for c in columns or [] if c not in dataset.schema.names]
         if missing:
@@ -128,6 +161,8 @@ def _file_batches(
 def table_columns(path: str | Path) -> list[str]:
     """Column names of a table file (first file of a folder), reading only its header/first row."""
     f = _table_files(Path(path))[0]
+    if is_datasets_folder(f):
+        return list(_open_datasets_folder(f).column_names)
     if f.suffix == ".parquet":
         return list(ds.dataset(f, format="parquet").schema.names)
     if f.suffix == ".csv":

@@ -340,3 +340,31 @@ def test_iter_table_csv_string_columns(tmp_path):
     (tmp_path / "t.csv").write_text('id,caption,n\n007,"two\nlines",3\n')
     (row,) = _flatten(iter_table(tmp_path / "t.csv", string_columns=["id"]))
     assert row == {"id": "007", "caption": "two\nlines", "n": 3}
+
+
+def test_datasets_folders_are_memories_and_video_tables(tmp_path):
+    """A ``datasets`` save_to_disk folder is read wherever a table is, batch by batch, images undecoded."""
+    import datasets
+
+    n = 5
+    memory = datasets.Dataset.from_dict(
+        {"id": [f"{i:03d}" for i in range(n)], "caption": [f"a {c} square" for c in COLOURS[:n]],
+         "image": [{"bytes": _png(c), "path": None} for c in COLOURS[:n]]},
+        features=datasets.Features({"id": datasets.Value("string"), "caption": datasets.Value("string"),
+                                    "image": datasets.Image()}),
+    )
+    memory.save_to_disk(str(tmp_path / "memory"), max_shard_size="1KB")  # several Arrow files
+    batches = list(iter_memory(tmp_path / "memory", batch_size=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    rows = _flatten(batches)
+    assert [r["id"] for r in rows] == ["000", "001", "002", "003", "004"]
+    assert [load_image(r["image"]).getpixel((0, 0)) for r in rows] == COLOURS[:n]
+
+    write_video(tmp_path / "videos" / "clips" / "v0.mp4", _clip(COLOURS[0]), fps=4, lossless=True)
+    videos = datasets.Dataset.from_dict({"id": ["v0"], "caption": ["red"], "path": ["clips/v0.mp4"], "scene": ["sand"]})
+    videos.save_to_disk(str(tmp_path / "videos"))
+    (row,) = _flatten(iter_videos(tmp_path / "videos"))
+    assert row["path"] == str(tmp_path / "videos" / "clips" / "v0.mp4") and row["scene"] == "sand"
+    with pytest.raises(TableError, match="missing caption column"):
+        datasets.Dataset.from_dict({"id": ["x"], "path": ["a.mp4"]}).save_to_disk(str(tmp_path / "bad"))
+        list(iter_videos(tmp_path / "bad"))
