@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Each sets itself up on a fresh machine:
 # a git-ignored virtual environment in .venv, torch 2.13.0 (CPU) first, then the package held
-# to that torch by constraints.txt (TOOLCHAIN.md).
+# to that torch by constraints.txt (docs/toolchain.md).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev,lucene]"
-	# Lucene through Anserini: pyserini without its ~1 GB of unused dependencies (TOOLCHAIN.md).
+	# Lucene through Anserini: pyserini without its ~1 GB of unused dependencies (docs/toolchain.md).
 	$(PIP) install -q -c constraints.txt --no-deps pyserini==0.25.0
 	touch $(STAMP)
 

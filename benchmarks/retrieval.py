@@ -1,4 +1,4 @@
-"""Benchmark: BM25 retrieval over a 1M-caption memory, side by side (DESIGN.md, Performance).
+"""Benchmark: BM25 retrieval over a 1M-caption memory, side by side (docs/architecture.md, Benchmarks).
 
     python benchmarks/retrieval.py [--corpus shapeworld|zipf|both] [--n-docs 1000000]
         [--n-queries 10000] [--backends ours,bm25s,pyserini,rank_bm25] [--out outputs/benchmarks/retrieval.json]

@@ -1,4 +1,4 @@
-"""Build retrieval-augmented prompt shards (VIMI stage 1 data; DESIGN.md, Formats).
+"""Build retrieval-augmented prompt shards (VIMI stage 1 data; docs/formats.md).
 
     python -m data_pipelines.build_shards --videos TABLE (--index INDEX | --retriever URL) \
         --out DIR [-k 4] [--shard-size 1000] [--worker-rank r --num-workers n] [--seed 0]

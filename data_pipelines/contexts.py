@@ -2,7 +2,7 @@
 
 VIMI (Fang et al. 2024, Sec. 3.1) retrieves, for every training video, the top-K memory pairs
 whose captions best match the video's caption, and prepends them to the prompt. Two guards keep
-the model from copying its target (DESIGN.md, Retrieval): the query's own item (same id) and
+the model from copying its target (docs/architecture.md, Retrieval): the query's own item (same id) and
 exact duplicates of its caption (same normalised text) never enter its context. Hits whose image
 is missing or undecodable are passed over, and the next hit takes their place.
 

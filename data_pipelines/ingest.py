@@ -1,4 +1,4 @@
-"""Map real-world dataset formats onto DESIGN.md's two tables, streaming in batches.
+"""Map real-world dataset formats onto the two tables of docs/formats.md, streaming in batches.
 
 - Image-text memory -> rows ``{"id": str, "caption": str, "image": bytes | str | None}`` from
   (a) our memory table (Parquet / JSONL / CSV, or a ``datasets`` save_to_disk folder, with id,

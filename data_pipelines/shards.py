@@ -1,4 +1,4 @@
-"""The prompt-shard format (DESIGN.md, Formats): one place that writes, reads and decodes it.
+"""The prompt-shard format (docs/formats.md): one place that writes, reads and decodes it.
 
 VIMI's stage-1 pretraining pairs every video with the top-K (image, caption) pairs that BM25
 retrieves for its caption (Fang et al. 2024, Sec. 3.1). `data_pipelines.build_shards` writes

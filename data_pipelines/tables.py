@@ -1,4 +1,4 @@
-"""Streaming readers for the project's tables (DESIGN.md, Formats).
+"""Streaming readers for the project's tables (docs/formats.md).
 
 Tables are read in batches of plain dicts (``iter_table``) or columns (``iter_columns``), never
 whole into RAM: a memory of hundreds of millions of rows streams through the same code as

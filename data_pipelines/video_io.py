@@ -1,7 +1,7 @@
 """Video I/O at the data boundary: uint8 (T, H, W, 3) numpy arrays <-> H.264 mp4 or frame folders.
 
 PyAV (its own bundled FFmpeg) does all decoding and encoding; there is no torchvision and no
-system ffmpeg on the machines this runs on (TOOLCHAIN.md).
+system ffmpeg on the machines this runs on (docs/toolchain.md).
 
 Decoding policy (what a batch job can rely on):
 - A file is read only as far as the requested frames need. Frames are picked by timestamp

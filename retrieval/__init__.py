@@ -1,4 +1,4 @@
-"""Retrieval over the image-text memory (DESIGN.md, Retrieval): BM25 indexes behind one interface.
+"""Retrieval over the image-text memory (docs/architecture.md, Retrieval): BM25 indexes behind one interface.
 
     from retrieval import open_index
     index = open_index("indexes/shapeworld")

@@ -1,6 +1,6 @@
 """HTTP client for `retrieval.serve`, with the in-process retriever's `search` signature.
 
-Many shard builders share one retrieval service (DESIGN.md, Retrieval); each holds a
+Many shard builders share one retrieval service (docs/architecture.md, Retrieval); each holds a
 `RetrieverClient` and calls ``search(queries, k)`` exactly as it would call
 ``open_index(path).search``. Connection failures are retried with exponential backoff and then
 raise `RetrieverUnavailableError` naming the URL: a dead service stops a build quickly and

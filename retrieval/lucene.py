@@ -1,7 +1,7 @@
 """The Lucene backend ("pyserini"): a real Lucene index built and searched through Anserini.
 
 For memories that outgrow RAM: postings live on disk in Lucene's format. Optional extra,
-installed as in TOOLCHAIN.md (``pip install --no-deps pyserini==0.25.0`` plus pyjnius; Java 17).
+installed as in docs/toolchain.md (``pip install --no-deps pyserini==0.25.0`` plus pyjnius; Java 17).
 
 How terms agree with the other backends: captions are cut by *our* tokenizer and handed to
 Lucene pre-tokenized (space-joined terms, Anserini's ``-pretokenized``, i.e. Lucene's

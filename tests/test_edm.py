@@ -85,7 +85,7 @@ def test_ideal_F_target_has_unit_variance(sigma_in):
         assert abs((c_in * y).var().item() - 1) < 0.03
         target = (x - c_skip * y) / c_out
         assert abs(target.var().item() - 1) < 0.03
-        # ... and that target is the normalised v = σ_d² ε − σ x (the network predicts v, DESIGN.md).
+        # ... and that target is the normalised v = σ_d² ε − σ x (the network predicts v, docs/architecture.md).
         torch.testing.assert_close(target, (sd ** 2 * eps - s * x) / (sd * (s ** 2 + sd ** 2).sqrt()))
 
 

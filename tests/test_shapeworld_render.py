@@ -1,4 +1,4 @@
-"""ShapeWorld renderer and dataset writer: pixel-exact against SHAPEWORLD.md and the golden clips."""
+"""ShapeWorld renderer and dataset writer: pixel-exact against docs/shapeworld.md and the golden clips."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.shapeworld.render import shape_mask
 from data_pipelines.shapeworld.world import EVAL_SPLITS
 
-# 103 clips rendered from SHAPEWORLD.md by an independent implementation (copied from shared/).
+# 103 clips rendered from docs/shapeworld.md by an independent implementation (tests/data/shapeworld_golden).
 GOLDEN = Path(__file__).resolve().parent / "data" / "shapeworld_golden"
 
 
@@ -40,7 +40,7 @@ def test_golden_clips_reproduced_exactly():
         assert video_caption(p) == case["caption"]
 
 
-# (shape, r, point inside, point outside), centre (16, 16); worked by hand from SHAPEWORLD.md.
+# (shape, r, point inside, point outside), centre (16, 16); worked by hand from docs/shapeworld.md.
 HAND_WORKED = [
     ("circle", 4, (19.5, 16.5), (19.5, 18.5)),    # 3.5² + 0.5² = 12.5 <= 16;  3.5² + 2.5² = 18.5 > 16
     ("square", 4, (19.3, 12.7), (19.5, 16.0)),    # |3.3| <= 3.4 both;  3.5 > 0.85·4

@@ -1,4 +1,4 @@
-"""ShapeWorld v1: the project's procedural world (SHAPEWORLD.md), rendered pixel-exactly.
+"""ShapeWorld v1: the project's procedural world (docs/shapeworld.md), rendered pixel-exactly.
 
     spec       the world's constants (scenes, colours, shapes, motions, subjects, splits)
     render     ClipParams -> uint8 (T, H, W, 3) frames; single images

@@ -15,7 +15,7 @@ from .world import WorldConfig
 def main(argv: list[str] | None = None) -> int:
     d = WorldConfig()
     ap = argparse.ArgumentParser(
-        prog="python -m data_pipelines.shapeworld", description="Render a ShapeWorld dataset (SHAPEWORLD.md)."
+        prog="python -m data_pipelines.shapeworld", description="Render a ShapeWorld dataset (docs/shapeworld.md)."
     )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--videos", type=int, default=d.videos, help="training videos")

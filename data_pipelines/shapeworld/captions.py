@@ -1,4 +1,4 @@
-"""Canonical ShapeWorld captions (SHAPEWORLD.md, Text). Evaluation uses exactly these forms."""
+"""Canonical ShapeWorld captions (docs/shapeworld.md, Captions). Evaluation uses exactly these forms."""
 from __future__ import annotations
 
 from base.tasks import IMAGE_TOKEN

@@ -1,4 +1,4 @@
-"""Write a ShapeWorld dataset folder (layout in the project brief, world in SHAPEWORLD.md).
+"""Write a ShapeWorld dataset folder (layout: docs/formats.md; world: docs/shapeworld.md).
 
     OUT/videos/{id}.mp4, OUT/videos.parquet (+ .jsonl)     training videos (lossless H.264)
     OUT/memory/{id}.png, OUT/memory.parquet (+ .jsonl)     image-text memory

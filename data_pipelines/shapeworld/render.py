@@ -1,4 +1,4 @@
-"""Pixel-exact ShapeWorld rendering (SHAPEWORLD.md: Canvas, Shapes, Motions, Named subjects).
+"""Pixel-exact ShapeWorld rendering (docs/shapeworld.md: Canvas, Shapes, Motions, Named subjects).
 
 A clip is fully described by `ClipParams`; rendering is a pure function of it, vectorised over
 frames with numpy broadcasting (no per-pixel Python). Single images (memory items, subject
@@ -99,7 +99,7 @@ def pixel_centres(size_px: int) -> np.ndarray:
 
 
 def shape_mask(shape: str, x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Hard mask of `shape` (SHAPEWORLD.md, Shapes); all arguments broadcast together.
+    """Hard mask of `shape` (docs/shapeworld.md, Shapes); all arguments broadcast together.
 
     The formulas are written literally as the spec states them (e.g. the triangle's `top`/`base`)
     so that floating-point rounding matches any independent implementation of the page.
@@ -125,7 +125,7 @@ def shape_mask(shape: str, x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.
 
 
 def pattern_mask(pattern: str, dx: np.ndarray, dy: np.ndarray, scale: float) -> np.ndarray:
-    """Where a subject shows color_a, in the subject's own coordinates u, v (SHAPEWORLD.md, Named subjects)."""
+    """Where a subject shows color_a, in the subject's own coordinates u, v (docs/shapeworld.md, Named subjects)."""
     u = np.floor(dx / scale + 16).astype(np.int64)
     v = np.floor(dy / scale + 16).astype(np.int64)
     if pattern == "stripes-h":

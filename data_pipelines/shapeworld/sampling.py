@@ -1,4 +1,4 @@
-"""Random ShapeWorld parameters: which clip, where it starts (SHAPEWORLD.md, Motions and Splits).
+"""Random ShapeWorld parameters: which clip, where it starts (docs/shapeworld.md, Motions and Splits).
 
 Every sampler takes its own `numpy.random.Generator`; the dataset writer derives one per item from
 (seed, stream, index), so an item never depends on how many workers render it.

@@ -1,4 +1,4 @@
-"""ShapeWorld v1 constants, exactly as SHAPEWORLD.md lists them (the one place they live).
+"""ShapeWorld v1 constants, exactly as docs/shapeworld.md lists them (the one place they live).
 
 Every length here is at the 32-pixel scale; renderers and the scorer multiply by ``s = W / 32``.
 """

@@ -1,4 +1,4 @@
-"""What a ShapeWorld dataset holds, item by item (SHAPEWORLD.md, Splits and tasks).
+"""What a ShapeWorld dataset holds, item by item (docs/shapeworld.md, Splits; Tasks and eval sets).
 
 `WorldConfig` names a world; the `*_params` functions say which clip or image item `i` of each
 part is. They are pure functions of (config, index): every item draws from its own generator

@@ -332,7 +332,7 @@ def render_html(*, title: str, sources: dict, gen: dict, gt: dict, sheets: dict[
         f"<h1>{_e(title)}</h1>",
         "<p class='note'>" + "<br>".join(f"{_e(k)}: <code>{_e(v)}</code>" for k, v in sources.items()) + "</p>",
         "<h2>Scores</h2>",
-        "<p>ShapeWorld analytic scores (SHAPEWORLD.md, Scores): the share of videos whose scene, colour, shape, "
+        "<p>ShapeWorld analytic scores (docs/shapeworld.md, Scores): the share of videos whose scene, colour, shape, "
         "motion and subject read back by analysis equal the prompt's; <i>all_correct</i> when every applicable "
         "attribute is right at once; PSNR of prediction against the exact continuation. "
         + ("Grey rows score the ground-truth clips, a check of the scorer itself. " if gt else "")

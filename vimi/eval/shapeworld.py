@@ -1,4 +1,4 @@
-"""Analytic ShapeWorld scores (SHAPEWORLD.md, Scores): read a video back into words, compare with its prompt.
+"""Analytic ShapeWorld scores (docs/shapeworld.md, Scores): read a video back into words, compare with its prompt.
 
 No learned metric: the background, object mask, colour, motion, shape and subject of a video are
 measured directly from its pixels, so the renderer's own videos score 100% and noise scores 0.
@@ -326,7 +326,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     import sys
 
     ap = argparse.ArgumentParser(
-        prog="python -m vimi.eval.shapeworld", description="Score generated ShapeWorld videos (SHAPEWORLD.md, Scores)."
+        prog="python -m vimi.eval.shapeworld",
+        description="Score generated ShapeWorld videos (docs/shapeworld.md, Scores).",
     )
     ap.add_argument("--videos", required=True, help="folder of generated videos named {id}.mp4 (or {id}.npy)")
     ap.add_argument("--eval", required=True, help="an eval .jsonl, or the eval folder for every split")

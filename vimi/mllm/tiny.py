@@ -1,4 +1,4 @@
-"""The offline default MLLM: a tiny LLaVA built from config (DESIGN.md, Model: MLLM encoder).
+"""The offline default MLLM: a tiny LLaVA built from config (docs/architecture.md, The model).
 
 Same architecture family as llava-1.5 (CLIP vision tower -> 2-layer MLP projector -> Llama causal
 LM, Liu et al. 2023), shrunk to a few million parameters so it runs on a CPU. Its tokenizer is the

@@ -1,4 +1,4 @@
-"""Training: one loop for VIMI's two stages (DESIGN.md, Training).
+"""Training: one loop for VIMI's two stages (docs/architecture.md, Training).
 
 - ``config``: ``TrainConfig`` (run, data, optim, ema, sample, model), loaded from YAML.
 - ``data``: the sample stages (split, shuffle, decode + frame sampling, task formatting, collate);

@@ -35,8 +35,8 @@ class DataConfig:
     subject_phrase: str = "A <image>"  # what replaces that name in a subject-task caption
     subject_fallback: str = "{caption}, with <image>"  # caption when no subject name is known
     subject_crop: list[float] = field(default_factory=lambda: [0.5, 0.9])  # side fraction of the frame
-    #                                 crop used as a reference when the source has none (DESIGN.md)
-    on_error: Literal["skip", "raise"] = "skip"  # corrupt samples: skip and count (DESIGN.md) or stop
+    #                                 crop used as a reference when the source has none
+    on_error: Literal["skip", "raise"] = "skip"  # corrupt samples: skip and count (docs/architecture.md) or stop
     index: str = ""                 # retrieval index (folder or service URL) the shards were built with:
     #                                 bundled into the exported pipeline so t2v retrieves at inference too
 

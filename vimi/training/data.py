@@ -6,7 +6,7 @@ The recipe (``loader.ShardStream`` composes it per dataloader worker)::
       -> every_nth(n, i)         sample-level split when there are fewer shards than consumers
       -> shuffle(buffer, rng)    seeded shuffle buffer
       -> decode(...)             json/images/captions + the sampled clip (uint8 T,H,W,3); bad samples
-                                 are skipped and counted by reason (DESIGN.md error policy)
+                                 are skipped and counted by reason (docs/architecture.md, Training)
       -> format_tasks(...)       stage 1: retrieved pairs + caption (no instruction);
                                  stage 2: t2v / prediction / subject mixed by weight (VIMI sec. 3.2)
       -> batched(n) -> collate   tensors for the loss
@@ -252,7 +252,7 @@ def subject_caption(caption: str, meta: dict, fmt: TaskFormat) -> str:
 
 def frame_crop(frames: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     """A reference for sources without one: a random square crop of a frame other than the first
-    (DESIGN.md, Training), so the model cannot copy the reference into frame 0. (h, w, 3) uint8."""
+    (docs/architecture.md, Training), so the model cannot copy the reference into frame 0. (h, w, 3) uint8."""
     T, H, W, _ = frames.shape
     t = int(rng.integers(1, T)) if T > 1 else 0
     side = max(1, int(round(min(H, W) * rng.uniform(lo, hi))))

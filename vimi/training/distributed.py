@@ -3,7 +3,7 @@
 - ``deepspeed launch/x.py`` and ``torchrun``: the launcher sets RANK, WORLD_SIZE, LOCAL_RANK,
   MASTER_ADDR and MASTER_PORT (DeepSpeed also passes ``--local_rank``).
 - ``python launch/x.py``: nobody sets them, and ``deepspeed.initialize`` then tries MPI discovery
-  and fails (TOOLCHAIN.md). :func:`setup_env` fills them in for a one-process run.
+  and fails (docs/toolchain.md). :func:`setup_env` fills them in for a one-process run.
 
 Also picks DeepSpeed's accelerator before DeepSpeed is imported (``DS_ACCELERATOR=cpu`` when no
 CUDA device exists) and points the op JIT cache at the project's ``.cache/torch_extensions`` so

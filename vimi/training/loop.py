@@ -1,4 +1,4 @@
-"""The one training loop of both VIMI stages (DESIGN.md, Training); the stage is a config.
+"""The one training loop of both VIMI stages (docs/architecture.md, Training); the stage is a config.
 
     result = train(load_train_config("configs/shapeworld/pretrain.yaml"))
 
