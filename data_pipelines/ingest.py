@@ -20,18 +20,14 @@ decides: the retrieval index may keep text-only rows, the shard builder may skip
 """
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from PIL import Image
-
 from base import tar
-from base.errors import MissingImageError
+from base.images import URL
 from data_pipelines.tables import TableError, is_datasets_folder, iter_columns, table_columns, table_dir, table_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -48,7 +44,6 @@ VIDEO_COLUMNS = {
     "path": ("path", "video_path"),
     "page_dir": ("page_dir",),  # WebVid; stays in the row as an extra column
 }
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 
 @dataclass
@@ -85,44 +80,6 @@ class IngestStats:
     def as_dict(self) -> dict:
         out = {k: getattr(self, k) for k in ("rows", "empty_caption", "no_media", "duplicate_ids")}
         return {**out, "examples": dict(self.examples)}
-
-
-# --------------------------------------------------------------------------- images
-
-
-ImageRef = bytes | bytearray | memoryview | str | os.PathLike | Image.Image | None
-
-
-def load_image(ref: ImageRef, name: str | None = None) -> Image.Image:
-    """Open an image given as encoded bytes or a path; return it decoded, in RGB.
-
-    Transparent images are composited on white (what a captioned picture looks like). Raises
-    :class:`MissingImageError` naming the path (or ``name``, e.g. the row id, for bytes).
-    """
-    label = name or (f"<{len(ref)} bytes>" if isinstance(ref, (bytes, bytearray, memoryview)) else str(ref))
-    if ref is None:
-        raise MissingImageError(f"{name or 'row'}: has no image")
-    if isinstance(ref, Image.Image):
-        return _to_rgb(ref)
-    if isinstance(ref, (str, os.PathLike)) and _URL.match(str(ref)):
-        raise MissingImageError(f"{label}: is a URL; images must be local (nothing is downloaded)")
-    src = io.BytesIO(bytes(ref)) if isinstance(ref, (bytes, bytearray, memoryview)) else ref
-    try:
-        with Image.open(src) as im:
-            im.load()  # decode now, so a truncated file fails here and not in a worker later
-            return _to_rgb(im)
-    except FileNotFoundError:
-        raise MissingImageError(f"{label}: image file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise MissingImageError(f"{label}: cannot decode image ({e})") from None
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -184,7 +141,7 @@ def _image_ref(value: Any, base: str) -> bytes | str | None:
     """A table cell -> bytes, an absolute path, or None (empty, URL-only)."""
     if type(value) is str:
         ref = value.strip()
-        return None if not ref or ("://" in ref and _URL.match(ref)) else _local_path(ref, base)
+        return None if not ref or ("://" in ref and URL.match(ref)) else _local_path(ref, base)
     if isinstance(value, dict):  # Hugging Face Image feature: {"bytes": ..., "path": ...}
         return _image_ref(value.get("bytes") or value.get("path"), base)
     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data_pipelines.ingest import IngestStats, MissingImageError, iter_memory, iter_videos, load_image
+from base.errors import MissingImageError
+from base.images import load_image
+from data_pipelines.ingest import IngestStats, iter_memory, iter_videos
 from data_pipelines.tables import TableError, iter_table
 from data_pipelines.video_io import read_video, write_video
 

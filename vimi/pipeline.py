@@ -28,10 +28,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from base.config import from_dict, to_dict
+from base.errors import MissingImageError
+from base.images import load_image
 from base.pixels import to_model_video, to_uint8_video
 from base.tasks import TASKS, get_task
 from vimi.diffusion import GuidedDenoiser, edm_sampler
 from vimi.mllm import PromptError, task_prompt
+from vimi.mllm.prompt import as_image
 from vimi.model import VimiConfig, VimiModel
 
 log = logging.getLogger(__name__)
@@ -64,21 +67,14 @@ class Request:
 # ---------------------------------------------------------------------------------------------
 
 def _load_image(x: Any, what: str) -> Image.Image:
-    if isinstance(x, (str, Path)):
-        p = Path(x)
-        if not p.is_file():
-            raise InputError(f"{what}: image file not found: {p}")
-        try:
-            with Image.open(p) as im:
-                return im.convert("RGB")
-        except OSError as e:
-            raise InputError(f"{what}: cannot read image {p}: {e}") from None
-    if isinstance(x, Image.Image):
-        return x.convert("RGB")
-    if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-            raise InputError(f"{what}: expected a uint8 (H, W, 3) array, got {x.dtype} {x.shape}")
-        return Image.fromarray(x)
+    """A task image given as a path, a PIL image or a uint8 (H, W, 3) array -> RGB, or one InputError."""
+    try:
+        if isinstance(x, np.ndarray):
+            return as_image(x, what)
+        if isinstance(x, (str, Path, Image.Image)):
+            return load_image(x, name=what if isinstance(x, Image.Image) else f"{what} {x}")
+    except (PromptError, MissingImageError) as e:
+        raise InputError(str(e)) from None
     raise InputError(f"{what}: expected an image path, PIL image or uint8 (H, W, 3) array, got {type(x).__name__}")
 
 

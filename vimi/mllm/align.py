@@ -66,7 +66,9 @@ def read_memory(
     is held out when crc32(id) % 8 == 0 (stable across runs and memory orderings) until
     ``eval_rows`` are held out; reading stops once both lists are full.
     """
-    from data_pipelines.ingest import MissingImageError, iter_memory, load_image
+    from base.errors import MissingImageError
+    from base.images import load_image
+    from data_pipelines.ingest import iter_memory
 
     train: list = []
     held: list = []
