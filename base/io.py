@@ -100,3 +100,16 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
     else:
         os.rename(tmp, out)
     return out
+
+
+@contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder to fill; it replaces ``out`` on success and is removed if
+    the block raises."""
+    tmp = make_temp_dir(out)
+    try:
+        yield tmp
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from base.config import from_dict, to_dict
 from base.errors import MissingImageError
 from base.images import load_image
+from base.io import atomic_dir
 from base.pixels import to_model_video, to_uint8_video
 from base.tasks import TASKS, get_task
 from vimi.diffusion import GuidedDenoiser, edm_sampler
@@ -157,35 +158,31 @@ class VimiPipeline:
         Written into a temporary sibling folder and renamed, so a crash never leaves a half pipeline.
         """
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        cfg = from_dict(VimiConfig, to_dict(self.cfg))
-        src = self.model.encoder.source
-        if _folder_bytes(src) <= BUNDLE_MAX_BYTES or self.cfg.mllm.tuning == "full":
-            self.model.encoder.save_mllm(tmp / "mllm")
-            cfg.mllm.path = "mllm"  # relative to the pipeline folder
-        else:
-            cfg.mllm.path = str(Path(src).resolve())
-        index = None
-        if self.index_path and self.index_path.startswith(("http://", "https://")):
-            index = self.index_path
-        elif self.index_path:
-            if bundle_index is None:
-                bundle_index = _folder_bytes(self.index_path) <= BUNDLE_MAX_BYTES
-            if bundle_index:
-                shutil.copytree(self.index_path, tmp / "index")
-                index = "index"
+        with atomic_dir(folder) as tmp:
+            cfg = from_dict(VimiConfig, to_dict(self.cfg))
+            src = self.model.encoder.source
+            if _folder_bytes(src) <= BUNDLE_MAX_BYTES or self.cfg.mllm.tuning == "full":
+                self.model.encoder.save_mllm(tmp / "mllm")
+                cfg.mllm.path = "mllm"  # relative to the pipeline folder
             else:
-                index = str(Path(self.index_path).resolve())
-        weights = {k: v.detach().contiguous().cpu() for k, v in (state or self.model.trainable_state_dict()).items()}
-        save_file(weights, str(tmp / WEIGHTS))
-        meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
-                "fit_resolved": to_dict(cfg.fit_config())}
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+                cfg.mllm.path = str(Path(src).resolve())
+            index = None
+            if self.index_path and self.index_path.startswith(("http://", "https://")):
+                index = self.index_path
+            elif self.index_path:
+                if bundle_index is None:
+                    bundle_index = _folder_bytes(self.index_path) <= BUNDLE_MAX_BYTES
+                if bundle_index:
+                    shutil.copytree(self.index_path, tmp / "index")
+                    index = "index"
+                else:
+                    index = str(Path(self.index_path).resolve())
+            state = state or self.model.trainable_state_dict()
+            weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+            save_file(weights, str(tmp / WEIGHTS))
+            meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
+                    "fit_resolved": to_dict(cfg.fit_config())}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         return folder
 
     @classmethod
