@@ -86,8 +86,8 @@ def full(shards, work):
 
 
 def test_config_load_override_save_roundtrip(tmp_path):
-    cfg = load_train_config(TINY, ["optim.lr=3e-4", "model.fit.latent_dim=64", "data.tasks.t2v=2"])
-    assert cfg.optim.lr == 3e-4 and cfg.model.fit["latent_dim"] == 64 and cfg.data.tasks["t2v"] == 2.0
+    cfg = load_train_config(TINY, ["optim.lr=3e-4", "model.backbone_args.latent_dim=64", "data.tasks.t2v=2"])
+    assert cfg.optim.lr == 3e-4 and cfg.model.backbone_args["latent_dim"] == 64 and cfg.data.tasks["t2v"] == 2.0
     save_config(cfg, tmp_path / "config.yaml")
     assert load_train_config(tmp_path / "config.yaml") == cfg
     with pytest.raises(ConfigError, match="unknown key"):
@@ -243,7 +243,7 @@ def test_checkpoint_of_another_config_is_refused(full, shards, work):
     out = work / "mismatch"
     shutil.copytree(full.run_dir / "checkpoints", out / "checkpoints")
     with pytest.raises(ConfigMismatchError, match=r"model\.fit\.latent_dim: 32 \(checkpoint\) != 64"):
-        run(shards, out, "model.fit.latent_dim=64")
+        run(shards, out, "model.backbone_args.latent_dim=64")
     with pytest.raises(ConfigMismatchError, match="optim.micro_batch"):
         run(shards, out, "optim.micro_batch=1")
     with pytest.raises(ConfigMismatchError, match="zero_stage: 0 \\(checkpoint\\) != 2"):
@@ -281,7 +281,7 @@ def test_stage_two_needs_an_init_and_the_same_model(full, shards, work, capsys):
     assert cli_main("instruct", base + ["--init", str(work / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
     with pytest.raises(InitError, match=r"model\.fit\.num_heads: 2 \(export\) != 4"):
-        run(shards, work / "s2y", "model.fit.num_heads=4", f"run.init={full.pipeline}", stage="instruct")
+        run(shards, work / "s2y", "model.backbone_args.num_heads=4", f"run.init={full.pipeline}", stage="instruct")
 
 
 def test_stage_two_mixes_tasks_from_the_stage_one_export(full, shards, work):

@@ -160,7 +160,7 @@ class VimiPipeline:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: VimiConfig | None = None, index: str | None = None) -> "VimiPipeline":
-        """An untrained pipeline (random FIT, the configured MLLM)."""
+        """An untrained pipeline (random backbone, the configured MLLM)."""
         model = VimiModel(cfg or VimiConfig())
         return cls(model, open_retriever(index), index)
 
@@ -198,7 +198,7 @@ class VimiPipeline:
         weights = {k: v.detach().contiguous().cpu() for k, v in (state or self.model.trainable_state_dict()).items()}
         save_file(weights, str(tmp / WEIGHTS))
         meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
-                "fit_resolved": to_dict(cfg.fit_config())}
+                "backbone_resolved": to_dict(cfg.backbone_config())}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
