@@ -5,7 +5,7 @@
 - ``encoder``: ``MLLMConfig``, ``MLLMEncoder`` (C, mask), null condition for guidance;
 - ``tiny``: the tiny LLaVA built from config; ``align``: its captioning alignment CLI.
 """
-from vimi.mllm.encoder import MLLMConfig, MLLMEncoder, MLLMLoadError, load_llava, pad_hidden
+from vimi.mllm.encoder import MLLMConfig, MLLMEncoder, MLLMLoadError, load_llava, pad_hidden, prompt_key
 from vimi.mllm.prompt import (
     IMAGE_TOKEN,
     INSTRUCTIONS,
@@ -23,5 +23,5 @@ from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, tiny_llava
 __all__ = [
     "IMAGE_TOKEN", "INSTRUCTIONS", "TASKS", "MLLMConfig", "MLLMEncoder", "MLLMLoadError", "Prompt", "PromptError",
     "PromptTokenizer", "PromptTooLongError", "Segment", "TinyLlavaConfig", "build_tiny_llava", "load_llava",
-    "pad_hidden", "pretrain_prompt", "render_text", "task_prompt", "tiny_llava",
+    "pad_hidden", "prompt_key", "pretrain_prompt", "render_text", "task_prompt", "tiny_llava",
 ]

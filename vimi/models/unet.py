@@ -32,6 +32,7 @@ class UNetInputError(ValueError):
 class UNetConfig:
     in_channels: int = 3                          # channels of x (RGB pixels, or VAE latents)
     extra_channels: int = 4                       # clean conditioning frames (RGB) + mask; zeros when absent
+    patch_size: int = 1                           # p: frames enter as p×p pixel patches (pixel unshuffle), H/p × W/p
     channels: tuple[int, ...] = (32, 64, 128)     # width per level; each level below the first halves H and W
     blocks_per_level: int = 1                     # residual blocks per level on the way down (up: one more)
     attention_levels: tuple[int, ...] = (2,)      # levels (0 = full resolution) with space-time + cross attention
@@ -48,7 +49,7 @@ class UNetConfig:
         self.attention_levels = tuple(int(a) for a in self.attention_levels)
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"UNetConfig.channels must be a non-empty list of positive widths, got {self.channels}")
-        for name in ("in_channels", "blocks_per_level", "num_heads", "emb_dim", "cond_dim", "groups"):
+        for name in ("in_channels", "patch_size", "blocks_per_level", "num_heads", "emb_dim", "cond_dim", "groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.extra_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
@@ -65,6 +66,8 @@ class UNetConfig:
 # Named sizes. unet-s is the CPU world's default (the learning benchmark's winner); unet-b is for GPUs.
 UNET_CONFIGS: dict[str, UNetConfig] = {
     "unet-xs": UNetConfig(channels=(16, 32, 64), attention_levels=(2,), num_heads=2, emb_dim=64, cond_dim=192),
+    "unet-p2": UNetConfig(patch_size=2, channels=(64, 128), attention_levels=(1,), num_heads=4, emb_dim=128,
+                          cond_dim=192),
     "unet-s": UNetConfig(channels=(32, 64, 128), attention_levels=(2,), num_heads=4, emb_dim=128, cond_dim=192),
     "unet-m": UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2), num_heads=4,
                          emb_dim=256, cond_dim=384),
@@ -176,7 +179,8 @@ class UNet(nn.Module):
         self.cond_norm = nn.LayerNorm(cfg.cond_dim)     # MLLM hidden states carry large outlier channels
         self.cond_proj = nn.Linear(cfg.cond_dim, ch[-1])
         self.cond_pool = nn.Linear(ch[-1], cfg.emb_dim)
-        self.stem = nn.Conv2d(cfg.in_channels + cfg.extra_channels, ch[0], 3, padding=1)
+        p2 = cfg.patch_size ** 2
+        self.stem = nn.Conv2d((cfg.in_channels + cfg.extra_channels) * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg.blocks_per_level, i in attn, cfg)
                                   for i in range(n))
         self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1) for i in range(n - 1))
@@ -186,7 +190,7 @@ class UNet(nn.Module):
                                       i in attn, cfg) for i in range(n))
         self.upsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i + 1], 3, padding=1) for i in range(n - 1))
         self.out_norm = nn.GroupNorm(cfg.groups, ch[0])
-        self.out_conv = nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)
+        self.out_conv = nn.Conv2d(ch[0], cfg.in_channels * p2, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)   # F = 0 at init: D starts as c_skip x, the best linear guess
         nn.init.zeros_(self.out_conv.bias)
         self.gradient_checkpointing = cfg.gradient_checkpointing
@@ -196,9 +200,10 @@ class UNet(nn.Module):
         if x.ndim != 5 or x.shape[1] != cfg.in_channels:
             raise UNetInputError(f"x must be (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
         B, _, _, H, W = x.shape
-        f = 2 ** (len(cfg.channels) - 1)
+        f = cfg.patch_size * 2 ** (len(cfg.channels) - 1)
         if H % f or W % f:
-            raise UNetInputError(f"H×W = {H}×{W} must be divisible by {f} ({len(cfg.channels)} levels)")
+            raise UNetInputError(f"H×W = {H}×{W} must be divisible by {f} (patch_size {cfg.patch_size}, "
+                                 f"{len(cfg.channels)} levels)")
         if c_noise.shape != (B,):
             raise UNetInputError(f"c_noise must be ({B},), got {tuple(c_noise.shape)}")
         if cond.ndim != 3 or cond.shape[0] != B or cond.shape[2] != cfg.cond_dim:
@@ -241,7 +246,8 @@ class UNet(nn.Module):
         if cfg.extra_channels:
             extra = x.new_zeros((B, cfg.extra_channels, T, H, W)) if extra is None else extra.to(x.dtype)
             x = torch.cat([x, extra], dim=1)                                           # (B, C+E, T, H, W)
-        h = self.stem(x.transpose(1, 2).reshape(B * T, -1, H, W))                      # (B·T, ch0, H, W)
+        frames = x.transpose(1, 2).reshape(B * T, -1, H, W)                             # (B·T, C+E, H, W)
+        h = self.stem(F.pixel_unshuffle(frames, cfg.patch_size))                        # (B·T, ch0, H/p, W/p)
 
         # 3. Down, middle, up.
         skips = []
@@ -257,5 +263,5 @@ class UNet(nn.Module):
             h = self._run(self.up[i], torch.cat([h, skips[i]], dim=1), emb, ctx, ctx_mask, T)
 
         # 4. Back to a clip.
-        out = self.out_conv(F.silu(self.out_norm(h)))                                  # (B·T, C, H, W)
+        out = F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(h))), cfg.patch_size)  # (B·T, C, H, W)
         return out.view(B, T, cfg.in_channels, H, W).transpose(1, 2)
