@@ -282,4 +282,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vimi.cli_guard import guarded
+
+    sys.exit(guarded(main, prog="python -m retrieval.serve"))
