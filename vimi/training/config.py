@@ -39,6 +39,7 @@ class DataConfig:
     on_error: Literal["skip", "raise"] = "skip"  # corrupt samples: skip and count (DESIGN.md) or stop
     index: str = ""                 # retrieval index (folder or service URL) the shards were built with:
     #                                 bundled into the exported pipeline so t2v retrieves at inference too
+    allow_incomplete: bool = False  # train on a shard folder whose build did not finish (a warning, not an error)
 
 
 @dataclass

@@ -11,6 +11,7 @@ is refused before a single object is built, as a CheckpointError naming the file
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ def safe_torch_load(path: str | Path, map_location: Any = None) -> Any:
         with torch.serialization.safe_globals(_allowed_classes()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise _refuse(path, next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "unpickling failed")) from None
+        # torch's message goes on to suggest allow-listing the reference: not advice for a user here.
+        ref = re.search(r"GLOBAL (\S+)", str(e))
+        raise _refuse(path, f"refers to {ref.group(1)}" if ref else str(e).strip().splitlines()[0]) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else "truncated"
         raise CheckpointError(f"{path}: unreadable checkpoint file ({type(e).__name__}: {first})") from None
