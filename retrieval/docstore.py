@@ -124,7 +124,7 @@ def read_image(ref: str | None) -> bytes:
     if os.path.isfile(ref):
         return Path(ref).read_bytes()
     head, sep, tail = ref.rpartition("#")
-    if sep and head.endswith(IMAGES_BIN) and tail.isdigit() and os.path.isfile(head):
+    if sep and head.endswith(IMAGES_BIN) and tail.isascii() and tail.isdigit() and os.path.isfile(head):
         offsets_path = os.path.join(os.path.dirname(head), IMAGES_OFFSETS)
         st = os.stat(offsets_path)
         key = f"{offsets_path}:{st.st_ino}:{st.st_mtime_ns}"  # a rebuilt index must not reuse old offsets
