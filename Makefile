@@ -37,3 +37,4 @@ bench: setup
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/service.py

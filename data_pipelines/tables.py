@@ -11,6 +11,7 @@ WebVid CSVs) lives in ``data_pipelines/ingest.py`` and is re-exported here: ``it
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -83,6 +84,25 @@ def iter_columns(
 def _file_batches(
     f: Path, batch_size: int, columns: list[str] | None, string_columns: Sequence[str]
 ) -> Iterator[pa.RecordBatch | list[dict]]:
+    """Batches of one table file; a damaged file is a TableError naming it (not Arrow's bare ArrowInvalid)."""
+    with _reading(f):
+        yield from _raw_file_batches(f, batch_size, columns, string_columns)
+
+
+@contextlib.contextmanager
+def _reading(f: Path) -> Iterator[None]:
+    """Turn Arrow / decoding / OS errors while reading ``f`` into one TableError naming the file."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        kind = {".parquet": "Parquet", ".csv": "CSV"}.get(f.suffix, "JSONL")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TableError(f"{f}: not a readable {kind} table, damaged or truncated? ({first})") from None
+
+
+def _raw_file_batches(
+    f: Path, batch_size: int, columns: list[str] | None, string_columns: Sequence[str]
+) -> Iterator[pa.RecordBatch | list[dict]]:
     """Batches of one table file: Arrow record batches (Parquet, CSV) or lists of dicts (JSONL)."""
     if f.suffix == ".parquet":
         dataset = ds.dataset(f, format="parquet")
@@ -129,6 +149,11 @@ def _file_batches(
 def table_columns(path: str | Path) -> list[str]:
     """Column names of a table file (first file of a folder), reading only its header/first row."""
     f = _table_files(Path(path))[0]
+    with _reading(f):
+        return _header_columns(f)
+
+
+def _header_columns(f: Path) -> list[str]:
     if f.suffix == ".parquet":
         return list(ds.dataset(f, format="parquet").schema.names)
     if f.suffix == ".csv":

@@ -250,6 +250,42 @@ def test_checkpoint_of_another_config_is_refused(full, shards, work):
         run(shards, out, "run.deepspeed=configs/deepspeed/zero2.json")
 
 
+class _Payload:
+    """Unpickling this calls open(marker, "w"): the file appears iff the checkpoint's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_resume_refuses_a_checkpoint_that_holds_code(full, shards, work, zipped):
+    out = work / f"crafted_{zipped}"
+    shutil.copytree(full.run_dir / "checkpoints", out / "checkpoints")
+    marker = work / f"pwned_{zipped}"
+    target = find_latest(out / "checkpoints") / "mp_rank_00_model_states.pt"
+    torch.save({"module": {}, "x": _Payload(marker)}, target, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states\.pt: refusing to load: it is not plain "
+                                              r"tensor data \(refers to io\.open\)"):
+        run(shards, out)
+    assert not marker.exists()                   # nothing from the file ran
+    assert not (out / "config.yaml").exists()    # refused before the run folder was touched
+
+
+def test_deepspeed_zero_files_load_through_the_allow_list(shards, work):
+    from vimi.training.safe_load import check_checkpoint_files, safe_torch_load
+
+    r = run(shards, work / "zero2", "run.steps=1", "run.deepspeed=configs/deepspeed/zero2_bf16.json", "run.export=false")
+    folder = r.checkpoint
+    files = sorted(folder.glob("*.pt"))
+    assert any("optim_states" in f.name for f in files)   # the ZeRO file with DeepSpeed's own classes
+    check_checkpoint_files(folder)
+    for f in files:
+        assert isinstance(safe_torch_load(f, "cpu"), dict)
+
+
 def test_full_disk_while_checkpointing_keeps_the_previous_one(full, shards, work, monkeypatch):
     import safetensors.torch
 

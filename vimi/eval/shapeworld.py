@@ -342,4 +342,6 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vimi.cli_guard import guarded
+
+    raise SystemExit(guarded(main, prog="python -m vimi.eval.shapeworld"))

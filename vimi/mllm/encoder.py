@@ -60,14 +60,21 @@ def load_llava(path: str | Path, dtype: str = "float32"):
     """Local LLaVA folder -> (LlavaForConditionalGeneration, processor). Never touches a hub."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
+    from vimi.weights import check_safetensors
+
     p = Path(path).expanduser()
     if not p.is_dir() or not (p / "config.json").is_file():
         raise MLLMLoadError(f"MLLM path {str(path)!r} is not a local folder with a config.json (hub names are not loaded)")
-    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as e:  # unparsable config.json, unknown model type
+        raise MLLMLoadError(f"{p / 'config.json'}: not a readable model config ({str(e).splitlines()[0]})") from None
     if getattr(config, "model_type", None) != "llava":
         raise MLLMLoadError(f"{p}: model_type {getattr(config, 'model_type', None)!r} is not 'llava' (LlavaForConditionalGeneration)")
     if dtype not in ("float32", "bfloat16", "float16"):
         raise MLLMLoadError(f"unknown MLLM dtype {dtype!r}")
+    for f in sorted(p.glob("*.safetensors")):  # transformers would report a damaged file without its name
+        check_safetensors(f, MLLMLoadError)
     model = LlavaForConditionalGeneration.from_pretrained(p, dtype=getattr(torch, dtype), local_files_only=True)
     processor = AutoProcessor.from_pretrained(p, local_files_only=True)
     return model, processor
