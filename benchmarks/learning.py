@@ -57,6 +57,7 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
             if (name, budget, rows) in done:
                 continue
             report = trainer.evaluate(rows=rows)
+            save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}.png")
             row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "params": n_params,
                    "cpu_s": round(trainer.cpu_seconds, 1), "loss": round(loss_ema(trainer.losses), 4),
                    "scores": report}
@@ -64,6 +65,17 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
                 fh.write(json.dumps(row) + "\n")
             print(f"\r{format_row(row)}", flush=True)
     return read_results(results_file)
+
+
+def save_contact_sheet(videos: dict[str, list], path: Path, per_split: int = 6) -> None:
+    """One row per eval clip (first ``per_split`` of each split), all frames left to right, 2× upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    rows = [np.concatenate(list(v), axis=1) for split in videos for v in videos[split][:per_split]]
+    if rows:
+        sheet = np.concatenate(rows, axis=0)
+        Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
 
 
 def _progress(name: str, budget: int):

@@ -43,6 +43,7 @@ class LeanConfig:
     warmup_clips: int = 1000          # linear warm-up, in clips
     batch: int = 16                   # clips per optimizer step
     ema_halflife_clips: int = 2000    # EMA half-life in clips (EDM's ema_halflife_kimg, scaled down)
+    ema_rampup: float = 0.1           # ... at most this share of the clips seen so far (EDM's ema_rampup_ratio)
     grad_clip: float = 1.0
     pred_fraction: float = 0.25       # share of training clips given their first frame (prediction task)
     cond_frames: int = 1              # frames given to the prediction task
@@ -161,13 +162,15 @@ class LeanTrainer:
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.opt.step()
         self.clips += cfg.batch
-        # EMA with a half-life in clips, so recipes with different batch sizes average alike.
-        beta = 0.5 ** (cfg.batch / max(cfg.ema_halflife_clips, 1))
+        # EMA with a half-life in clips, so recipes with different batch sizes average alike; the ramp-up
+        # keeps early averages from dragging the (zero-initialised) start along (EDM, training_loop.py).
+        halflife = min(cfg.ema_halflife_clips, self.clips * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
         with torch.no_grad():
             for avg, live in zip(self.ema, (self.net, self.cond)):
                 for a, p in zip(avg.parameters(), live.parameters()):
                     a.lerp_(p.detach(), 1 - beta)
-        return float(loss)
+        return loss.item()
 
     def train_to(self, clips: int, progress: Callable[[int, float], None] | None = None) -> None:
         t0 = time.process_time()
@@ -198,8 +201,10 @@ class LeanTrainer:
         """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips."""
         cfg = self.cfg
         report: dict[str, dict[str, float]] = {}
+        self.last_videos: dict[str, list[np.ndarray]] = {}   # split -> generated (T, H, W, 3) uint8 clips
         for split in splits:
             results = []
+            self.last_videos[split] = []
             for start in range(0, rows, batch):
                 params = [eval_params(self.world, split, i) for i in range(start, min(start + batch, rows))]
                 gts = [render_clip(p) for p in params]
@@ -209,8 +214,9 @@ class LeanTrainer:
                 videos = self.sample([video_caption(p) for p in params], given, ks,
                                      seeds=[10_000 + start + i for i in range(len(params))])
                 task = "prediction" if split == "prediction" else "t2v"
-                results += [score(clip_uint8(v), record_of(p, split, task, k), gt)
-                            for v, p, gt in zip(videos, params, gts)]
+                clips = [clip_uint8(v) for v in videos]
+                self.last_videos[split] += clips
+                results += [score(v, record_of(p, split, task, k), gt) for v, p, gt in zip(clips, params, gts)]
             keys = sorted({key for r in results for key in r})
             report[split] = {key: float(np.mean([r[key] for r in results if r.get(key) is not None]))
                              for key in keys if any(r.get(key) is not None for r in results)}
