@@ -41,3 +41,4 @@ bench: setup
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/sampling.py
+	$(PY) benchmarks/service.py

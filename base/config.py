@@ -19,7 +19,36 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config file or override does not match the dataclass it should fill."""
+    """A config file or override does not match the dataclass it should fill.
+
+    ``key`` is the dotted setting the error is about (when there is one), so that load_config can
+    say where its value came from: the YAML file or a ``--set`` override.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def _expected(tp: Any) -> str:
+    """A type annotation in words, for error messages: 'an int', 'a list of float', 'an int or null'."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _expected(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return f"a list of {_expected(args[0]).split(' ', 1)[-1]}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    names = {int: "an int", float: "a number", bool: "a bool (true/false)", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _wrong(where: str, value: Any, tp: Any) -> ConfigError:
+    return ConfigError(f"{where}: got {value!r}, expected {_expected(tp)}", key=where)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -41,7 +70,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if value is None:
         if tp is type(None) or (origin in (typing.Union, types.UnionType) and type(None) in args):
             return None
-        raise ConfigError(f"{where}: None is not allowed for {tp}")
+        raise _wrong(where, value, tp)
     if origin in (typing.Union, types.UnionType):
         for a in args:
             if a is type(None):
@@ -50,27 +79,27 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(a, value, where)
             except (ConfigError, TypeError, ValueError):
                 continue
-        raise ConfigError(f"{where}: {value!r} matches none of {tp}")
+        raise _wrong(where, value, tp)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise _wrong(where, value, tp)
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise _wrong(where, value, tp)
         inner = args[0] if args else Any
         out = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise _wrong(where, value, tp)
         vt = args[1] if len(args) == 2 else Any
         return {k: _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if typing.get_origin(tp) is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {args}")
+            raise _wrong(where, value, tp)
         return value
     if tp is Any:
         return value
@@ -79,18 +108,24 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected a bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}: expected an int, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a float, got {value!r}")
-        return float(value)
+        raise _wrong(where, value, tp)
+    if tp in (int, float):
+        # YAML already typed the value: a string here is a word ("two") or a non-YAML number ("1e3"
+        # is a string to YAML 1.1), never an int() traceback.
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise _wrong(where, value, tp)
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise _wrong(where, value, tp) from None
+        if tp is int:
+            if isinstance(number, float) and not number.is_integer():
+                raise _wrong(where, value, tp)
+            return int(number)
+        return float(number)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise _wrong(where, value, tp)
         return str(value)
     return value
 
@@ -101,7 +136,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}", key=key)
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -114,15 +150,18 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict, in place."""
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _parse_scalar(raw)
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+        try:
+            node[parts[-1]] = _parse_scalar(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     return data
 
 
@@ -133,15 +172,38 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config file ({e})") from None
+        except yaml.YAMLError as e:  # yaml names the stream "<unicode string>"; say which file
+            raise ConfigError(f"{path}: invalid YAML ({_yaml_problem(e)})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
     # Start from the dataclass defaults so partial YAML files only name what they change.
     base = to_dict(cls()) if _has_all_defaults(cls) else {}
     merged = _deep_merge(base, data)
     apply_overrides(merged, overrides)
-    return from_dict(cls, merged)
+    try:
+        return from_dict(cls, merged)
+    except ConfigError as e:
+        raise ConfigError(f"{config_source(path, overrides, e.key)}: {e}", key=e.key) from None
+
+
+def config_source(path: str | Path | None, overrides: list[str] | None, key: str | None) -> str:
+    """Where a setting's value came from: the ``--set`` override naming it, else the YAML file."""
+    for item in reversed(overrides or []):
+        name = item.split("=", 1)[0].strip()
+        if key is not None and (key == name or key.startswith(name + ".") or name.startswith(key + ".")):
+            return f"--set {item}"
+    return str(path) if path is not None else "defaults"
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(e, "problem", None) or e).split("\n")[0]
 
 
 def _has_all_defaults(cls: type) -> bool:

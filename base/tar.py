@@ -119,6 +119,28 @@ def _decompressed(fh: IO[bytes]) -> IO[bytes]:
     return fh
 
 
+def _checksum_ok(header: bytes) -> bool:
+    """The header's checksum matches; it counts its own 8-byte field as spaces (8 * 32)."""
+    try:
+        return _number(header[148:156]) == sum(header) - sum(header[148:156]) + 256
+    except ValueError:  # not octal digits: not a tar header at all
+        return False
+
+
+def is_tar_file(path: str | os.PathLike) -> bool:
+    """Whether a local file starts as a tar (plain or compressed): an end block or a valid first header.
+
+    A cheap check before training (random bytes, a non-tar renamed ``.tar``); damage further in is
+    found when the shard is read.
+    """
+    try:
+        with open(path, "rb") as fh:
+            header = _decompressed(fh).read(BLOCK)
+    except (OSError, EOFError, lzma.LZMAError):
+        return False
+    return len(header) == BLOCK and (header == _ZERO_BLOCK or _checksum_ok(header))
+
+
 def iter_members(fh: IO[bytes]) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of the regular files of a tar stream (ustar, GNU and pax headers)."""
     offset, long_name, pax = 0, None, {}
@@ -128,8 +150,7 @@ def iter_members(fh: IO[bytes]) -> Iterator[tuple[str, bytes]]:
             raise TarError(f"ends at byte {offset + len(header)} without an end-of-archive block")
         if header == _ZERO_BLOCK:
             return
-        # The checksum counts its own 8-byte field as spaces (8 * 32).
-        if _number(header[148:156]) != sum(header) - sum(header[148:156]) + 256:
+        if not _checksum_ok(header):
             raise TarError(f"bad header checksum at byte {offset}")
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax else _number(header[124:136])

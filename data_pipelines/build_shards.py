@@ -404,4 +404,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from base.cli_guard import guarded
+
+    sys.exit(guarded(main, prog="python -m data_pipelines.build_shards"))

@@ -12,6 +12,7 @@ WebVid CSVs) lives one level up, in ``data_pipelines/ingest.py``, which reads th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -106,6 +107,25 @@ def iter_columns(
 def _file_batches(
     f: Path, batch_size: int, columns: list[str] | None, string_columns: Sequence[str]
 ) -> Iterator[pa.RecordBatch | list[dict]]:
+    """Batches of one table file; a damaged file is a TableError naming it (not Arrow's bare ArrowInvalid)."""
+    with _reading(f):
+        yield from _raw_file_batches(f, batch_size, columns, string_columns)
+
+
+@contextlib.contextmanager
+def _reading(f: Path) -> Iterator[None]:
+    """Turn Arrow / decoding / OS errors while reading ``f`` into one TableError naming the file."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        kind = "datasets" if is_datasets_folder(f) else {".parquet": "Parquet", ".csv": "CSV"}.get(f.suffix, "JSONL")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TableError(f"{f}: not a readable {kind} table, damaged or truncated? ({first})") from None
+
+
+def _raw_file_batches(
+    f: Path, batch_size: int, columns: list[str] | None, string_columns: Sequence[str]
+) -> Iterator[pa.RecordBatch | list[dict]]:
     """Batches of one table file: Arrow record batches (Parquet, CSV, datasets) or lists of dicts (JSONL)."""
     if is_datasets_folder(f):
         hf = _open_datasets_folder(f)
@@ -161,6 +181,11 @@ def _file_batches(
 def table_columns(path: str | Path) -> list[str]:
     """Column names of a table file (first file of a folder), reading only its header/first row."""
     f = _table_files(Path(path))[0]
+    with _reading(f):
+        return _header_columns(f)
+
+
+def _header_columns(f: Path) -> list[str]:
     if is_datasets_folder(f):
         return list(_open_datasets_folder(f).column_names)
     if f.suffix == ".parquet":

@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from base.cli_guard import guarded  # noqa: E402
 from vimi.training.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main("instruct"))
+    sys.exit(guarded(main, None, "instruct", prog="launch/instruct_tune.py"))

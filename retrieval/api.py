@@ -48,6 +48,7 @@ class IndexRetriever:
     """
 
     uses_pool = True
+    thread_safe = True   # concurrent searches allowed (read-only arrays, per-thread scratch); see retrieval.serve
     MIN_PARALLEL_BATCH = 64  # smaller batches are not worth the round trip to worker processes
 
     def __init__(self, path: Path, meta: dict, workers: int = 1):

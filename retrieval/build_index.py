@@ -15,6 +15,8 @@ Row policy (counted in ``index.json`` under ``rows``):
 - a caption with no term after tokenization (e.g. only stopwords or punctuation): skipped,
   ``no_terms`` (Lucene would not index it either, and it can never match a query);
 - no image: kept, its hits carry ``image=None`` (``without_image``); shard builders skip them;
+- an image path naming no file: kept as is (the file may arrive later), counted as ``image_missing``
+  and warned about, so a half-copied memory does not pass silently;
 - duplicate ids: the build fails, naming a few (ids identify hits downstream);
 - captions given as non-UTF-8 bytes are decoded with replacement characters.
 """
@@ -153,12 +155,15 @@ def build_index(cfg: BuildConfig, batches: Iterable[list[dict]]) -> Path:
             "tokenizer": to_dict(cfg.tokenizer),
             "num_docs": store.rows,
             "rows": {"seen": seen, "indexed": store.rows, "no_caption": no_caption, "no_terms": no_terms,
-                     "without_image": store.rows_without_image},
+                     "without_image": store.rows_without_image, "image_missing": store.rows_image_missing},
             **backend_meta,
             "dense": dense_meta,
             "source": source_fingerprint(cfg.memory) if cfg.memory else None,
             "build": {k: v for k, v in to_dict(cfg).items() if k in ("batch_size", "threads", "collapse_duplicates")},
         }
+        if store.rows_image_missing:
+            print(f"warning: {store.rows_image_missing} of {store.rows} memory rows name an image file that does not "
+                  f"exist (index.json rows.image_missing); their hits will have no image", file=sys.stderr)
         return finalize(tmp, out, meta, cfg.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -43,6 +43,7 @@ class DocStoreWriter:
         self._offsets = [0]
         self.rows = 0
         self.rows_without_image = 0
+        self.rows_image_missing = 0  # an image path that names no file (yet): kept, but worth knowing
 
     def add(self, ids: list[str], captions: list[str], images: list[object]) -> None:
         refs: list[str | None] = []
@@ -56,6 +57,8 @@ class DocStoreWriter:
                 self._offsets.append(self._offsets[-1] + len(img))
             else:
                 refs.append(os.fspath(img))
+                if not os.path.isfile(refs[-1]):
+                    self.rows_image_missing += 1
         batch = pa.record_batch([pa.array(ids, pa.string()), pa.array(captions, pa.string()),
                                  pa.array(refs, pa.string())], schema=SCHEMA)
         self._writer.write_batch(batch)
@@ -119,7 +122,7 @@ def read_image(ref: str | None) -> bytes:
     if os.path.isfile(ref):
         return Path(ref).read_bytes()
     head, sep, tail = ref.rpartition("#")
-    if sep and head.endswith(IMAGES_BIN) and tail.isdigit() and os.path.isfile(head):
+    if sep and head.endswith(IMAGES_BIN) and tail.isascii() and tail.isdigit() and os.path.isfile(head):
         offsets_path = os.path.join(os.path.dirname(head), IMAGES_OFFSETS)
         st = os.stat(offsets_path)
         key = f"{offsets_path}:{st.st_ino}:{st.st_mtime_ns}"  # a rebuilt index must not reuse old offsets

@@ -110,6 +110,7 @@ class LuceneRetriever(IndexRetriever):
     """
 
     uses_pool = False
+    thread_safe = False  # one JVM searcher driven through pyjnius: the service gives it one search thread
 
     def __init__(self, path: Path, meta: dict, workers: int = 1):
         super().__init__(path, meta, workers)

@@ -12,12 +12,16 @@ Exposes the in-process retriever's batched ``search`` over JSON so that many sha
 
 The service has no authentication, so it binds to loopback unless told otherwise. Every
 request is bounded (body bytes, query count, query length, k, rows per image request); a
-malformed request gets a 4xx with a message and the server keeps serving.
+malformed request gets a 4xx with a message and the server keeps serving. Searches run on a
+small pool of worker threads in slices, round robin across requests (``retrieval.scheduler``),
+so no client can stall the others; a request must arrive whole within ``request_timeout`` (a
+half-sent one is dropped) and finish within ``work_timeout`` (else 503).
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import socket
 import sys
@@ -28,12 +32,15 @@ from typing import Any
 
 from retrieval import IndexFormatError, MissingImageError, SearchError, open_index, read_image
 from retrieval.api import MODES
+from retrieval.scheduler import Busy, FairScheduler, slices
 
 try:  # FastAPI/uvicorn are service-only dependencies; the rest of retrieval/ works without them.
+    import h11
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError as e:  # pragma: no cover - exercised only on a broken install
     raise ImportError("retrieval.serve needs fastapi and uvicorn (pip install fastapi uvicorn)") from e
 
@@ -48,6 +55,11 @@ class ServiceConfig:
     max_k: int = 100                       # hits per query (k must be in 1..max_k)
     max_rows: int = 4096                   # images per /images request
     max_body_bytes: int = 16 * 1024 * 1024  # request body; larger bodies get 413 unread
+    workers: int = 2                       # search threads (the index is read-only; scratch is per thread)
+    slice_cost: int = 8192                 # work per slice, in query characters + 64 per query
+    max_pending: int = 256                 # requests queued for the workers; more get 503
+    request_timeout: float = 10.0          # seconds to receive a whole request (headers + body)
+    work_timeout: float = 60.0             # seconds a request's searches may take; then 503
     log_level: str = "warning"
 
 
@@ -66,17 +78,24 @@ def index_metadata(index: str | Path) -> dict:
 
 def create_app(retriever: Any, cfg: ServiceConfig, metadata: dict | None = None) -> FastAPI:
     """The FastAPI app around an opened index (``retrieval.open_index``)."""
-    limits = {k: getattr(cfg, k) for k in ("max_queries", "max_query_chars", "max_k", "max_rows", "max_body_bytes")}
+    limits = {k: getattr(cfg, k) for k in ("max_queries", "max_query_chars", "max_k", "max_rows", "max_body_bytes",
+                                           "request_timeout", "work_timeout")}
     num_docs = len(retriever)
     health = {"status": "ok", "index": metadata or {}, "documents": num_docs, "limits": limits}
-    # Backends are not promised to be thread-safe; one search at a time (the work is CPU-bound
-    # under the GIL anyway, so this costs no throughput on the machines this runs on).
-    lock = threading.Lock()
+    # IndexRetriever backends search read-only arrays (per-thread scratch), so searches run
+    # concurrently; one that declares otherwise gets a single worker, still sliced and fair.
+    workers = cfg.workers if getattr(retriever, "thread_safe", True) else 1
+    scheduler = FairScheduler(workers, cfg.max_pending)
     app = FastAPI(title="vimi retrieval", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.scheduler, app.state.service_config = scheduler, cfg
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.get("/health")
     def _health() -> dict:
@@ -86,34 +105,47 @@ def create_app(retriever: Any, cfg: ServiceConfig, metadata: dict | None = None)
     async def _search(request: Request) -> JSONResponse:
         queries, k, mode = _validate_search(await _read_json(request, cfg.max_body_bytes), cfg)
 
-        def run() -> list[list[Any]]:
-            with lock:
-                try:
-                    return retriever.search(queries, k, mode=mode)
-                except SearchError as e:  # e.g. dense mode on an index built without --dense
-                    raise RequestError(422, str(e)) from None
+        def search_slice(part: list[str]) -> str:
+            try:
+                hits = retriever.search(part, k, mode=mode)
+            except SearchError as e:  # e.g. dense mode on an index built without --dense
+                raise RequestError(422, str(e)) from None
+            # JSON is built in the slice too: for 1,024 x 100 hits it costs more than the search
+            return json.dumps([[_hit_json(h) for h in q] for q in hits])[1:-1]
 
-        results = await run_in_threadpool(run)
-        return JSONResponse({"results": [[_hit_json(h) for h in hits] for hits in results]})
+        groups = slices(queries, lambda q: len(q) + 64, cfg.slice_cost)
+        parts = await scheduler.run([functools.partial(search_slice, [queries[i] for i in g]) for g in groups],
+                                    cfg.work_timeout)
+        body = '{"results": [' + ", ".join(parts) + "]}"
+        return Response(content=body.encode("utf-8"), media_type="application/json")
 
     @app.post("/images")
     async def _images(request: Request) -> JSONResponse:
         rows = _validate_rows(await _read_json(request, cfg.max_body_bytes), cfg, num_docs)
-        images = await run_in_threadpool(_row_images, retriever, rows)
+        parts = await scheduler.run(
+            [functools.partial(_row_images, retriever, rows[i:i + 64]) for i in range(0, len(rows), 64)],
+            cfg.work_timeout,
+        )
+        images = [b for part in parts for b in part]
         return JSONResponse(
             {"images": [base64.b64encode(b).decode("ascii") if b is not None else None for b in images]}
         )
 
     @app.get("/image/{row}")
-    def _image(row: str) -> Response:
-        if not row.isdigit() or int(row) >= num_docs:
+    async def _image(row: str) -> Response:
+        if not _is_decimal(row) or int(row) >= num_docs:   # "²".isdigit() is True, int("²") fails
             raise RequestError(404, f"no document row {row!r} (index has {num_docs})")
-        data = _row_images(retriever, [int(row)])[0]
+        data = (await scheduler.run([functools.partial(_row_images, retriever, [int(row)])], cfg.work_timeout))[0][0]
         if data is None:
             raise RequestError(404, f"document row {row} has no image")
         return Response(content=data, media_type=_media_type(data))
 
     return app
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts superscripts and other scripts' digits."""
+    return text.isascii() and text.isdigit()
 
 
 def _row_images(retriever: Any, rows: list[int]) -> list[bytes | None]:
@@ -130,14 +162,19 @@ def _row_images(retriever: Any, rows: list[int]) -> list[bytes | None]:
 
 async def _read_json(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and not _is_decimal(declared):
+        raise RequestError(400, f"content-length {declared!r} is not a number")
+    if declared is not None and int(declared) > limit:
         raise RequestError(413, f"request body over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away, or the request timeout closed the connection
+        raise RequestError(408, "request body not received in time") from None
     try:
         text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -216,6 +253,56 @@ def _media_type(data: bytes) -> str:
     return "application/octet-stream"
 
 
+def timed_protocol(request_timeout: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request has not arrived whole within
+    ``request_timeout`` seconds of the connection (or of the previous response). uvicorn has no
+    such limit: a client that sends half a header, or a body slower than a byte a minute, would
+    otherwise hold its connection (and a file descriptor) forever."""
+
+    class TimedH11Protocol(H11Protocol):
+        _deadline = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(request_timeout, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
+                self._disarm()  # the whole request is in; the work has its own deadline
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()   # the next request on this keep-alive connection
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+def _server(app: FastAPI, log_level: str) -> "uvicorn.Server":
+    cfg = getattr(app.state, "service_config", None) or ServiceConfig()
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
+                                         http=timed_protocol(cfg.request_timeout)))
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -236,7 +323,7 @@ def serve(cfg: ServiceConfig) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {cfg.host} without authentication", file=sys.stderr)
     print(f"retrieval service on http://{host}:{port} (index {cfg.index}, {len(retriever)} documents)", flush=True)
-    uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, access_log=False)).run(sockets=[sock])
+    _server(app, cfg.log_level).run(sockets=[sock])
 
 
 class BackgroundServer:
@@ -245,7 +332,7 @@ class BackgroundServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         self._sock = _bind(host, port)
         self.url = "http://%s:%d" % self._sock.getsockname()[:2]
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+        self._server = _server(app, log_level)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
     def __enter__(self) -> str:
@@ -273,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-k", type=int, default=d.max_k)
     p.add_argument("--max-rows", type=int, default=d.max_rows)
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--workers", type=int, default=d.workers, help="search threads")
+    p.add_argument("--max-pending", type=int, default=d.max_pending, help="queued requests before 503")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout,
+                   help="seconds to receive a whole request; slower connections are closed")
+    p.add_argument("--work-timeout", type=float, default=d.work_timeout, help="seconds of search per request; then 503")
     p.add_argument("--log-level", default=d.log_level)
     args = p.parse_args(argv)
     try:
@@ -284,4 +376,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from base.cli_guard import guarded
+
+    sys.exit(guarded(main, prog="python -m retrieval.serve"))

@@ -20,8 +20,9 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 # A FIT small enough that a 2-step sample takes well under a second on one core.
-TINY_MODEL = ["fit.num_blocks=1", "fit.latent_layers=1", "fit.latent_dim=64", "fit.patch_dim=32",
-              "fit.cond_dim=64", "fit.num_heads=2", "sampler.num_steps=2"]
+TINY_MODEL = ["backbone=fit-tiny", "backbone_args.num_blocks=1", "backbone_args.latent_layers=1",
+              "backbone_args.latent_dim=64", "backbone_args.patch_dim=32",
+              "backbone_args.cond_dim=64", "backbone_args.num_heads=2", "sampler.num_steps=2"]
 
 
 @pytest.fixture(scope="session")

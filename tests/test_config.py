@@ -40,8 +40,8 @@ def test_typos_and_wrong_types_are_errors(tmp_path):
 
 
 def test_saved_config_rebuilds_the_same_object(tmp_path):
-    cfg = load_config(VimiConfig, None, ["backbone=fit-s", "fit.num_blocks=2", "sampler.num_steps=7"])
+    cfg = load_config(VimiConfig, None, ["backbone=fit-s", "backbone_args.num_blocks=2", "sampler.num_steps=7"])
     save_config(cfg, tmp_path / "run" / "config.yaml")
     again = load_config(VimiConfig, tmp_path / "run" / "config.yaml")
     assert again == cfg
-    assert again.fit_config().num_blocks == 2 and again.sampler.num_steps == 7
+    assert again.backbone_config().num_blocks == 2 and again.sampler.num_steps == 7

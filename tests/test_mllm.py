@@ -15,6 +15,7 @@ from vimi.mllm import (
     MLLMLoadError,
     build_tiny_llava,
     pretrain_prompt,
+    prompt_key,
     task_prompt,
     tiny_llava,
 )
@@ -137,6 +138,23 @@ def test_lora_adds_trainable_lm_params_only_and_starts_equal_to_frozen(folder, e
 
     full = make_encoder(folder, tuning="full")
     assert all(p.requires_grad for p in full.parameters())
+
+
+def test_frozen_encoder_computes_each_distinct_prompt_once(folder):
+    uncached, cached = make_encoder(folder, cache_prompts=0), make_encoder(folder, cache_prompts=3)
+    ps = prompts()
+    calls = []
+    inner = cached._hidden
+    cached._hidden = lambda batch: calls.append(len(batch)) or inner(batch)
+    c_ref, m_ref = uncached.encode(ps + ps[:1])
+    c1, m1 = cached.encode(ps + ps[:1])   # 4 distinct prompts: one MLLM call of 4; the bound keeps the 3 last used
+    c2, m2 = cached.encode([ps[1], ps[0]])  # ps[1] was evicted (least recently used), ps[0] was not
+    assert calls == [4, 1] and len(cached._cache) == 3
+    assert torch.equal(m1, m_ref)
+    torch.testing.assert_close(c1, c_ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(c2, c_ref[[1, 0]][:, : c2.shape[1]], atol=1e-6, rtol=1e-6)
+    image_changed = task_prompt("prediction", "a blue square moves up", images=[shape_image(RED, True)])
+    assert prompt_key(image_changed) != prompt_key(ps[1])   # same text, other pixels: another prompt
 
 
 def test_null_condition_and_drop(enc):

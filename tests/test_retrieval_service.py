@@ -239,3 +239,113 @@ def test_cli_bad_index_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "retrieval.serve", "--index", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not an index folder" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ fairness, timeouts, malformed paths
+
+
+def _get_status(
+    url: str, raw_path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None
+) -> int:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.putrequest(method, raw_path, skip_accept_encoding=True)
+    for k, v in (headers or {}).items():
+        conn.putheader(k, v)
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp.status
+
+
+@pytest.mark.parametrize("path", ["/image/%C2%B2", "/image/%D9%A3", "/image/-1", "/image/1.5", "/image/+1", "/image/",
+                                  "/image/99999999999999999999999999", "/image/%00", "/image/9", "/nope",
+                                  "/image/1/2", "/search", "/health/x"])
+def test_every_malformed_path_is_a_4xx(server, path):
+    assert 400 <= _get_status(server, path) < 500           # /image/9 has no image: 404 too
+    assert RetrieverClient(server).health()["status"] == "ok"
+
+
+def test_non_ascii_content_length_is_a_4xx(server):
+    assert _get_status(server, "/search", {"Content-Length": "²", "Content-Type": "application/json"},
+                       method="POST") in (400, 413)
+
+
+@pytest.fixture()
+def strict_server(index, index_dir):
+    cfg = ServiceConfig(index=str(index_dir), request_timeout=0.5)
+    with BackgroundServer(create_app(index, cfg, index_metadata(index_dir))) as url:
+        yield url
+
+
+@pytest.mark.parametrize("partial", [b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Le",
+                                     b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                                     b"Content-Type: application/json\r\n\r\n{\"queries\": ["])
+def test_half_sent_requests_are_dropped(strict_server, partial):
+    host, port = strict_server.removeprefix("http://").split(":")
+    socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+    for s in socks:
+        s.sendall(partial)
+    for s in socks:   # each is closed by the server (an empty read), a 408 at most before that
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data[:80]
+        s.close()
+    assert RetrieverClient(strict_server).search(["red circle"], 2)[0]
+
+
+def test_a_small_request_is_not_queued_behind_a_large_one():
+    """Round robin over requests: with one worker busy on a 50-slice request, a 1-slice request
+    that arrives runs after at most one more slice of the large one, not after all 50."""
+    import asyncio
+    import threading
+
+    from retrieval.scheduler import FairScheduler
+
+    order: list[str] = []
+    started = threading.Event()
+
+    def heavy_slice(i):
+        def run():
+            order.append(f"h{i}")
+            started.set()
+            time.sleep(0.002)
+        return run
+
+    async def scenario():
+        sched = FairScheduler(workers=1)
+        heavy = asyncio.ensure_future(sched.run([heavy_slice(i) for i in range(50)], timeout=30))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait)
+        await sched.run([lambda: order.append("light")], timeout=30)
+        await heavy
+        sched.close()
+
+    asyncio.run(scenario())
+    assert len(order) == 51 and order.index("light") <= 3, order[:6]
+
+
+def test_work_deadline_and_queue_bound_answer_busy():
+    import asyncio
+    import threading
+
+    from retrieval.scheduler import Busy, FairScheduler
+
+    ran, gate = [], threading.Event()
+
+    async def scenario():
+        sched = FairScheduler(workers=1, max_pending=1)
+        first = asyncio.ensure_future(sched.run([gate.wait] + [lambda: ran.append(1)] * 5, timeout=0.2))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Busy, match="queued"):            # the one pending slot is taken
+            await sched.run([lambda: None], timeout=1)
+        with pytest.raises(Busy, match="within"):
+            await first
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert await sched.run([lambda: 7], timeout=5) == [7]   # the slot is free again
+        sched.close()
+
+    asyncio.run(scenario())
+    assert ran == []   # the timed-out request's remaining slices never ran

@@ -86,8 +86,8 @@ def full(shards, work):
 
 
 def test_config_load_override_save_roundtrip(tmp_path):
-    cfg = load_train_config(TINY, ["optim.lr=3e-4", "model.fit.latent_dim=64", "data.tasks.t2v=2"])
-    assert cfg.optim.lr == 3e-4 and cfg.model.fit["latent_dim"] == 64 and cfg.data.tasks["t2v"] == 2.0
+    cfg = load_train_config(TINY, ["optim.lr=3e-4", "model.backbone_args.latent_dim=64", "data.tasks.t2v=2"])
+    assert cfg.optim.lr == 3e-4 and cfg.model.backbone_args["latent_dim"] == 64 and cfg.data.tasks["t2v"] == 2.0
     save_config(cfg, tmp_path / "config.yaml")
     assert load_train_config(tmp_path / "config.yaml") == cfg
     with pytest.raises(ConfigError, match="unknown key"):
@@ -244,12 +244,49 @@ def test_resume_after_stop_gives_the_same_losses(full, shards, work):
 def test_checkpoint_of_another_config_is_refused(full, shards, work):
     out = work / "mismatch"
     shutil.copytree(full.run_dir / "checkpoints", out / "checkpoints")
-    with pytest.raises(ConfigMismatchError, match=r"model\.fit\.latent_dim: 32 \(checkpoint\) != 64"):
-        run(shards, out, "model.fit.latent_dim=64")
+    with pytest.raises(ConfigMismatchError, match=r"model\.backbone_args\.latent_dim: 32 \(checkpoint\) != 64"):
+        run(shards, out, "model.backbone_args.latent_dim=64")
     with pytest.raises(ConfigMismatchError, match="optim.micro_batch"):
         run(shards, out, "optim.micro_batch=1")
     with pytest.raises(ConfigMismatchError, match="zero_stage: 0 \\(checkpoint\\) != 2"):
         run(shards, out, "run.deepspeed=configs/deepspeed/zero2.json")
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): the file appears iff the checkpoint's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_resume_refuses_a_checkpoint_that_holds_code(full, shards, work, zipped):
+    out = work / f"crafted_{zipped}"
+    shutil.copytree(full.run_dir / "checkpoints", out / "checkpoints")
+    marker = work / f"pwned_{zipped}"
+    target = find_latest(out / "checkpoints") / "mp_rank_00_model_states.pt"
+    torch.save({"module": {}, "x": _Payload(marker)}, target, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states\.pt: refusing to load: it is not plain "
+                                              r"tensor data \(refers to io\.open\)"):
+        run(shards, out)
+    assert not marker.exists()                   # nothing from the file ran
+    assert not (out / "config.yaml").exists()    # refused before the run folder was touched
+
+
+def test_deepspeed_zero_files_load_through_the_allow_list(shards, work):
+    from vimi.training.safe_load import check_checkpoint_files, safe_torch_load
+
+    r = run(shards, work / "zero2", "run.steps=1", "run.deepspeed=configs/deepspeed/zero2_bf16.json",
+            "run.export=false")
+    folder = r.checkpoint
+    files = sorted(folder.glob("*.pt"))
+    assert any("optim_states" in f.name for f in files)   # the ZeRO file with DeepSpeed's own classes
+    check_checkpoint_files(folder)
+    for f in files:
+        assert isinstance(safe_torch_load(f, "cpu"), dict)
 
 
 def test_full_disk_while_checkpointing_keeps_the_previous_one(full, shards, work, monkeypatch):
@@ -282,8 +319,8 @@ def test_stage_two_needs_an_init_and_the_same_model(full, shards, work, capsys):
     assert "--init" in capsys.readouterr().err
     assert cli_main("instruct", base + ["--init", str(work / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    with pytest.raises(InitError, match=r"model\.fit\.num_heads: 2 \(export\) != 4"):
-        run(shards, work / "s2y", "model.fit.num_heads=4", f"run.init={full.pipeline}", stage="instruct")
+    with pytest.raises(InitError, match=r"model\.backbone_args\.num_heads: 2 \(export\) != 4"):
+        run(shards, work / "s2y", "model.backbone_args.num_heads=4", f"run.init={full.pipeline}", stage="instruct")
 
 
 def test_stage_two_mixes_tasks_from_the_stage_one_export(full, shards, work):

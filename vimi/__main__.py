@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", required=True, help="output mp4")
     args = ap.parse_args(argv)
 
-    from vimi.pipeline import InputError, generate
+    from base.config import ConfigError
+    from vimi.pipeline import InputError, PipelineLoadError, generate
 
     task = TASKS[args.task]
     inputs: dict = {"prompt": args.prompt}
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         video = generate(args.task, inputs, args.pipeline, steps=args.steps, guidance=args.guidance,
                          seed=args.seed, num_frames=args.num_frames, output=args.out)
-    except InputError as e:
+    except (InputError, PipelineLoadError, ConfigError) as e:  # bad input: the message says what to fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]})")
@@ -55,4 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from base.cli_guard import guarded
+
+    sys.exit(guarded(main, prog="python -m vimi"))

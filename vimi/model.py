@@ -3,7 +3,7 @@
 VIMI (Fang et al. 2024, §3) conditions a Snap Video-style diffusion transformer on the hidden
 states of a multimodal LLM that reads the whole interleaved prompt (instruction, retrieved
 image-text pairs, caption, task images). This module only assembles the pieces that live in
-``vimi.mllm`` (encoder), ``vimi.models.fit`` (backbone) and ``vimi.diffusion`` (preconditioning);
+``vimi.mllm`` (encoder), ``vimi.models`` (backbones by name) and ``vimi.diffusion`` (preconditioning);
 training (``vimi.training``) and inference (``vimi.pipeline``) both go through it.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from vimi.diffusion import EDMConfig, EDMPrecond, SamplerConfig
 from vimi.mllm import MLLMConfig, MLLMEncoder, Prompt
-from vimi.models.fit import FIT, FITConfig, fit_config
+from vimi.models import backbone_config, build_backbone, frame_condition
 
 
 @dataclass
@@ -32,18 +32,18 @@ class VimiConfig:
     """Every model setting; saved in each run folder and in each pipeline's config.json."""
 
     video: VideoConfig = field(default_factory=VideoConfig)
-    backbone: str = "fit-tiny"                               # FIT size from FIT_CONFIGS
-    fit: dict[str, Any] = field(default_factory=dict)        # field overrides of that size
+    backbone: str = "unet-s"                                 # a named size of vimi.models (fit-*, unet-*)
+    backbone_args: dict[str, Any] = field(default_factory=dict)  # field overrides of that size
     edm: EDMConfig = field(default_factory=EDMConfig)
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     retrieval_k: int = 4                                     # K retrieved pairs per t2v prompt
     max_cond_frames: int = 1                                 # prediction: first k clean frames given
 
-    def fit_config(self) -> FITConfig:
+    def backbone_config(self) -> Any:
         """The backbone config: the named size, our overrides, and the video's channel count."""
-        return fit_config(self.backbone, in_channels=self.video.channels,
-                          extra_channels=self.video.channels + 1, **self.fit)
+        return backbone_config(self.backbone, **{"in_channels": self.video.channels,
+                                                 "extra_channels": self.video.channels + 1, **self.backbone_args})
 
     @property
     def sigma_in(self) -> float:
@@ -53,14 +53,14 @@ class VimiConfig:
 
 
 class VimiModel(nn.Module):
-    """``encoder`` (MLLM, frozen by default) + ``net`` (EDMPrecond over FIT)."""
+    """``encoder`` (MLLM, frozen by default) + ``net`` (EDMPrecond over the named backbone)."""
 
-    def __init__(self, cfg: VimiConfig, fit: FITConfig | None = None):
+    def __init__(self, cfg: VimiConfig):
         super().__init__()
         self.cfg = cfg
-        fit = fit or cfg.fit_config()
-        self.encoder = MLLMEncoder(cfg.mllm, out_dim=fit.cond_dim)
-        self.net = EDMPrecond(FIT(fit), sigma_data=cfg.edm.sigma_data, sigma_in=cfg.sigma_in)
+        bb = cfg.backbone_config()
+        self.encoder = MLLMEncoder(cfg.mllm, out_dim=bb.cond_dim)
+        self.net = EDMPrecond(build_backbone(cfg.backbone, bb), sigma_data=cfg.edm.sigma_data, sigma_in=cfg.sigma_in)
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, prompts: Sequence[Prompt], drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -76,15 +76,10 @@ class VimiModel(nn.Module):
     def cond_frames(self, video: Tensor, k: Tensor | int) -> Tensor:
         """Clean first-k-frames input of prediction (beyond VIMI, which conditions only through the MLLM).
 
-        video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> extra (B, C+1, T, H, W): the first k
-        frames as they are, zeros after, and a mask channel that is 1 on the given frames. k = 0 is
-        t2v / subject (all zeros).
+        video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> extra (B, C+1, T, H, W)
+        (``vimi.models.frame_condition``: the first k frames, zeros after, and a mask channel).
         """
-        B, C, T, H, W = video.shape
-        k = torch.as_tensor(k, device=video.device).reshape(-1).expand(B)
-        known = (torch.arange(T, device=video.device)[None] < k[:, None]).to(video.dtype)  # (B, T)
-        known = known[:, None, :, None, None]                                                # (B, 1, T, 1, 1)
-        return torch.cat([video * known, known.expand(B, 1, T, H, W)], dim=1)
+        return frame_condition(video, k)
 
     # ------------------------------------------------------------------ denoising
     def forward(self, x_noisy: Tensor, sigma: Tensor, cond: Tensor, cond_mask: Tensor,
@@ -94,7 +89,7 @@ class VimiModel(nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """FIT + the encoder's projection and null tokens (+ LoRA / full MLLM when configured)."""
+        """The backbone + the encoder's projection and null tokens (+ LoRA / full MLLM when configured)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from base.config import from_dict, to_dict
 from base.errors import MissingImageError
@@ -35,8 +35,10 @@ from base.pixels import to_model_video, to_uint8_video
 from base.tasks import TASKS, get_task
 from vimi.diffusion import GuidedDenoiser, edm_sampler
 from vimi.mllm import PromptError, task_prompt
+from vimi.mllm.encoder import MLLMLoadError
 from vimi.mllm.prompt import as_image
 from vimi.model import VimiConfig, VimiModel
+from vimi.weights import load_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,7 @@ class VimiPipeline:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: VimiConfig | None = None, index: str | None = None) -> "VimiPipeline":
-        """An untrained pipeline (random FIT, the configured MLLM)."""
+        """An untrained pipeline (random backbone, the configured MLLM)."""
         model = VimiModel(cfg or VimiConfig())
         return cls(model, open_retriever(index), index)
 
@@ -181,7 +183,7 @@ class VimiPipeline:
             weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
             save_file(weights, str(tmp / WEIGHTS))
             meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
-                    "fit_resolved": to_dict(cfg.fit_config())}
+                    "backbone_resolved": to_dict(cfg.backbone_config())}
             (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         return folder
 
@@ -193,17 +195,22 @@ class VimiPipeline:
         cfg_path = folder / "config.json"
         if not cfg_path.is_file() or not (folder / WEIGHTS).is_file():
             raise PipelineLoadError(f"{folder} is not a pipeline folder (needs config.json and {WEIGHTS})")
-        meta = json.loads(cfg_path.read_text())
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PipelineLoadError(f"{cfg_path}: not readable JSON ({e})") from None
+        if not isinstance(meta, dict) or "model" not in meta:
+            raise PipelineLoadError(f"{cfg_path}: expected a JSON object with 'format_version' and 'model'")
         if meta.get("format_version") != FORMAT_VERSION:
             raise PipelineLoadError(f"{folder}: format_version {meta.get('format_version')} != {FORMAT_VERSION}")
         cfg = from_dict(VimiConfig, meta["model"])
         if cfg.mllm.path and not Path(cfg.mllm.path).is_absolute():
             cfg.mllm.path = str(folder / cfg.mllm.path)
-        model = VimiModel(cfg)
+        state = load_safetensors(folder / WEIGHTS, PipelineLoadError)  # before minutes of building
         try:
-            state = load_file(str(folder / WEIGHTS))
-        except Exception as e:  # safetensors raises its own error types for truncated files
-            raise PipelineLoadError(f"{folder / WEIGHTS}: unreadable weights ({e})") from None
+            model = VimiModel(cfg)
+        except MLLMLoadError as e:
+            raise PipelineLoadError(str(e)) from None
         model.load_trainable_state_dict(state)
         if index is None:
             index = meta.get("index")

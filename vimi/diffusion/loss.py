@@ -4,7 +4,7 @@ ln σ ~ N(P_mean, P_std²); the denoiser is trained to recover x from x/σ_in + 
 λ(σ) = (σ² + σ_d²) / (σ σ_d)². The loss only calls ``net(x_noisy, sigma, sigma_in=..., **cond)``
 and compares its output with x: it knows nothing of the preconditioning inside ``net``.
 
-λ(σ) is EDM's weight on D, kept as DESIGN.md specifies. With σ_in = 1 it equals 1/c_out², i.e. a
+λ(σ) is EDM's weight on D, kept as docs/architecture.md (The model) specifies. With σ_in = 1 it equals 1/c_out², i.e. a
 unit-weight regression of F on its unit-variance target (EDM eq. 8 → Table 1). With σ_in ≠ 1 the
 implied weight on F's error is σ_in² (σ²+σ_d²)² / (σ_d² + σ_in σ²)²: σ_in² at low σ, 1 at high σ.
 """

@@ -68,7 +68,7 @@ def edm_coefficients(sigma: Tensor, sigma_data: float, sigma_in: Tensor | float 
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise level ``sigma`` (any shape, broadcast with sigma_in).
 
-    DESIGN.md / Snap Video's input scaling (EDM Table 1 when σ_in = 1, with c_out negated):
+    Snap Video's input scaling (docs/architecture.md, The model; EDM Table 1 when σ_in = 1, c_out negated):
       c_in    = 1 / √(σ_d²/σ_in² + σ²)           input x/σ_in + σε has variance σ_d²/σ_in² + σ²
       c_skip  = σ_in σ_d² / (σ_in σ² + σ_d²)
       c_out   = −σ_in σ σ_d √(σ² + σ_d²) / (σ_d² + σ_in σ²)

@@ -266,4 +266,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from base.cli_guard import guarded
+
+    raise SystemExit(guarded(main, prog="python -m vimi.eval.generate"))

@@ -349,4 +349,6 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from base.cli_guard import guarded
+
+    raise SystemExit(guarded(main, prog="python -m vimi.eval.shapeworld"))

@@ -12,9 +12,11 @@ classifier-free guidance.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -51,24 +53,32 @@ class MLLMConfig:
     null_tokens: int = 1         # length of the learned null condition (classifier-free guidance)
     normalize: bool = True       # LayerNorm (no affine) before the projection; LLM states have outlier channels
     dtype: str = "float32"       # MLLM weights: float32 | bfloat16 | float16 (the projection stays float32)
+    cache_prompts: int = 8192    # frozen MLLM: hidden states of this many distinct prompts kept in memory (0 = off)
 
 
 def load_llava(path: str | Path, dtype: str = "float32"):
     """Local LLaVA folder -> (LlavaForConditionalGeneration, processor). Never touches a hub."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
+    from vimi.weights import check_safetensors
+
     p = Path(path).expanduser()
     if not p.is_dir() or not (p / "config.json").is_file():
         raise MLLMLoadError(
             f"MLLM path {str(path)!r} is not a local folder with a config.json (hub names are not loaded)"
         )
-    config = AutoConfig.from_pretrained(p, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(p, local_files_only=True)
+    except (OSError, ValueError) as e:  # unparsable config.json, unknown model type
+        raise MLLMLoadError(f"{p / 'config.json'}: not a readable model config ({str(e).splitlines()[0]})") from None
     if getattr(config, "model_type", None) != "llava":
         raise MLLMLoadError(
             f"{p}: model_type {getattr(config, 'model_type', None)!r} is not 'llava' (LlavaForConditionalGeneration)"
         )
     if dtype not in ("float32", "bfloat16", "float16"):
         raise MLLMLoadError(f"unknown MLLM dtype {dtype!r}")
+    for f in sorted(p.glob("*.safetensors")):  # transformers would report a damaged file without its name
+        check_safetensors(f, MLLMLoadError)
     model = LlavaForConditionalGeneration.from_pretrained(p, dtype=getattr(torch, dtype), local_files_only=True)
     processor = AutoProcessor.from_pretrained(p, local_files_only=True)
     return model, processor
@@ -100,6 +110,32 @@ def _tiny_default(seed: int, image_size: int) -> Path:
         build_tiny_llava(tmp.name, seed, TinyLlavaConfig(image_size=image_size))
         _TINY_DEFAULTS[key] = tmp
     return Path(_TINY_DEFAULTS[key].name)
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A digest of everything the MLLM reads from a prompt: segment roles, texts and image pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    for seg in prompt:
+        h.update(seg.role.encode())
+        if seg.image is not None:
+            h.update(f"{seg.image.mode}{seg.image.size}".encode())
+            h.update(seg.image.tobytes())
+        else:
+            h.update(b"\0" + seg.text.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _pad_hidden(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(L_i, H)] -> (H (B, L, H) zero-padded on the right, mask (B, L) bool True=valid)."""
+    if not rows:
+        raise ValueError("_pad_hidden needs at least one row")
+    L = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros(len(rows), L, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), L, dtype=torch.bool, device=rows[0].device)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = True
+    return out, mask
 
 
 class MLLMEncoder(nn.Module):
@@ -138,6 +174,7 @@ class MLLMEncoder(nn.Module):
             max_length=cfg.max_length, bos_token_id=tok.bos_token_id,
         )
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt key -> (L, H) states (frozen only)
 
     # ------------------------------------------------------------------ setup
     def _setup_tuning(self) -> None:
@@ -178,9 +215,32 @@ class MLLMEncoder(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def hidden(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts -> (MLLM hidden states of cfg.layer (B, L, H), mask (B, L) bool). Cacheable when frozen."""
+        """Prompts -> (MLLM hidden states of cfg.layer (B, L, H), mask (B, L) bool).
+
+        A frozen MLLM maps a prompt to the same states every time, so they are computed once per
+        distinct prompt and kept (LRU, ``cfg.cache_prompts`` entries): a training step then costs
+        the backbone and the projection only, however often a caption and its retrieved pairs recur.
+        """
         if not prompts:
             raise ValueError("encode needs at least one prompt")
+        if self.cfg.tuning != "frozen" or self.cfg.cache_prompts <= 0:
+            return self._hidden(prompts)
+        keys = [prompt_key(p) for p in prompts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if missing:
+            first = {k: p for k, p in zip(keys, prompts)}
+            h, m = self._hidden([first[k] for k in missing])
+            for i, k in enumerate(missing):
+                self._cache[k] = h[i, m[i]].detach()
+        rows = []
+        for k in keys:
+            self._cache.move_to_end(k)
+            rows.append(self._cache[k])
+        while len(self._cache) > self.cfg.cache_prompts:
+            self._cache.popitem(last=False)
+        return _pad_hidden(rows)
+
+    def _hidden(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         toks = self.tokenize(prompts)
         B, L = len(toks), max(len(t.ids) for t in toks)
         ids = torch.full((B, L), self.pad_token_id, dtype=torch.long)

@@ -19,15 +19,14 @@ Beyond Snap Video, ``extra`` input channels carry clean conditioning frames plus
 """
 from __future__ import annotations
 
-import math
-import sys
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from vimi.models.layers import Attention, FeedForward, NoiseEmbedding, check_inputs, sincos_3d
 
 
 class FITInputError(ValueError):
@@ -86,82 +85,6 @@ def fit_config(name: str, **overrides) -> FITConfig:
     if name not in FIT_CONFIGS:
         raise KeyError(f"unknown FIT size {name!r}; known: {sorted(FIT_CONFIGS)}")
     return replace(FIT_CONFIGS[name], **overrides)
-
-
-# ----------------------------------------------------------------------------------------------
-# Embeddings
-# ----------------------------------------------------------------------------------------------
-
-def sincos_1d(pos: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Transformer sinusoidal embedding of positions ``pos`` (N,) -> (N, dim) (dim even)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=pos.device) / half)
-    args = pos.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-
-
-def sincos_3d(t: int, h: int, w: int, dim: int, device: torch.device) -> Tensor:
-    """Fixed space-time position embedding of a t×h×w grid -> (t·h·w, dim), axes in (t, h, w) order.
-
-    Fixed (not learned) so one model runs at any frame count and resolution; each axis gets an
-    equal even share of the channels, the remainder is zero.
-    """
-    per_axis = 2 * (dim // 6)
-    grid = torch.stack(torch.meshgrid(torch.arange(t, device=device), torch.arange(h, device=device),
-                                      torch.arange(w, device=device), indexing="ij"), dim=-1).reshape(-1, 3)
-    parts = [sincos_1d(grid[:, a], per_axis) for a in range(3)]
-    emb = torch.cat(parts, dim=1)
-    return F.pad(emb, (0, dim - emb.shape[1]))
-
-
-class NoiseEmbedding(nn.Module):
-    """c_noise (B,) -> the σ token (B, 1, D): sinusoidal features through an MLP (as DiT embeds timesteps).
-
-    c_noise = ln(σ)/4 spans about [-1.6, 1.1]; it is scaled by 1000 so the sinusoid frequencies
-    resolve it like DiT's timesteps in [0, 1000).
-    """
-
-    def __init__(self, dim: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, c_noise: Tensor) -> Tensor:
-        feats = sincos_1d(c_noise * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)  # (B, freq_dim)
-        return self.mlp(feats)[:, None]                                                    # (B, 1, D)
-
-
-# ----------------------------------------------------------------------------------------------
-# Attention and feed-forward layers
-# ----------------------------------------------------------------------------------------------
-
-class Attention(nn.Module):
-    """Multi-head attention of queries (N, Lq, Dq) over a context (N, Lk, Dk), on torch SDPA."""
-
-    def __init__(self, query_dim: int, context_dim: int, inner_dim: int, heads: int, qk_norm: bool):
-        super().__init__()
-        self.heads, self.head_dim = heads, inner_dim // heads
-        self.to_q = nn.Linear(query_dim, inner_dim)
-        self.to_kv = nn.Linear(context_dim, 2 * inner_dim)
-        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(inner_dim, query_dim)
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        N, Lq, _ = x.shape
-        Lk = context.shape[1]
-        q = self.to_q(x).view(N, Lq, self.heads, self.head_dim).transpose(1, 2)            # (N, h, Lq, d)
-        k, v = self.to_kv(context).view(N, Lk, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, h, Lk, d)
-        q, k = self.q_norm(q), self.k_norm(k)
-        attn_mask = None if mask is None else mask[:, None, None, :]                       # (N, 1, 1, Lk) True=attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)                  # (N, h, Lq, d)
-        return self.proj(out.transpose(1, 2).reshape(N, Lq, self.heads * self.head_dim))
-
-
-class FeedForward(nn.Sequential):
-    def __init__(self, dim: int, ratio: float):
-        hidden = int(dim * ratio)
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
 class CrossAttentionLayer(nn.Module):
@@ -275,20 +198,7 @@ class FIT(nn.Module):
         return gt, gh, gw, T // gt, H // (p * gh), W // (p * gw)
 
     def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, extra: Tensor | None) -> None:
-        cfg = self.config
-        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
-            raise FITInputError(f"x must be (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
-        B = x.shape[0]
-        if c_noise.shape != (B,):
-            raise FITInputError(f"c_noise must be ({B},), got {tuple(c_noise.shape)}")
-        if cond.ndim != 3 or cond.shape[0] != B or cond.shape[2] != cfg.cond_dim:
-            raise FITInputError(f"cond must be ({B}, L, {cfg.cond_dim}), got {tuple(cond.shape)}")
-        if cond_mask.shape != cond.shape[:2] or cond_mask.dtype != torch.bool:
-            raise FITInputError(f"cond_mask must be bool {tuple(cond.shape[:2])}, got {cond_mask.dtype} "
-                                f"{tuple(cond_mask.shape)}")
-        if extra is not None and extra.shape != (B, cfg.extra_channels, *x.shape[2:]):
-            raise FITInputError(f"extra must be ({B}, {cfg.extra_channels}, {', '.join(map(str, x.shape[2:]))}), "
-                                f"got {tuple(extra.shape)}")
+        check_inputs(self.config, x, c_noise, cond, cond_mask, extra, FITInputError)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None, cond_mask: Tensor | None = None,
                 extra: Tensor | None = None) -> Tensor:
@@ -336,34 +246,3 @@ class FIT(nn.Module):
         out = self.out_proj(self.out_norm(patches))                            # (B·G, N, p·p·C)
         return rearrange(out, "(b nt nh nw) (gt gh gw) (p q c) -> b c (nt gt) (nh gh p) (nw gw q)",
                          b=B, nt=nt, nh=nh, nw=nw, gt=gt, gh=gh, gw=gw, p=p, q=p)
-
-
-def build_fit(name_or_cfg: str | FITConfig, device: torch.device | str | None = None, **overrides) -> FIT:
-    """A FIT from a registry name or config; ``device="meta"`` builds it without allocating weights."""
-    cfg = fit_config(name_or_cfg, **overrides) if isinstance(name_or_cfg, str) else replace(name_or_cfg, **overrides)
-    if device is None:
-        return FIT(cfg)
-    with torch.device(device):
-        return FIT(cfg)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def parameter_table(names: list[str] | None = None) -> str:
-    """A text table of parameter counts per registry size (built on the meta device: no memory)."""
-    rows = [("name", "params", "patch", "group", "latents/group", "latent dim", "blocks×layers", "heads")]
-    for name in names or list(FIT_CONFIGS):
-        cfg = FIT_CONFIGS[name]
-        n = count_parameters(build_fit(name, device="meta"))
-        rows.append((name, f"{n / 1e6:.1f}M", f"1x{cfg.patch_size}x{cfg.patch_size}",
-                     f"{cfg.group_frames or 'T'}x{cfg.group_size[0]}x{cfg.group_size[1]}",
-                     str(cfg.latents_per_group), str(cfg.latent_dim), f"{cfg.num_blocks}x{cfg.latent_layers}",
-                     str(cfg.num_heads)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
-
-
-if __name__ == "__main__":
-    print(parameter_table(sys.argv[1:] or None))

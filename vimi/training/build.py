@@ -81,9 +81,8 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     The export's model config must equal this run's (the MLLM path aside: an export carries its
     own copy); a difference is an InitError naming each setting.
     """
-    from safetensors.torch import load_file
-
     from vimi.training.checkpoint import config_differences
+    from vimi.weights import load_safetensors
 
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -92,7 +91,10 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     files = sorted(folder.glob("*.safetensors"))
     if not cfg_file.is_file() or not files:
         raise InitError(f"--init {path}: not a pipeline export (needs config.json and *.safetensors)")
-    saved = json.loads(cfg_file.read_text())
+    try:
+        saved = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InitError(f"--init {path}: {cfg_file} is not readable JSON ({e})") from None
     saved_model = saved.get("model", saved)
     mine = to_dict(cfg.model)
     blocking, _ = config_differences({"model": _without_paths(saved_model)}, {"model": _without_paths(mine)},
@@ -101,7 +103,7 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
         raise InitError(f"--init {path} holds a different model than this config:\n  " + "\n  ".join(blocking))
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(load_file(str(f)))
+        state.update(load_safetensors(f, InitError))
     own = model.state_dict()
     # Trainable weights must come from the export; frozen MLLM weights come from the MLLM folder.
     trainable = {id(p) for p in model.trainable_parameters()}

@@ -10,8 +10,9 @@ Layout (``RUN/checkpoints``)::
 
 A checkpoint counts only once ``train_state.json`` exists and ``latest`` names it. A save that
 fails midway (a full disk) leaves ``latest`` on the previous checkpoint, which stays loadable;
-the half-written folder is removed by the next successful save. Nothing here unpickles data
-files: JSON and safetensors only (DeepSpeed's own files are our own training state).
+the half-written folder is removed by the next successful save. Nothing here runs code from a
+checkpoint: our files are JSON and safetensors, and DeepSpeed's pickles are read only through
+PyTorch's restricted unpickler with a short allow-list (safe_load.py), checked before the model is built.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from base.io import write_text_atomic
+from vimi.training.safe_load import CheckpointError, check_checkpoint_files, guard_engine
 
 LATEST = "latest"
 TRAIN_STATE = "train_state.json"
@@ -34,10 +36,6 @@ EMA_FILE = "ema.safetensors"
 # changed would fail deep inside DeepSpeed or silently train something else.
 MUST_MATCH = ("model", "data.shards", "data.tasks", "data.workers", "data.shuffle_buffer", "data.max_contexts",
               "optim.micro_batch", "optim.accumulation", "run.seed", "run.stage")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read."""
 
 
 class ConfigMismatchError(CheckpointError):
@@ -187,10 +185,21 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint file ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_train_state(path: Path, config: dict, world_size: int, layout: dict | None = None) -> dict:
     """train_state.json of a checkpoint, after checking it belongs to a run with this config, world
     size and DeepSpeed layout (``{"zero_stage", "precision"}``: how the optimizer state is sharded)."""
-    state = json.loads((path / TRAIN_STATE).read_text())
+    state = _read_json(path / TRAIN_STATE)
+    check_checkpoint_files(path)
     blocking, harmless = config_differences(state["config"], config)
     if state["world_size"] != world_size:
         blocking.insert(0, f"world_size: {state['world_size']} (checkpoint) != {world_size} (this run)")
@@ -209,6 +218,7 @@ def read_train_state(path: Path, config: dict, world_size: int, layout: dict | N
 def load(engine, path: Path, *, rank: int, ema=None, ema_updates: int = 0) -> dict:
     """Restore engine (module, optimizer, scheduler), EMA (rank 0) and this rank's RNG; returns the
     rank's saved state (data position)."""
+    guard_engine(engine)
     load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=True,
                                           load_optimizer_states=True, load_lr_scheduler_states=True)
     if load_path is None:
@@ -216,10 +226,11 @@ def load(engine, path: Path, *, rank: int, ema=None, ema_updates: int = 0) -> di
     rank_file = path / f"rank_{rank:05d}.json"
     if not rank_file.is_file():
         raise CheckpointError(f"{rank_file} is missing (was the checkpoint written with fewer ranks?)")
-    rank_state = json.loads(rank_file.read_text())
+    rank_state = _read_json(rank_file)
     if ema is not None:
-        from safetensors.torch import load_file
+        from vimi.weights import load_safetensors
 
-        ema.load_state_dict(load_file(str(path / EMA_FILE)) if ema.average is not None else {}, ema_updates)
+        ema.load_state_dict(load_safetensors(path / EMA_FILE, CheckpointError) if ema.average is not None else {},
+                            ema_updates)
     set_rng_state(rank_state.pop("rng"))
     return rank_state

@@ -44,6 +44,7 @@ def parser(stage: str) -> argparse.ArgumentParser:
 
 def main(stage: str, argv: list[str] | None = None) -> int:
     args = parser(stage).parse_args(argv)
+    from vimi.mllm.encoder import MLLMLoadError
     from vimi.training.build import InitError, check_init
     from vimi.training.checkpoint import CheckpointError
     from vimi.training.config import load_train_config
@@ -68,7 +69,7 @@ def main(stage: str, argv: list[str] | None = None) -> int:
         from vimi.training.loop import train
 
         result = train(cfg)
-    except (ConfigError, InitError, CheckpointError, DataError) as e:
+    except (ConfigError, InitError, CheckpointError, DataError, MLLMLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.interrupted:

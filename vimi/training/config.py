@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from base.config import ConfigError, load_config, save_config
+from base.config import ConfigError, config_source, load_config, save_config
 from base.tasks import TASK_NAMES
 from vimi.model import VimiConfig
 
@@ -39,6 +39,7 @@ class DataConfig:
     on_error: Literal["skip", "raise"] = "skip"  # corrupt samples: skip and count (docs/architecture.md) or stop
     index: str = ""                 # retrieval index (folder or service URL) the shards were built with:
     #                                 bundled into the exported pipeline so t2v retrieves at inference too
+    allow_incomplete: bool = False  # train on a shard folder whose build did not finish (a warning, not an error)
 
 
 @dataclass
@@ -110,50 +111,49 @@ class TrainConfig:
     model: VimiConfig = field(default_factory=VimiConfig)
 
     def validate(self) -> "TrainConfig":
-        """Cross-field checks with messages that name the setting to change."""
+        """Cross-field checks; each error names the setting, its value and what it must be."""
         r, o, d = self.run, self.optim, self.data
-        if r.steps < 1:
-            raise ConfigError(f"run.steps must be >= 1, got {r.steps}")
-        for name in ("save_every", "log_every", "keep_checkpoints"):
-            if getattr(r, name) < 1:
-                raise ConfigError(f"run.{name} must be >= 1, got {getattr(r, name)}")
-        if r.stop_at is not None and not 1 <= r.stop_at <= r.steps:
-            raise ConfigError(f"run.stop_at={r.stop_at} must lie in [1, run.steps={r.steps}]")
-        if o.micro_batch < 1 or o.accumulation < 1:
-            raise ConfigError(
-                f"optim.micro_batch and optim.accumulation must be >= 1, got {o.micro_batch}, {o.accumulation}"
-            )
-        if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
-            raise ConfigError("optim: need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1, grad_clip >= 0")
-        if len(o.betas) != 2:
-            raise ConfigError(f"optim.betas must hold two values, got {o.betas}")
-        if not 0 <= self.ema.decay < 1 or self.ema.every < 1:
-            raise ConfigError(f"ema.decay must be in [0, 1) and ema.every >= 1, got {self.ema.decay}, {self.ema.every}")
+        for key in ("run.steps", "run.save_every", "run.log_every", "run.keep_checkpoints", "optim.micro_batch",
+                    "optim.accumulation", "ema.every", "data.shuffle_buffer", "data.prefetch",
+                    "model.max_cond_frames", "sample.num_steps"):
+            _need(self._get(key) >= 1, key, self._get(key), ">= 1")
+        for key in ("optim.warmup_steps", "optim.grad_clip", "data.workers", "sample.every"):
+            _need(self._get(key) >= 0, key, self._get(key), ">= 0")
+        _need(r.stop_at is None or 1 <= r.stop_at <= r.steps, "run.stop_at", r.stop_at,
+              f"null or in [1, run.steps={r.steps}]")
+        _need(o.lr > 0, "optim.lr", o.lr, "> 0")
+        _need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "in [0, 1]")
+        _need(len(o.betas) == 2, "optim.betas", o.betas, "two values [beta1, beta2]")
+        _need(0 <= self.ema.decay < 1, "ema.decay", self.ema.decay, "in [0, 1)")
         unknown = sorted(set(d.tasks) - set(TASK_NAMES))
-        if unknown:
-            raise ConfigError(f"data.tasks: unknown task(s) {unknown}; known: {', '.join(TASK_NAMES)}")
-        if any(w < 0 for w in d.tasks.values()) or (r.stage == "instruct" and sum(d.tasks.values()) <= 0):
-            raise ConfigError(f"data.tasks weights must be >= 0 with a positive sum, got {d.tasks}")
-        if d.shuffle_buffer < 1 or d.workers < 0 or d.prefetch < 1:
-            raise ConfigError("data: need shuffle_buffer >= 1, workers >= 0, prefetch >= 1")
-        if self.model.max_cond_frames < 1:
-            raise ConfigError(f"model.max_cond_frames (frames given to prediction) must be >= 1, "
-                              f"got {self.model.max_cond_frames}")
-        if len(d.subject_crop) != 2 or not 0 < d.subject_crop[0] <= d.subject_crop[1] <= 1:
-            raise ConfigError(f"data.subject_crop must be [lo, hi] with 0 < lo <= hi <= 1, got {d.subject_crop}")
-        if "<image>" not in d.subject_phrase or "<image>" not in d.subject_fallback:
-            raise ConfigError("data.subject_phrase and data.subject_fallback must contain <image>")
-        if r.cpu_threads is not None and r.cpu_threads < 1:
-            raise ConfigError(f"run.cpu_threads must be >= 1 (or null), got {r.cpu_threads}")
-        if self.sample.every < 0 or self.sample.num_steps < 1:
-            raise ConfigError("sample.every must be >= 0 and sample.num_steps >= 1")
+        _need(not unknown, "data.tasks", d.tasks, f"tasks among {', '.join(TASK_NAMES)} (unknown task(s) {unknown})")
+        _need(all(w >= 0 for w in d.tasks.values()) and (r.stage != "instruct" or sum(d.tasks.values()) > 0),
+              "data.tasks", d.tasks, "weights >= 0 with a positive sum")
+        _need(len(d.subject_crop) == 2 and 0 < d.subject_crop[0] <= d.subject_crop[1] <= 1, "data.subject_crop",
+              d.subject_crop, "[lo, hi] with 0 < lo <= hi <= 1")
+        for key in ("data.subject_phrase", "data.subject_fallback"):
+            _need("<image>" in self._get(key), key, self._get(key), "a phrase containing <image>")
+        _need(r.cpu_threads is None or r.cpu_threads >= 1, "run.cpu_threads", r.cpu_threads, ">= 1 or null")
         return self
+
+    def _get(self, key: str):
+        section, name = key.split(".")
+        return getattr(getattr(self, section), name)
+
+
+def _need(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: got {value!r}, expected {expected}", key=key)
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
                       stage: str | None = None) -> TrainConfig:
     """YAML + ``a.b=value`` overrides -> validated TrainConfig (``stage`` checks the launcher matches)."""
-    cfg = load_config(TrainConfig, path, overrides).validate()
+    cfg = load_config(TrainConfig, path, overrides)
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{config_source(path, overrides, e.key)}: {e}", key=e.key) from None
     if stage is not None and cfg.run.stage != stage:
         raise ConfigError(f"{path}: run.stage is {cfg.run.stage!r} but this launcher trains stage {stage!r}; "
                           f"use launch/{'pretrain' if cfg.run.stage == 'pretrain' else 'instruct_tune'}.py")

@@ -70,15 +70,14 @@ def _meta_llava(cfg: TrainConfig) -> nn.Module:
 
 def _meta_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
     """(trainable, frozen) per part, built on the meta device."""
-    from vimi.models.fit import FIT
+    from vimi.models import build_backbone
 
-    fit_cfg = cfg.model.fit_config()
-    with torch.device("meta"):
-        fit = FIT(fit_cfg)
+    bb_cfg = cfg.model.backbone_config()
+    backbone = build_backbone(cfg.model.backbone, bb_cfg, device="meta")
     llava = _meta_llava(cfg)
     m = cfg.model.mllm
     hidden = llava.config.text_config.hidden_size
-    head = hidden * fit_cfg.cond_dim + fit_cfg.cond_dim + m.null_tokens * fit_cfg.cond_dim  # proj + null tokens
+    head = hidden * bb_cfg.cond_dim + bb_cfg.cond_dim + m.null_tokens * bb_cfg.cond_dim  # proj + null tokens
     n_llava = sum(p.numel() for p in llava.parameters())
     lora = 0
     if m.tuning == "lora":  # r (in + out) per targeted language-model linear
@@ -86,7 +85,7 @@ def _meta_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
             if isinstance(mod, nn.Linear) and "language_model" in name and name.rsplit(".", 1)[-1] in m.lora_targets:
                 lora += m.lora_r * (mod.in_features + mod.out_features)
     llava_trainable = n_llava if m.tuning == "full" else lora
-    return {"backbone (FIT)": (sum(p.numel() for p in fit.parameters()), 0),
+    return {f"backbone ({cfg.model.backbone})": (sum(p.numel() for p in backbone.parameters()), 0),
             "MLLM head (projection, null tokens)": (head, 0),
             f"MLLM ({m.tuning})": (llava_trainable, n_llava - (n_llava if m.tuning == "full" else 0))}
 
@@ -99,7 +98,7 @@ def _real_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
     head = [enc.proj, enc.norm]
     n_head = sum(p.numel() for m in head for p in m.parameters()) + enc.null.numel()
     llava_t, llava_f = _count(enc.llava)
-    return {"backbone (FIT)": _count(model.net), "MLLM head (projection, null tokens)": (n_head, 0),
+    return {f"backbone ({cfg.model.backbone})": _count(model.net), "MLLM head (projection, null tokens)": (n_head, 0),
             f"MLLM ({cfg.model.mllm.tuning})": (llava_t, llava_f)}
 
 

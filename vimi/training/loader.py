@@ -97,6 +97,10 @@ class ShardStream(IterableDataset):
                     continue  # replaying up to the resume position: bytes only, no decoding
                 raw["__epoch__"], raw["__pos__"] = epoch, pos
                 yield raw
+            if seen == 0 and counter.skipped:  # the shards themselves are unreadable: say so, and which
+                shown = ", ".join(urls[:3]) + (" ..." if len(urls) > 3 else "")
+                raise DataError(f"rank {self.rank} worker {logical}: none of {len(urls)} shard(s) yielded a sample "
+                                f"({shown}); errors: {dict(counter.skipped)}")
             if seen == 0:
                 raise DataError(f"rank {self.rank} worker {logical}: no samples in {len(urls)} shard(s) "
                                 f"(fewer samples than ranks x data.workers = {consumers}?)")

@@ -127,6 +127,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     from vimi.training.build import build_stream, build_training_model, check_init
     from vimi.training.data import shard_urls
     from vimi.training.optim import deepspeed_config, param_groups, scheduler_factory
+    from vimi.training.shard_check import check_shards
 
     device = pick_device(cfg, info)
     ds_config = deepspeed_config(cfg, world, device)
@@ -135,7 +136,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     resume_path = ckpt.resolve_resume(cfg.run.resume, ckpt_root)
     train_state = ckpt.read_train_state(resume_path, cfg_dict, world, layout) if resume_path else None
     check_init(cfg, resuming=resume_path is not None)
-    shard_urls(cfg.data.shards)
+    check_shards(cfg.data.shards, shard_urls(cfg.data.shards), cfg.data.allow_incomplete)
 
     import deepspeed  # after setup_env: the accelerator and the op cache are chosen from the environment
 

@@ -1,0 +1,167 @@
+"""Learning curves: how fast does each recipe learn ShapeWorld? One table, every recipe side by side.
+
+Each named configuration trains with ``vimi.training.lean`` (clips rendered on the fly, the
+project's backbone, EDMPrecond, EDMLoss, Heun sampler) and is scored with the project's scorer on
+fresh eval clips at fixed budgets of clips seen. Conditioning is text-only (caption words →
+learned embeddings) so the table measures the diffusion recipe and the backbone, not the MLLM.
+
+    python benchmarks/learning.py --configs fit-tiny,unet-s --budgets 2000,5000,10000 --rows 20
+    python benchmarks/learning.py --list
+
+Rows go to OUT/results.jsonl as they are measured (a rerun skips what is there), the curves to
+OUT/curves.png. CPU-seconds are process CPU time of training only (scoring excluded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from base.io import atomic_path
+from vimi.diffusion import EDMConfig
+from vimi.training.lean import LeanConfig, LeanTrainer, loss_ema
+
+PLAIN = EDMConfig(sigma_data=0.5, sigma_in=1.0)  # EDM's own settings (σ_in = 1: no Snap Video scaling)
+
+# name -> recipe. Every row of the closing note's table is one of these; losing rows stay listed.
+CONFIGS: dict[str, LeanConfig] = {
+    # The pre-issue default: fit-tiny with Snap Video's σ_d = 1 and σ_in = √T, lr 3e-4.
+    "fit-tiny-snap": LeanConfig(backbone="fit-tiny", edm=EDMConfig(), lr=3e-4),
+    "fit-tiny": LeanConfig(backbone="fit-tiny", edm=PLAIN, lr=1e-3),
+    "unet-xs": LeanConfig(backbone="unet-xs", edm=PLAIN),
+    "unet-s": LeanConfig(backbone="unet-s", edm=PLAIN),
+    "unet-s-snap": LeanConfig(backbone="unet-s", edm=EDMConfig()),                      # σ_d 1, σ_in √8
+    "unet-s-sin": LeanConfig(backbone="unet-s", edm=replace(PLAIN, sigma_in=None)),     # σ_d .5, σ_in √8
+    "unet-s-pmean0": LeanConfig(backbone="unet-s", edm=replace(PLAIN, P_mean=-0.4)),  # more high-σ training
+    "unet-s-lr3e-4": LeanConfig(backbone="unet-s", edm=PLAIN, lr=3e-4),
+    "unet-s-b8": LeanConfig(backbone="unet-s", edm=PLAIN, batch=8),
+    "unet-s-noattn": LeanConfig(backbone="unet-s", edm=PLAIN, backbone_args={"attention_levels": []}),
+}
+
+
+def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.jsonl"
+    done = {(r["config"], r["clips"], r["rows"]) for r in read_results(results_file)}
+    torch.set_num_threads(threads)
+    for name in names:
+        if all((name, b, rows) in done for b in budgets):
+            continue
+        trainer = LeanTrainer(CONFIGS[name])
+        n_params = sum(p.numel() for p in trainer.net.parameters())
+        for budget in budgets:
+            trainer.train_to(budget, progress=_progress(name, budget))
+            if (name, budget, rows) in done:
+                continue
+            report = trainer.evaluate(rows=rows)
+            save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}.png")
+            row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "params": n_params,
+                   "cpu_s": round(trainer.cpu_seconds, 1), "loss": round(loss_ema(trainer.losses), 4),
+                   "scores": report}
+            with open(results_file, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"\r{format_row(row)}", flush=True)
+    return read_results(results_file)
+
+
+def save_contact_sheet(videos: dict[str, list], path: Path, per_split: int = 6) -> None:
+    """One row per eval clip (first ``per_split`` of each split), all frames left to right, 2× upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    rows = [np.concatenate(list(v), axis=1) for split in videos for v in videos[split][:per_split]]
+    if rows:
+        sheet = np.concatenate(rows, axis=0)
+        with atomic_path(path) as tmp:
+            Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(tmp, "PNG")
+
+
+def _progress(name: str, budget: int):
+    def show(clips: int, loss: float) -> None:
+        if clips % 400 < 16:
+            print(f"\r  {name}: {clips}/{budget} clips, loss {loss:.3f}   ", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+COLUMNS = [("t2v-seen", "all_correct", "seen"), ("t2v-seen", "color", "col"), ("t2v-seen", "shape", "shp"),
+           ("t2v-seen", "motion", "mot"), ("t2v-seen", "scene", "scn"), ("t2v-seen", "subject", "subj"),
+           ("t2v-novel-composition", "all_correct", "novel"), ("prediction", "all_correct", "pred"),
+           ("prediction", "psnr", "psnr")]
+
+
+def format_row(r: dict) -> str:
+    cells = [f"{r['config']:<16}", f"{r['clips']:>6}", f"{r['cpu_s']:>7.0f}", f"{r['loss']:>6.3f}"]
+    for split, key, _ in COLUMNS:
+        v = r["scores"].get(split, {}).get(key)
+        cells.append(f"{'-' if v is None else (f'{v:.1f}' if key == 'psnr' else f'{v:.2f}'):>5}")
+    return " ".join(cells)
+
+
+def table(results: list[dict]) -> str:
+    head = " ".join([f"{'config':<16}", f"{'clips':>6}", f"{'cpu_s':>7}", f"{'loss':>6}",
+                     *(f"{label:>5}" for _, _, label in COLUMNS)])
+    return "\n".join([head, *(format_row(r) for r in sorted(results, key=lambda r: (r["config"], r["clips"])))])
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("t2v-seen", "all_correct"), ("t2v-seen", "color"), ("t2v-seen", "shape"), ("t2v-seen", "motion"),
+              ("t2v-novel-composition", "all_correct"), ("prediction", "psnr")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (split, key) in zip(axes.flat, panels):
+        for name in sorted({r["config"] for r in results}):
+            rs = sorted((r for r in results if r["config"] == name), key=lambda r: r["clips"])
+            ax.plot([r["clips"] for r in rs], [r["scores"].get(split, {}).get(key, float("nan")) for r in rs],
+                    marker="o", label=name)
+        ax.set_title(f"{split}: {key}")
+        ax.set_xlabel("clips seen")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format=Path(path).suffix.lstrip(".") or "png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="fit-tiny-snap,fit-tiny,unet-s", help="comma-separated CONFIGS names")
+    ap.add_argument("--budgets", default="2000,5000,10000", help="clips seen at each evaluation")
+    ap.add_argument("--rows", type=int, default=20, help="eval clips per split")
+    ap.add_argument("--out", type=Path, default=Path("outputs/learning"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(CONFIGS))
+        return 0
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
+        return 2
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    results = [r for r in run(names, budgets, args.rows, args.out, args.threads) if r["config"] in names]
+    print("\nlearning benchmark (text-only conditioning; cpu_s = training CPU-seconds)")
+    print(table(results))
+    plot(results, args.out / "curves.png")
+    print(f"curves: {args.out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The space-time U-Net (vimi.models.unet) and the backbone registry (vimi.models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from base.config import ConfigError, from_dict, load_config, to_dict
+from vimi.model import VimiConfig, VimiModel
+from vimi.models import BackboneError, backbone_config, backbone_names, build_backbone
+from vimi.models.unet import UNet, UNetConfig, UNetInputError
+
+MICRO = UNetConfig(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4)
+FIT_MICRO = backbone_config("fit-tiny", patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2,
+                            latent_dim=16, num_blocks=2, latent_layers=1, num_heads=2, cond_dim=8)
+
+
+def make(cfg=MICRO, seed: int = 0) -> nn.Module:
+    """A backbone (U-Net unless ``cfg`` says otherwise) whose zero-initialised layers are randomised,
+    so outputs carry the whole network."""
+    torch.manual_seed(seed)
+    net = build_backbone("unet" if isinstance(cfg, UNetConfig) else "fit", cfg)
+    for p in net.parameters():
+        if p.ndim > 1 and not p.any():
+            nn.init.normal_(p, std=0.2)
+    return net.eval()
+
+
+def inputs(B=2, T=3, H=8, W=8, L=3, seed=1, cfg: UNetConfig = MICRO):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, cfg.in_channels, T, H, W, generator=g), torch.randn(B, generator=g),
+            torch.randn(B, L, cfg.cond_dim, generator=g), torch.ones(B, L, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("cfg", [MICRO, UNetConfig(patch_size=2, channels=(8, 16), attention_levels=(0, 1),
+                                                   num_heads=2, emb_dim=16, cond_dim=8, groups=4)])
+@pytest.mark.parametrize("T,H,W", [(1, 8, 8), (3, 8, 16), (4, 16, 8)])
+def test_output_shape_matches_input(cfg, T, H, W):
+    net = make(cfg)
+    x, c, cond, mask = inputs(T=T, H=H, W=W, cfg=cfg)
+    with torch.no_grad():
+        out = net(x, c, cond, mask, torch.randn(2, 4, T, H, W))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_zero_init_output_temporal_and_attention_layers():
+    torch.manual_seed(0)
+    net = UNet(MICRO)
+    x, c, cond, mask = inputs()
+    with torch.no_grad():
+        assert torch.equal(net(x, c, cond, mask), torch.zeros_like(x))   # F = 0: D starts as c_skip x
+    for name, p in net.named_parameters():   # temporal layers and attention outputs start switched off
+        if name.endswith(("temporal.conv.weight", "self_attn.proj.weight", "cross_attn.proj.weight")):
+            assert not p.any(), name
+
+
+def test_frames_are_mixed_only_by_temporal_layers_and_attention():
+    """Changing frame 0 changes other frames' outputs (time is modelled), and the batch stays independent."""
+    net = make()
+    x, c, cond, mask = inputs(T=4)
+    x2 = x.clone()
+    x2[0, :, 0] += 1.0
+    with torch.no_grad():
+        a, b = net(x, c, cond, mask), net(x2, c, cond, mask)
+    assert not torch.allclose(a[0, :, 3], b[0, :, 3])      # frame 3 of sample 0 sees frame 0
+    torch.testing.assert_close(a[1], b[1])                   # sample 1 does not see sample 0
+
+
+def test_condition_and_mask_are_read():
+    net = make()
+    x, c, cond, mask = inputs()
+    with torch.no_grad():
+        base = net(x, c, cond, mask)
+        other = net(x, c, cond + 1.0, mask)
+        masked = mask.clone()
+        masked[:, -1] = False
+        changed_padding = cond.clone()
+        changed_padding[:, -1] = 100.0
+        assert not torch.allclose(base, other)
+        torch.testing.assert_close(net(x, c, cond, masked), net(x, c, changed_padding, masked))
+
+
+def test_bad_inputs_raise_clear_errors():
+    net = make()
+    x, c, cond, mask = inputs()
+    with pytest.raises(UNetInputError, match="divisible by 2"):
+        net(torch.randn(2, 3, 2, 5, 5), c, cond, mask)
+    with pytest.raises(UNetInputError, match="x must be"):
+        net(torch.randn(2, 4, 2, 8, 8), c, cond, mask)
+    with pytest.raises(UNetInputError, match="cond must be"):
+        net(x, c, torch.randn(2, 3, 5), mask)
+    with pytest.raises(ValueError, match="groups"):
+        UNetConfig(channels=(6, 16), groups=4)
+
+
+@pytest.mark.parametrize("cfg", [MICRO, FIT_MICRO], ids=["unet", "fit"])
+def test_save_load_gives_identical_outputs(cfg, tmp_path):
+    net = make(cfg, seed=3)
+    save_file(net.state_dict(), tmp_path / "net.safetensors")
+    loaded = type(net)(from_dict(type(cfg), to_dict(net.config)))  # the config travels as plain JSON/YAML data
+    loaded.load_state_dict(load_file(tmp_path / "net.safetensors"))
+    x, c, cond, mask = inputs(T=2, cfg=cfg)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x, c, cond, mask), net(x, c, cond, mask))
+
+
+def test_gradient_checkpointing_gives_equal_gradients():
+    x, c, cond, mask = inputs()
+    grads = []
+    for ckpt in (False, True):
+        net = make(UNetConfig(**{**to_dict(MICRO), "gradient_checkpointing": ckpt})).train()
+        net(x, c, cond, mask).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_registry_builds_every_family_by_name_and_rejects_bad_names():
+    names = backbone_names()
+    assert {"fit-tiny", "unet-s"} <= set(names)
+    assert type(build_backbone("unet-xs", device="meta")).__name__ == "UNet"
+    assert type(build_backbone("fit-tiny", device="meta")).__name__ == "FIT"
+    assert backbone_config("unet-s", cond_dim=64).cond_dim == 64
+    with pytest.raises(BackboneError, match="must start with one of"):
+        build_backbone("resnet-50")
+    with pytest.raises(BackboneError, match="unknown backbone size"):
+        build_backbone("unet-huge")
+    with pytest.raises(BackboneError, match=r"no setting\(s\) \['latent_dim'\]"):
+        backbone_config("unet-s", latent_dim=3)
+
+
+def test_model_config_names_the_backbone_and_its_arguments():
+    cfg = load_config(VimiConfig, None, ["backbone=unet-xs", "backbone_args.channels=[8,16]",
+                                         "backbone_args.attention_levels=[1]", "backbone_args.groups=4",
+                                         "backbone_args.cond_dim=32"])
+    model = VimiModel(cfg)
+    unet = model.net.backbone
+    assert isinstance(unet, UNet) and unet.config.channels == (8, 16) and unet.config.extra_channels == 4
+    assert model.encoder.out_dim == 32
+    with pytest.raises(ConfigError):
+        load_config(VimiConfig, None, ["backbone_args=3"])

@@ -1,0 +1,120 @@
+"""Linear probes: what can be read from the frozen encoder's states at an image's positions?
+
+VIMI grounds a novel subject through the pictures retrieved for it, so the generator can only
+draw what the MLLM's hidden states *say* about those pictures. This module renders held-out
+ShapeWorld pictures (fresh positions and scenes, all 54 compositions and 12 subjects), encodes each
+alone, takes the encoder's hidden states at its image tokens (the layer the generator reads,
+``MLLMConfig.layer``), and fits one multinomial logistic regression per attribute on 75% of the
+pictures; the accuracy on the other 25% is the probe's reading.
+
+    python -m vimi.mllm.probe --mllm data/demo/mllm --images 1200
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from base.io import write_json_atomic
+from data_pipelines.shapeworld import spec
+from data_pipelines.shapeworld.render import render_image
+from data_pipelines.shapeworld.sampling import sample_object_image, sample_subject_image
+from vimi.mllm.encoder import MLLMConfig, MLLMEncoder
+from vimi.mllm.prompt import Segment
+
+ATTRIBUTES = ("scene", "color", "shape", "subject")
+
+
+def probe_images(n: int, seed: int = 12345, size: int = 32) -> tuple[list[np.ndarray], list[dict]]:
+    """n pictures, one in five a subject (as in the memory), with their labels."""
+    rng = np.random.default_rng(seed)
+    names, comps = list(spec.SUBJECTS), list(spec.ALL_COMPOSITIONS)
+    images, labels = [], []
+    for i in range(n):
+        if i % 5 == 4:
+            p = sample_subject_image(rng, names[(i // 5) % len(names)], size)
+        else:
+            color, shape = comps[i % len(comps)]
+            p = sample_object_image(rng, color, shape, size)
+        images.append(render_image(p))
+        labels.append({"scene": p.scene, "color": p.color, "shape": p.shape, "subject": p.subject})
+    return images, labels
+
+
+@torch.no_grad()
+def image_features(encoder: MLLMEncoder, images: list[np.ndarray], batch: int = 64) -> torch.Tensor:
+    """(N, n_image_tokens · H): the hidden states at each picture's image tokens, flattened in order."""
+    from PIL import Image
+
+    feats = []
+    image_id = encoder.llava.config.image_token_id
+    for start in range(0, len(images), batch):
+        prompts = [[Segment("task_image", image=Image.fromarray(im))] for im in images[start:start + batch]]
+        h, _ = encoder.hidden(prompts)                                       # (B, L, H)
+        ids = torch.tensor([t.ids for t in encoder.tokenize(prompts)])      # same length: one image each
+        at_image = ids == image_id                                           # (B, L)
+        feats.append(h[at_image].reshape(h.shape[0], -1, h.shape[-1]).flatten(1).float())
+    return torch.cat(feats)
+
+
+def linear_probe(x: torch.Tensor, y: list[str], train_frac: float = 0.75, steps: int = 300, seed: int = 0) -> float:
+    """Held-out accuracy of a weight-decayed multinomial logistic regression on standardised x."""
+    classes = sorted(set(y))
+    target = torch.tensor([classes.index(v) for v in y])
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    n_train = int(len(y) * train_frac)
+    tr, te = order[:n_train], order[n_train:]
+    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], len(classes), requires_grad=True)
+    b = torch.zeros(len(classes), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z[tr] @ w + b, target[tr]) + 1e-3 * w.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((z[te] @ w + b).argmax(1) == target[te]).float().mean())
+
+
+def probe(mllm: str, n_images: int = 1200, seed: int = 12345) -> dict[str, float]:
+    encoder = MLLMEncoder(MLLMConfig(path=mllm, cache_prompts=0), out_dim=8).eval()
+    images, labels = probe_images(n_images, seed)
+    x = image_features(encoder, images)
+    report = {}
+    for attr in ATTRIBUTES:
+        rows = [i for i, lab in enumerate(labels) if lab[attr] is not None]
+        report[attr] = linear_probe(x[rows], [labels[i][attr] for i in rows])
+    report["images"] = n_images
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mllm", required=True,
+                    help="local LLaVA folder (the output of vimi.mllm.align); \"\" = untrained tiny")
+    ap.add_argument("--images", type=int, default=1200, help="held-out pictures rendered for the probes")
+    ap.add_argument("--out", type=Path, default=None, help="write the accuracies here as JSON")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    report = probe(args.mllm, args.images)
+    for attr in ATTRIBUTES:
+        print(f"{attr:<8} {report[attr]:.3f}")
+    if args.out:
+        write_json_atomic(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    from base.cli_guard import guarded
+
+    sys.exit(guarded(main, prog="python -m vimi.mllm.probe"))

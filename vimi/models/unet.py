@@ -1,0 +1,256 @@
+"""A factorised space-time U-Net: per-frame 2-D convolutions, temporal convolutions, space-time attention.
+
+The family SimDA, AID and Stable Video Diffusion build on (a 2-D image U-Net whose blocks gain
+temporal layers): every residual block mixes space with a 3×3 convolution inside each frame and
+time with a k×1×1 convolution across frames; the coarsest levels add self-attention over all
+space-time tokens of the clip (where an object's trajectory is a few tokens long) and
+cross-attention to the conditioning tokens C. The σ embedding and a pooled summary of C modulate
+every block (FiLM, as in the ADM U-Net's adaptive group norm).
+
+It sits behind the same ``F(x; c_noise, C, cond_mask, extra)`` interface as FIT, so EDMPrecond,
+the loss and the sampler use either unchanged. On 32×32×8 ShapeWorld clips it learns far more per
+clip than FIT at the same compute (benchmarks/learning.py; the numbers are in
+configs/shapeworld/pretrain.yaml).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vimi.models.layers import Attention, FeedForward, NoiseEmbedding, check_inputs, sincos_3d
+
+
+class UNetInputError(ValueError):
+    """The inputs do not match the backbone's config (shapes, channels, divisibility)."""
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 3                          # channels of x (RGB pixels, or VAE latents)
+    extra_channels: int = 4                       # clean conditioning frames (RGB) + mask; zeros when absent
+    patch_size: int = 1                           # p: frames enter as p×p pixel patches (pixel unshuffle), H/p × W/p
+    channels: tuple[int, ...] = (32, 64, 128)     # width per level; each level below the first halves H and W
+    blocks_per_level: int = 1                     # residual blocks per level on the way down (up: one more)
+    attention_levels: tuple[int, ...] = (2,)      # levels (0 = full resolution) with space-time + cross attention
+    num_heads: int = 4                            # attention heads (each attention level's width must divide)
+    mlp_ratio: float = 2.0                        # feed-forward width after attention / token width
+    temporal_kernel: int = 3                      # frames seen by each temporal convolution (odd)
+    emb_dim: int = 128                            # width of the σ + pooled-condition embedding (FiLM input)
+    cond_dim: int = 256                           # width of the incoming conditioning tokens C
+    groups: int = 8                               # GroupNorm groups (each level's width must divide)
+    gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)              # YAML gives lists
+        self.attention_levels = tuple(int(a) for a in self.attention_levels)
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"UNetConfig.channels must be a non-empty list of positive widths, got {self.channels}")
+        for name in ("in_channels", "patch_size", "blocks_per_level", "num_heads", "emb_dim", "cond_dim", "groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.extra_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
+            raise ValueError("UNetConfig: extra_channels must be >= 0 and temporal_kernel odd and >= 1")
+        for c in self.channels:
+            if c % self.groups:
+                raise ValueError(f"UNetConfig: width {c} is not divisible by groups {self.groups}")
+        for a in self.attention_levels:
+            if not 0 <= a < len(self.channels) or self.channels[a] % self.num_heads:
+                raise ValueError(f"UNetConfig.attention_levels: level {a} does not exist or its width "
+                                 f"is not divisible by num_heads {self.num_heads}")
+
+
+# Named sizes. unet-s is the CPU world's default (the learning benchmark's winner); unet-b is for GPUs.
+UNET_CONFIGS: dict[str, UNetConfig] = {
+    "unet-xs": UNetConfig(channels=(16, 32, 64), attention_levels=(2,), num_heads=2, emb_dim=64, cond_dim=192),
+    "unet-p2": UNetConfig(patch_size=2, channels=(64, 128), attention_levels=(1,), num_heads=4, emb_dim=128,
+                          cond_dim=192),
+    "unet-s": UNetConfig(channels=(32, 64, 128), attention_levels=(2,), num_heads=4, emb_dim=128, cond_dim=192),
+    "unet-m": UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2), num_heads=4,
+                         emb_dim=256, cond_dim=384),
+    "unet-b": UNetConfig(channels=(128, 256, 512, 512), blocks_per_level=2, attention_levels=(2, 3), num_heads=8,
+                         emb_dim=512, cond_dim=768, groups=32),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks. Activations are (B·T, C, H, W): frames are images for the 2-D layers; T is restored
+# only where time is mixed.
+# ----------------------------------------------------------------------------------------------
+
+class TemporalConv(nn.Module):
+    """x ← x + Conv_t(SiLU(GN x)) along the frame axis only (zero-initialised: starts as identity)."""
+
+    def __init__(self, channels: int, kernel: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.conv = nn.Conv3d(channels, channels, (kernel, 1, 1), padding=(kernel // 2, 0, 0))
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor, frames: int) -> Tensor:
+        BT, C, H, W = x.shape
+        h = F.silu(self.norm(x)).view(BT // frames, frames, C, H, W).transpose(1, 2)   # (B, C, T, H, W)
+        h = self.conv(h).transpose(1, 2).reshape(BT, C, H, W)
+        return x + h
+
+
+class ResBlock(nn.Module):
+    """Per-frame residual block with FiLM from the embedding, then a temporal convolution."""
+
+    def __init__(self, c_in: int, c_out: int, cfg: UNetConfig):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(cfg.groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(cfg.emb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(cfg.groups, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.temporal = TemporalConv(c_out, cfg.temporal_kernel, cfg.groups)
+        nn.init.zeros_(self.conv2.weight)   # each block starts as its skip path (DiT/ADM zero-init)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: Tensor, emb: Tensor, frames: int) -> Tensor:
+        # x (B·T, c_in, H, W); emb (B·T, emb_dim)
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.temporal(self.skip(x) + h, frames)
+
+
+class SpaceTimeAttention(nn.Module):
+    """Self-attention over all T·h·w tokens of a clip, cross-attention to C, feed-forward."""
+
+    def __init__(self, channels: int, context_dim: int, cfg: UNetConfig):
+        super().__init__()
+        self.norm_self, self.norm_cross, self.norm_ff = (nn.LayerNorm(channels) for _ in range(3))
+        self.self_attn = Attention(channels, channels, channels, cfg.num_heads, qk_norm=True)
+        self.cross_attn = Attention(channels, context_dim, channels, cfg.num_heads, qk_norm=True)
+        self.ff = FeedForward(channels, cfg.mlp_ratio)
+        for out in (self.self_attn.proj, self.cross_attn.proj, self.ff[2]):   # start as identity
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+
+    def forward(self, x: Tensor, cond: Tensor, cond_mask: Tensor, frames: int) -> Tensor:
+        BT, C, H, W = x.shape
+        B = BT // frames
+        tokens = x.view(B, frames, C, H * W).transpose(2, 3).reshape(B, frames * H * W, C)   # (B, T·h·w, C)
+        pos = sincos_3d(frames, H, W, C, x.device).to(x.dtype)                               # (T·h·w, C)
+        h = self.norm_self(tokens) + pos
+        tokens = tokens + self.self_attn(h, h)
+        tokens = tokens + self.cross_attn(self.norm_cross(tokens), cond, cond_mask)
+        tokens = tokens + self.ff(self.norm_ff(tokens))
+        return tokens.view(B, frames, H * W, C).transpose(2, 3).reshape(BT, C, H, W)
+
+
+class Level(nn.Module):
+    """The residual blocks (and attention) of one resolution."""
+
+    def __init__(self, c_in: int, c_out: int, blocks: int, attention: bool, cfg: UNetConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(c_in if i == 0 else c_out, c_out, cfg) for i in range(blocks))
+        self.attn = SpaceTimeAttention(c_out, cfg.channels[-1], cfg) if attention else None
+
+    def forward(self, x: Tensor, emb: Tensor, cond: Tensor, cond_mask: Tensor, frames: int) -> Tensor:
+        for block in self.blocks:
+            x = block(x, emb, frames)
+        if self.attn is not None:
+            x = self.attn(x, cond, cond_mask, frames)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# The backbone
+# ----------------------------------------------------------------------------------------------
+
+class UNet(nn.Module):
+    """F(x_in; c_noise, C): (B, C, T, H, W) -> (B, C, T, H, W), the network that EDMPrecond wraps."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        ch, n = cfg.channels, len(cfg.channels)
+        attn = set(cfg.attention_levels)
+        self.noise_embed = NoiseEmbedding(cfg.emb_dim)
+        self.cond_norm = nn.LayerNorm(cfg.cond_dim)     # MLLM hidden states carry large outlier channels
+        self.cond_proj = nn.Linear(cfg.cond_dim, ch[-1])
+        self.cond_pool = nn.Linear(ch[-1], cfg.emb_dim)
+        p2 = cfg.patch_size ** 2
+        self.stem = nn.Conv2d((cfg.in_channels + cfg.extra_channels) * p2, ch[0], 3, padding=1)
+        self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg.blocks_per_level, i in attn, cfg)
+                                  for i in range(n))
+        self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1) for i in range(n - 1))
+        self.mid = Level(ch[-1], ch[-1], 1, True, cfg)
+        # Up path: each level reads its skip (concatenated) and the upsampled level below.
+        self.up = nn.ModuleList(Level(ch[i] + (ch[i + 1] if i + 1 < n else ch[i]), ch[i], cfg.blocks_per_level + 1,
+                                      i in attn, cfg) for i in range(n))
+        self.upsample = nn.ModuleList(nn.Conv2d(ch[i + 1], ch[i + 1], 3, padding=1) for i in range(n - 1))
+        self.out_norm = nn.GroupNorm(cfg.groups, ch[0])
+        self.out_conv = nn.Conv2d(ch[0], cfg.in_channels * p2, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)   # F = 0 at init: D starts as c_skip x, the best linear guess
+        nn.init.zeros_(self.out_conv.bias)
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+
+    def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, extra: Tensor | None) -> None:
+        cfg = self.config
+        check_inputs(cfg, x, c_noise, cond, cond_mask, extra, UNetInputError)
+        H, W = x.shape[-2:]
+        f = cfg.patch_size * 2 ** (len(cfg.channels) - 1)
+        if H % f or W % f:
+            raise UNetInputError(f"H×W = {H}×{W} must be divisible by {f} (patch_size {cfg.patch_size}, "
+                                 f"{len(cfg.channels)} levels)")
+
+    def _run(self, module: nn.Module, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
+
+    def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None, cond_mask: Tensor | None = None,
+                extra: Tensor | None = None) -> Tensor:
+        """x (B, C, T, H, W), c_noise (B,), cond (B, L, cond_dim), cond_mask (B, L) bool True=valid,
+        extra (B, extra_channels, T, H, W) or None -> (B, C, T, H, W)."""
+        cfg = self.config
+        if cond is None:
+            cond = x.new_zeros((x.shape[0], 0, cfg.cond_dim))
+        if cond_mask is None:
+            cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
+        self._check(x, c_noise, cond, cond_mask, extra)
+        B, _, T, H, W = x.shape
+
+        # 1. Conditioning: C projected once; the σ token plus C's masked mean drive every FiLM.
+        sigma_tok = self.noise_embed(c_noise)                                          # (B, 1, E)
+        c = self.cond_proj(self.cond_norm(cond.to(sigma_tok.dtype)))                   # (B, L, Ctop)
+        ctx = torch.cat([sigma_tok.new_zeros((B, 1, c.shape[-1])), c], dim=1)           # (B, 1+L, Ctop)
+        ctx_mask = torch.cat([torch.ones((B, 1), dtype=torch.bool, device=c.device), cond_mask.to(c.device)], 1)
+        w = cond_mask.to(c.dtype)[..., None]                                           # (B, L, 1)
+        pooled = (c * w).sum(1) / w.sum(1).clamp(min=1.0)                              # (B, Ctop)
+        emb = F.silu(sigma_tok[:, 0] + self.cond_pool(pooled))                         # (B, E)
+        emb = emb.repeat_interleave(T, dim=0)                                          # (B·T, E)
+
+        # 2. Frames as images: clean conditioning frames and mask ride along as input channels.
+        if cfg.extra_channels:
+            extra = x.new_zeros((B, cfg.extra_channels, T, H, W)) if extra is None else extra.to(x.dtype)
+            x = torch.cat([x, extra], dim=1)                                           # (B, C+E, T, H, W)
+        frames = x.transpose(1, 2).reshape(B * T, -1, H, W)                             # (B·T, C+E, H, W)
+        h = self.stem(F.pixel_unshuffle(frames, cfg.patch_size))                        # (B·T, ch0, H/p, W/p)
+
+        # 3. Down, middle, up.
+        skips = []
+        for i, level in enumerate(self.down):
+            h = self._run(level, h, emb, ctx, ctx_mask, T)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        h = self._run(self.mid, h, emb, ctx, ctx_mask, T)
+        for i in reversed(range(len(self.up))):
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            h = self._run(self.up[i], torch.cat([h, skips[i]], dim=1), emb, ctx, ctx_mask, T)
+
+        # 4. Back to a clip.
+        out = F.pixel_shuffle(self.out_conv(F.silu(self.out_norm(h))), cfg.patch_size)  # (B·T, C, H, W)
+        return out.view(B, T, cfg.in_channels, H, W).transpose(1, 2)

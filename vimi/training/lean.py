@@ -1,0 +1,213 @@
+"""A lean trainer for recipe studies: ShapeWorld clips rendered on the fly, one process, no shards.
+
+The full pipeline (shards → MLLM → DeepSpeed) is the product; this module is the instrument that
+finds out *whether and how fast a recipe learns*. It trains the project's own pieces — a backbone
+from ``vimi.models``, ``EDMPrecond``, ``EDMLoss``, the Heun sampler with classifier-free guidance —
+on an endless stream of freshly rendered training clips, and scores samples on fresh eval clips
+with the project's ShapeWorld scorer at fixed budgets of clips seen. ``benchmarks/learning.py``
+compares named recipes with it, and a CI test uses it to guard that the default recipe learns.
+
+Conditioning is either ``words`` (each caption word → a learned embedding: isolates the diffusion
+recipe from the MLLM) or ``mllm`` (the project's MLLM encoder, frozen, over the task's
+interleaved prompt; needs subject references and retrieved pictures, see ``MLLMConditioner``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from base.pixels import to_model_video, to_uint8_video
+from data_pipelines.shapeworld import spec
+from data_pipelines.shapeworld.captions import video_caption
+from data_pipelines.shapeworld.render import ClipParams, render_clip
+from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
+from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, edm_sampler
+from vimi.eval.shapeworld import score
+from vimi.models import backbone_config, build_backbone, frame_condition
+
+
+@dataclass
+class LeanConfig:
+    """One recipe: backbone, EDM settings, optimisation, and how it is sampled for scoring."""
+
+    backbone: str = "unet-s"                                   # a named size of vimi.models
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    edm: EDMConfig = field(default_factory=lambda: EDMConfig(sigma_data=0.5, sigma_in=1.0))
+    lr: float = 1e-3                  # Adam learning rate after warm-up
+    warmup_clips: int = 1000          # linear warm-up, in clips
+    batch: int = 16                   # clips per optimizer step
+    ema_halflife_clips: int = 2000    # EMA half-life in clips (EDM's ema_halflife_kimg, scaled down)
+    ema_rampup: float = 0.1           # ... at most this share of the clips seen so far (EDM's ema_rampup_ratio)
+    grad_clip: float = 1.0
+    pred_fraction: float = 0.25       # share of training clips given their first frame (prediction task)
+    given_frames: int = 1             # frames given to the prediction task
+    frames: int = 8
+    size: int = 32
+    sample_steps: int = 16            # Heun steps when scoring
+    guidance: float = 2.0             # classifier-free guidance scale when scoring
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Conditioning: caption words -> tokens (the text-only instrument)
+# ----------------------------------------------------------------------------------------------
+
+def shapeworld_vocabulary() -> list[str]:
+    words = {"a", "<null>", "<unk>"}
+    for phrase in [*spec.SCENES, *spec.MOTIONS, *spec.COLORS, *spec.SHAPES, *spec.SIZES, *spec.SUBJECTS]:
+        words.update(phrase.lower().split())
+    return sorted(words)
+
+
+class WordConditioner(nn.Module):
+    """Caption -> (C (B, L, D), mask (B, L)): a learned embedding per word plus a learned position."""
+
+    def __init__(self, dim: int, max_words: int = 12):
+        super().__init__()
+        self.vocab = {w: i for i, w in enumerate(shapeworld_vocabulary())}
+        self.embed = nn.Embedding(len(self.vocab), dim)
+        self.pos = nn.Parameter(torch.zeros(max_words, dim))
+        self.max_words = max_words
+        nn.init.normal_(self.embed.weight, std=1.0)
+
+    def forward(self, captions: list[str | None]) -> tuple[Tensor, Tensor]:
+        """None = the null condition (classifier-free guidance)."""
+        ids = [[self.vocab.get(w, self.vocab["<unk>"]) for w in (c or "<null>").lower().split()][: self.max_words]
+               for c in captions]
+        L = max(len(i) for i in ids)
+        tok = torch.full((len(ids), L), self.vocab["<null>"], dtype=torch.long)
+        mask = torch.zeros((len(ids), L), dtype=torch.bool)
+        for b, row in enumerate(ids):
+            tok[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = True
+        return self.embed(tok) + self.pos[:L], mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: clips rendered on the fly
+# ----------------------------------------------------------------------------------------------
+
+def record_of(p: ClipParams, split: str, task: str, k: int) -> dict:
+    return {"split": split, "task": task, "scene": p.scene, "color": p.color, "shape": p.shape, "size": p.size,
+            "subject": p.subject, "motion": p.motion, "num_cond_frames": k}
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------
+
+class LeanTrainer:
+    """Trains one recipe in memory; :meth:`train_to` advances to a budget of clips, :meth:`evaluate` scores."""
+
+    def __init__(self, cfg: LeanConfig, conditioner: nn.Module | None = None):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        bb = backbone_config(cfg.backbone, **cfg.backbone_args)
+        self.cond = conditioner or WordConditioner(bb.cond_dim)
+        self.net = EDMPrecond(build_backbone(cfg.backbone, bb), cfg.edm.sigma_data,
+                              cfg.edm.input_scale(cfg.frames, cfg.size, cfg.size))
+        self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
+        self.params = [p for m in (self.net, self.cond) for p in m.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.99))
+        self.ema = [copy.deepcopy(self.net).requires_grad_(False), copy.deepcopy(self.cond).requires_grad_(False)]
+        self.world = WorldConfig(out="unused", videos=10**9, memory=0, frames=cfg.frames, size=cfg.size,
+                                 seed=cfg.seed, num_cond_frames=cfg.given_frames)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.clips = 0            # clips seen
+        self.cpu_seconds = 0.0    # process CPU time spent training (not scoring)
+        self.losses: list[tuple[int, float]] = []
+
+    def batch(self) -> tuple[Tensor, list[str], Tensor]:
+        cfg = self.cfg
+        params = [train_video_params(self.world, self.clips + i) for i in range(cfg.batch)]
+        video = to_model_video(np.stack([render_clip(p) for p in params]))                # (B, 3, T, H, W)
+        k = torch.from_numpy((self.rng.random(cfg.batch) < cfg.pred_fraction) * cfg.given_frames)
+        return video, [video_caption(p) for p in params], k
+
+    def step(self) -> float:
+        cfg = self.cfg
+        video, captions, k = self.batch()
+        drop = self.rng.random(len(captions)) < cfg.edm.cond_drop_prob
+        c, mask = self.cond([None if d else t for t, d in zip(captions, drop)])
+        frame_cond = frame_condition(video, k)
+        lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss = self.loss(self.net, video, cond=c, cond_mask=mask, extra=frame_cond).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        self.clips += cfg.batch
+        # EMA with a half-life in clips, so recipes with different batch sizes average alike; the ramp-up
+        # keeps early averages from dragging the (zero-initialised) start along (EDM, training_loop.py).
+        halflife = min(cfg.ema_halflife_clips, self.clips * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(halflife, 1e-8))
+        with torch.no_grad():
+            for avg, live in zip(self.ema, (self.net, self.cond)):
+                for a, p in zip(avg.parameters(), live.parameters()):
+                    a.lerp_(p.detach(), 1 - beta)
+        return loss.item()
+
+    def train_to(self, clips: int, progress: Callable[[int, float], None] | None = None) -> None:
+        t0 = time.process_time()
+        while self.clips < clips:
+            loss = self.step()
+            self.losses.append((self.clips, loss))
+            if progress:
+                progress(self.clips, loss)
+        self.cpu_seconds += time.process_time() - t0
+
+    # ------------------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int]) -> Tensor:
+        cfg = self.cfg
+        net, cond = self.ema
+        c, mask = cond(captions)
+        null_c, null_mask = cond([None] * len(captions))
+        frame_cond = frame_condition(given, k)
+        den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "extra": frame_cond},
+                             {"cond": null_c, "cond_mask": null_mask, "extra": frame_cond}, cfg.guidance)
+        out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, num_steps=cfg.sample_steps,
+                          sigma_in=net.sigma_in).samples.float()
+        known = (torch.arange(given.shape[2])[None] < k[:, None])[:, None, :, None, None]
+        return torch.where(known, given, out)
+
+    def evaluate(self, splits: tuple[str, ...] = ("t2v-seen", "t2v-novel-composition", "prediction"),
+                 rows: int = 20, batch: int = 10) -> dict[str, dict[str, float]]:
+        """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips."""
+        cfg = self.cfg
+        report: dict[str, dict[str, float]] = {}
+        self.last_videos: dict[str, list[np.ndarray]] = {}   # split -> generated (T, H, W, 3) uint8 clips
+        for split in splits:
+            results = []
+            self.last_videos[split] = []
+            for start in range(0, rows, batch):
+                params = [eval_params(self.world, split, i) for i in range(start, min(start + batch, rows))]
+                gts = [render_clip(p) for p in params]
+                k = cfg.given_frames if split == "prediction" else 0
+                given = to_model_video(np.stack(gts))
+                ks = torch.full((len(params),), k)
+                videos = self.sample([video_caption(p) for p in params], given, ks,
+                                     seeds=[10_000 + start + i for i in range(len(params))])
+                task = "prediction" if split == "prediction" else "t2v"
+                clips = list(to_uint8_video(videos))
+                self.last_videos[split] += clips
+                results += [score(v, record_of(p, split, task, k), gt) for v, p, gt in zip(clips, params, gts)]
+            keys = sorted({key for r in results for key in r})
+            report[split] = {key: float(np.mean([r[key] for r in results if r.get(key) is not None]))
+                             for key in keys if any(r.get(key) is not None for r in results)}
+            report[split]["rows"] = len(results)
+        return report
+
+
+def loss_ema(losses: list[tuple[int, float]], window: int = 50) -> float:
+    tail = [v for _, v in losses[-window:]]
+    return float(np.mean(tail)) if tail else math.nan
