@@ -31,14 +31,17 @@ CONFIGS: dict[str, LeanConfig] = {
     # The pre-issue default: fit-tiny with Snap Video's σ_d = 1 and σ_in = √T, lr 3e-4.
     "fit-tiny-snap": LeanConfig(backbone="fit-tiny", edm=EDMConfig(), lr=3e-4),
     "fit-tiny": LeanConfig(backbone="fit-tiny", edm=PLAIN, lr=1e-3),
-    "unet-xs": LeanConfig(backbone="unet-xs", edm=PLAIN),
+    "fit-tiny-b4": LeanConfig(backbone="fit-tiny", edm=PLAIN, lr=1e-3, batch=4),
+    "unet-xs": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3),
+    "unet-xs-b4": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4),
     "unet-s": LeanConfig(backbone="unet-s", edm=PLAIN),
-    "unet-s-snap": LeanConfig(backbone="unet-s", edm=EDMConfig()),                      # σ_d 1, σ_in √8
-    "unet-s-sin": LeanConfig(backbone="unet-s", edm=replace(PLAIN, sigma_in=None)),     # σ_d .5, σ_in √8
-    "unet-s-pmean0": LeanConfig(backbone="unet-s", edm=replace(PLAIN, P_mean=-0.4)),  # more high-σ training
-    "unet-s-lr3e-4": LeanConfig(backbone="unet-s", edm=PLAIN, lr=3e-4),
-    "unet-s-b8": LeanConfig(backbone="unet-s", edm=PLAIN, batch=8),
-    "unet-s-noattn": LeanConfig(backbone="unet-s", edm=PLAIN, backbone_args={"attention_levels": []}),
+    "unet-s-b4": LeanConfig(backbone="unet-s", edm=PLAIN, batch=4),
+    "unet-xs-b4-snap": LeanConfig(backbone="unet-xs", edm=EDMConfig(), lr=2e-3, batch=4),          # σ_d 1, σ_in √8
+    "unet-xs-b4-sin": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, sigma_in=None), lr=2e-3, batch=4),
+    "unet-xs-b4-sd0.25": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, sigma_data=0.25), lr=2e-3, batch=4),
+    "unet-xs-b4-pmean": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, P_mean=-0.6), lr=2e-3, batch=4),
+    "unet-xs-b4-noattn": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4,
+                                    backbone_args={"attention_levels": []}),
 }
 
 
