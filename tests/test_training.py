@@ -242,7 +242,7 @@ def test_resume_after_stop_gives_the_same_losses(full, shards, work):
 def test_checkpoint_of_another_config_is_refused(full, shards, work):
     out = work / "mismatch"
     shutil.copytree(full.run_dir / "checkpoints", out / "checkpoints")
-    with pytest.raises(ConfigMismatchError, match=r"model\.fit\.latent_dim: 32 \(checkpoint\) != 64"):
+    with pytest.raises(ConfigMismatchError, match=r"model\.backbone_args\.latent_dim: 32 \(checkpoint\) != 64"):
         run(shards, out, "model.backbone_args.latent_dim=64")
     with pytest.raises(ConfigMismatchError, match="optim.micro_batch"):
         run(shards, out, "optim.micro_batch=1")
@@ -316,7 +316,7 @@ def test_stage_two_needs_an_init_and_the_same_model(full, shards, work, capsys):
     assert "--init" in capsys.readouterr().err
     assert cli_main("instruct", base + ["--init", str(work / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
-    with pytest.raises(InitError, match=r"model\.fit\.num_heads: 2 \(export\) != 4"):
+    with pytest.raises(InitError, match=r"model\.backbone_args\.num_heads: 2 \(export\) != 4"):
         run(shards, work / "s2y", "model.backbone_args.num_heads=4", f"run.init={full.pipeline}", stage="instruct")
 
 
