@@ -3,7 +3,8 @@
 Each named configuration trains with ``vimi.training.lean`` (clips rendered on the fly, the
 project's backbone, EDMPrecond, EDMLoss, Heun sampler) and is scored with the project's scorer on
 fresh eval clips at fixed budgets of clips seen. Conditioning is text-only (caption words →
-learned embeddings) so the table measures the diffusion recipe and the backbone, not the MLLM.
+learned embeddings), so the table measures the diffusion recipe and the backbone, not the MLLM;
+``NAME+mllm`` runs the same recipe through the project's frozen MLLM encoder (``--mllm FOLDER``).
 
     python benchmarks/learning.py --configs fit-tiny,unet-s --budgets 2000,5000,10000 --rows 20
     python benchmarks/learning.py --list
@@ -32,18 +33,33 @@ CONFIGS: dict[str, LeanConfig] = {
     # The pre-issue default: fit-tiny with Snap Video's σ_d = 1 and σ_in = √T, lr 3e-4.
     "fit-tiny-snap": LeanConfig(backbone="fit-tiny", edm=EDMConfig(), lr=3e-4),
     "fit-tiny": LeanConfig(backbone="fit-tiny", edm=PLAIN, lr=1e-3),
-    "unet-xs": LeanConfig(backbone="unet-xs", edm=PLAIN),
+    "fit-tiny-b4": LeanConfig(backbone="fit-tiny", edm=PLAIN, lr=1e-3, batch=4),
+    "unet-xs": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3),
+    "unet-xs-b4": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4),
     "unet-s": LeanConfig(backbone="unet-s", edm=PLAIN),
-    "unet-s-snap": LeanConfig(backbone="unet-s", edm=EDMConfig()),                      # σ_d 1, σ_in √8
-    "unet-s-sin": LeanConfig(backbone="unet-s", edm=replace(PLAIN, sigma_in=None)),     # σ_d .5, σ_in √8
-    "unet-s-pmean0": LeanConfig(backbone="unet-s", edm=replace(PLAIN, P_mean=-0.4)),  # more high-σ training
-    "unet-s-lr3e-4": LeanConfig(backbone="unet-s", edm=PLAIN, lr=3e-4),
-    "unet-s-b8": LeanConfig(backbone="unet-s", edm=PLAIN, batch=8),
-    "unet-s-noattn": LeanConfig(backbone="unet-s", edm=PLAIN, backbone_args={"attention_levels": []}),
+    "unet-s-b4": LeanConfig(backbone="unet-s", edm=PLAIN, batch=4),
+    "unet-xs-b4-snap": LeanConfig(backbone="unet-xs", edm=EDMConfig(), lr=2e-3, batch=4),          # σ_d 1, σ_in √8
+    "unet-xs-b4-sin": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, sigma_in=None), lr=2e-3, batch=4),
+    "unet-xs-b4-sd0.25": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, sigma_data=0.25), lr=2e-3, batch=4),
+    "unet-xs-b4-pmean": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, P_mean=-0.6), lr=2e-3, batch=4),
+    "unet-xs-b2": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=2),
+    "unet-xs-b4-attn12": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4,
+                                    backbone_args={"attention_levels": [1, 2]}),
+    "unet-xs-b4-noattn": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4,
+                                    backbone_args={"attention_levels": []}),
 }
 
 
-def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int) -> list[dict]:
+def config_of(name: str, mllm: str | None) -> LeanConfig:
+    """A CONFIGS entry; NAME+mllm is the same recipe conditioned through the MLLM folder given by --mllm."""
+    base, _, suffix = name.partition("+")
+    if suffix == "mllm":
+        return replace(CONFIGS[base], conditioning="mllm", mllm=mllm or "")
+    return CONFIGS[name]
+
+
+def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int,
+        mllm: str | None = None) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
     done = {(r["config"], r["clips"], r["rows"]) for r in read_results(results_file)}
@@ -51,7 +67,7 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
     for name in names:
         if all((name, b, rows) in done for b in budgets):
             continue
-        trainer = LeanTrainer(CONFIGS[name])
+        trainer = LeanTrainer(config_of(name, mllm))
         n_params = sum(p.numel() for p in trainer.net.parameters())
         for budget in budgets:
             trainer.train_to(budget, progress=_progress(name, budget))
@@ -144,19 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=20, help="eval clips per split")
     ap.add_argument("--out", type=Path, default=Path("outputs/learning"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mllm", default=None, help="MLLM folder for NAME+mllm configurations (vimi.mllm.align output)")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
     args = ap.parse_args(argv)
     if args.list:
         print("\n".join(CONFIGS))
         return 0
     names = [n for n in args.configs.split(",") if n]
-    unknown = [n for n in names if n not in CONFIGS]
+    unknown = [n for n in names if n.partition("+")[0] not in CONFIGS or n.partition("+")[2] not in ("", "mllm")]
     if unknown:
         print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
         return 2
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    results = [r for r in run(names, budgets, args.rows, args.out, args.threads) if r["config"] in names]
-    print("\nlearning benchmark (text-only conditioning; cpu_s = training CPU-seconds)")
+    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm) if r["config"] in names]
+    print("\nlearning benchmark (NAME: caption words → embeddings; NAME+mllm: the frozen MLLM; "
+          "cpu_s = training CPU-seconds)")
     print(table(results))
     plot(results, args.out / "curves.png")
     print(f"curves: {args.out / 'curves.png'}")

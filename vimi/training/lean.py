@@ -50,9 +50,11 @@ class LeanConfig:
     given_frames: int = 1             # frames given to the prediction task
     frames: int = 8
     size: int = 32
-    sample_steps: int = 16            # Heun steps when scoring
+    sample_steps: int = 12            # Heun steps when scoring (the demo's eval uses 12 too)
     guidance: float = 2.0             # classifier-free guidance scale when scoring
     seed: int = 0
+    conditioning: str = "words"       # "words" (text-only instrument) | "mllm" (the project's encoder, frozen)
+    mllm: str = ""                    # MLLM folder for conditioning="mllm" ("" = the untrained tiny default)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,8 +79,8 @@ class WordConditioner(nn.Module):
         self.max_words = max_words
         nn.init.normal_(self.embed.weight, std=1.0)
 
-    def forward(self, captions: list[str | None]) -> tuple[Tensor, Tensor]:
-        """None = the null condition (classifier-free guidance)."""
+    def forward(self, captions: list[str | None], first_frames: list | None = None) -> tuple[Tensor, Tensor]:
+        """None = the null condition (classifier-free guidance); words only, so given frames are ignored."""
         ids = [[self.vocab.get(w, self.vocab["<unk>"]) for w in (c or "<null>").lower().split()][: self.max_words]
                for c in captions]
         L = max(len(i) for i in ids)
@@ -90,9 +92,37 @@ class WordConditioner(nn.Module):
         return self.embed(tok) + self.pos[:L], mask
 
 
+class MLLMConditioner(nn.Module):
+    """The project's MLLM encoder (frozen; states cached per distinct prompt) over the task's instruction.
+
+    t2v reads "Generate a video with the retrieved text-image pairs." + caption with no retrieved
+    pairs (K = 0: the lean trainer has no memory); prediction reads its caption and first frame.
+    """
+
+    def __init__(self, path: str, dim: int):
+        super().__init__()
+        from vimi.mllm import MLLMConfig, MLLMEncoder
+
+        self.encoder = MLLMEncoder(MLLMConfig(path=path), out_dim=dim)
+
+    def forward(self, captions: list[str | None], first_frames: list | None = None) -> tuple[Tensor, Tensor]:
+        from vimi.mllm import task_prompt
+
+        firsts = first_frames or [None] * len(captions)
+        prompts = [task_prompt("t2v", c or "a") if f is None else task_prompt("prediction", c or "a", images=[f])
+                   for c, f in zip(captions, firsts)]
+        c, mask = self.encoder.encode(prompts)
+        return self.encoder.drop_condition(c, mask, torch.tensor([cap is None for cap in captions]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Data: clips rendered on the fly
 # ----------------------------------------------------------------------------------------------
+
+def first_frames(video: Tensor, k: Tensor) -> list[np.ndarray | None]:
+    """Frame 0 (uint8) of the clips that are given frames, None for the others (the MLLM's prompt image)."""
+    return [to_uint8_video(v[:, :1])[0] if int(n) > 0 else None for v, n in zip(video, k)]
+
 
 def record_of(p: ClipParams, split: str, task: str, k: int) -> dict:
     return {"split": split, "task": task, "scene": p.scene, "color": p.color, "shape": p.shape, "size": p.size,
@@ -110,7 +140,10 @@ class LeanTrainer:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         bb = backbone_config(cfg.backbone, **cfg.backbone_args)
-        self.cond = conditioner or WordConditioner(bb.cond_dim)
+        if conditioner is None and cfg.conditioning not in ("words", "mllm"):
+            raise ValueError(f"LeanConfig.conditioning must be 'words' or 'mllm', got {cfg.conditioning!r}")
+        self.cond = conditioner or (WordConditioner(bb.cond_dim) if cfg.conditioning == "words"
+                                    else MLLMConditioner(cfg.mllm, bb.cond_dim))
         self.net = EDMPrecond(build_backbone(cfg.backbone, bb), cfg.edm.sigma_data,
                               cfg.edm.input_scale(cfg.frames, cfg.size, cfg.size))
         self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
@@ -135,7 +168,7 @@ class LeanTrainer:
         cfg = self.cfg
         video, captions, k = self.batch()
         drop = self.rng.random(len(captions)) < cfg.edm.cond_drop_prob
-        c, mask = self.cond([None if d else t for t, d in zip(captions, drop)])
+        c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k))
         frame_cond = frame_condition(video, k)
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
@@ -170,8 +203,8 @@ class LeanTrainer:
     def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int]) -> Tensor:
         cfg = self.cfg
         net, cond = self.ema
-        c, mask = cond(captions)
-        null_c, null_mask = cond([None] * len(captions))
+        c, mask = cond(captions, first_frames(given, k))
+        null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
         frame_cond = frame_condition(given, k)
         den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "extra": frame_cond},
                              {"cond": null_c, "cond_mask": null_mask, "extra": frame_cond}, cfg.guidance)

@@ -1,0 +1,39 @@
+"""CI guards learning: a tiny recipe trained for a fixed budget must read its captions' scenes.
+
+The lean trainer (vimi.training.lean) runs the project's own backbone, EDMPrecond, EDMLoss and
+Heun sampler with classifier-free guidance. A regression in any of them, or in how the condition
+reaches the backbone, leaves the scene at chance (an untrained model draws grey noise: ~0.3 here).
+Measured on the 2-core CI machine: 1,200 clips (~55 CPU-seconds) read 0.88 of the scenes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vimi.diffusion import EDMConfig
+from vimi.training.lean import LeanConfig, LeanTrainer, WordConditioner, shapeworld_vocabulary
+
+pytestmark = pytest.mark.slow
+
+TINY = LeanConfig(backbone="unet-xs", edm=EDMConfig(sigma_data=0.5, sigma_in=1.0), lr=2e-3, batch=4, frames=4,
+                  warmup_clips=200, sample_steps=8, guidance=2.0, seed=0)
+
+
+def test_a_tiny_recipe_learns_to_draw_the_captions_scene():
+    trainer = LeanTrainer(TINY)
+    before = trainer.evaluate(splits=("t2v-seen",), rows=16, batch=16)["t2v-seen"]
+    trainer.train_to(1200)
+    after = trainer.evaluate(splits=("t2v-seen",), rows=16, batch=16)["t2v-seen"]
+    first, last = np.mean([v for _, v in trainer.losses[:20]]), np.mean([v for _, v in trainer.losses[-50:]])
+    assert before["scene"] <= 0.5                      # the untrained control is at chance
+    assert after["scene"] >= 0.7, after                # learned: the background the caption names
+    assert last < 0.6 * first, (first, last)           # and the EDM loss fell
+
+
+def test_word_conditioner_covers_every_caption_word_and_marks_the_null_condition():
+    vocab = set(shapeworld_vocabulary())
+    for caption in ("a big red circle moves left on sand", "Kiki stays still in a dark room"):
+        assert set(caption.lower().split()) <= vocab
+    cond = WordConditioner(dim=8)
+    c, mask = cond(["a small blue ring grows on grass", None])
+    assert c.shape == (2, 7, 8) and mask[0].all() and mask[1].sum() == 1   # None -> the one <null> token
