@@ -3,7 +3,10 @@
 A pipeline folder holds everything a generation needs:
 
     config.json          every model, diffusion, sampler and MLLM setting (``VimiConfig``)
-    model.safetensors    the trained weights (EMA weights when exported by training)
+    model.safetensors    the trained weights (EMA weights when exported by training); after
+                         parameter-efficient tuning only the tuned ones (adapters, LoRA, frame-wise
+                         conditioning), with what they were made for in the file's metadata
+    base.safetensors     tuned models only: the frozen backbone + encoder head they run on
     mllm/                the MLLM folder (LLaVA layout), unless config points at an external one
     index/               optional bundled retrieval index for t2v
 
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+BASE_WEIGHTS = "base.safetensors"
 BUNDLE_MAX_BYTES = 512 * 2**20  # small MLLMs (the tiny default) and indexes travel inside the folder
 
 
@@ -198,7 +202,10 @@ class VimiPipeline:
             else:
                 index = str(Path(self.index_path).resolve())
         weights = {k: v.detach().contiguous().cpu() for k, v in (state or self.model.trainable_state_dict()).items()}
-        save_file(weights, str(tmp / WEIGHTS))
+        save_file(weights, str(tmp / WEIGHTS), metadata=self.model.tuning_signature())
+        base = {k: v.contiguous().cpu() for k, v in self.model.base_state_dict(weights).items()}
+        if base:
+            save_file(base, str(tmp / BASE_WEIGHTS))
         meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
                 "backbone_resolved": to_dict(cfg.backbone_config())}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -227,16 +234,35 @@ class VimiPipeline:
         if cfg.mllm.path and not Path(cfg.mllm.path).is_absolute():
             cfg.mllm.path = str(folder / cfg.mllm.path)
         state = load_safetensors(folder / WEIGHTS, PipelineLoadError)  # before minutes of building
+        base = None
+        if cfg.tuning != "full":
+            if not (folder / BASE_WEIGHTS).is_file():
+                raise PipelineLoadError(f"{folder}: tuning={cfg.tuning!r} needs {BASE_WEIGHTS} (the frozen base weights)")
+            base = load_safetensors(folder / BASE_WEIGHTS, PipelineLoadError)
         try:
             model = VimiModel(cfg)
-        except MLLMLoadError as e:
-            raise PipelineLoadError(str(e)) from None
-        model.load_trainable_state_dict(state)
+        except (MLLMLoadError, ValueError) as e:  # includes a tuning option the backbone cannot take
+            raise PipelineLoadError(f"{folder}: {e}") from None
+        _load_tuned(model, folder / WEIGHTS, state, base)
         if index is None:
             index = meta.get("index")
             if index and not index.startswith(("http://", "https://")) and not Path(index).is_absolute():
                 index = str(folder / index)
         return cls(model.to(device), open_retriever(index), index)
+
+    def load_tuned(self, source: str | Path) -> "VimiPipeline":
+        """Swap in the tuned weights (adapters, LoRA, frame-wise conditioning) of another pipeline folder
+        or weight file made from the same base: one base, many small tuned files. Weights made for
+        another backbone, size or tuning are refused with one line naming each difference."""
+        path = Path(source)
+        path = path / WEIGHTS if path.is_dir() else path
+        if not path.is_file():
+            raise PipelineLoadError(f"{source}: no tuned weights there (expected a pipeline folder or {WEIGHTS})")
+        if self.cfg.tuning == "full":
+            raise PipelineLoadError(f"{source}: this pipeline is fully tuned (tuning=full); tuned weights load "
+                                    "into a pipeline of the same tuning mode")
+        _load_tuned(self.model, path, load_safetensors(path, PipelineLoadError), self.model.base_state_dict())
+        return self
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -317,6 +343,17 @@ class VimiPipeline:
                     continue
                 out[i].append((h.caption, Image.open(io.BytesIO(self.retriever.image(h))).convert("RGB")))
         return out
+
+
+def _load_tuned(model: VimiModel, path: Path, state: dict, base: dict | None) -> None:
+    """Check the weights' signature (backbone, size, tuning), then load them; one line on a mismatch."""
+    from vimi.weights import read_metadata
+
+    try:
+        model.check_tuning_signature(read_metadata(path, PipelineLoadError), str(path))
+        model.load_trainable_state_dict(state, base)
+    except (KeyError, ValueError) as e:
+        raise PipelineLoadError(e.args[0] if isinstance(e, KeyError) else str(e)) from None
 
 
 def open_retriever(index: str | None):
