@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 BASE_WEIGHTS = "base.safetensors"
+CHUNK_SEED_STRIDE = 1_000_003  # long videos: chunk c of a sample seeded s draws its noise with s + c·stride
 BUNDLE_MAX_BYTES = 512 * 2**20  # small MLLMs (the tiny default) and indexes travel inside the folder
 
 
@@ -276,20 +277,55 @@ class VimiPipeline:
                        num_frames: int | None = None, progress: bool = False) -> list[np.ndarray]:
         """Sample a batch of (task, inputs) requests. Sample i uses seed ``seeds[i]`` (or seeds + i), so a
         video does not depend on the batch it was drawn in."""
-        cfg, model = self.cfg, self.model
-        sc = cfg.sampler
-        steps = steps or sc.num_steps
-        guidance = sc.guidance_scale if guidance is None else guidance
-        T = num_frames or cfg.video.frames
+        cfg = self.cfg
+        T0 = cfg.video.frames
+        T = num_frames or T0
         if T < 2:
             raise InputError(f"num_frames must be >= 2, got {T}")
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [int(seeds) + i for i in range(len(requests))]
         if len(seeds) != len(requests):
             raise InputError(f"{len(seeds)} seeds for {len(requests)} requests")
-        device = next(model.net.parameters()).device
-
         # 1. Check inputs.
         reqs = [check_inputs(t, inp, cfg.video.size, cfg.max_cond_frames) for t, inp in requests]
+        for r in reqs:
+            if r.cond_frames is not None and len(r.cond_frames) > T:
+                raise InputError(f"num_frames {T} is shorter than the {len(r.cond_frames)} conditioning frame(s) given")
+        if T > T0 and any(r.task == "prediction" for r in reqs):
+            return self._extend(reqs, seeds, T, steps, guidance, progress)
+        return self._sample(reqs, seeds, T, steps, guidance, progress)
+
+    def _extend(self, reqs: list[Request], seeds: list[int], N: int, steps, guidance, progress) -> list[np.ndarray]:
+        """Long videos by autoregressive extension (AID; Open-Sora's video extension): a chunk of the
+        training length, then chunks conditioned on the last k = max_cond_frames frames so far, each adding
+        T0 - k frames, until N. Chunk c samples with seed + c·CHUNK_SEED_STRIDE. The carried frames are
+        pasted back exactly (step 6), so every boundary frame is shared by the two chunks it joins."""
+        T0, k = self.cfg.video.frames, self.cfg.max_cond_frames
+        if any(r.task != "prediction" for r in reqs):
+            raise InputError(f"num_frames {N} > the training length {T0} extends prediction only; "
+                             "this batch mixes in other tasks")
+        stride = T0 - k
+        if stride < 1 or (N - T0) % stride:
+            reachable = ", ".join(str(T0 + i * stride) for i in range(4)) if stride >= 1 else str(T0)
+            raise InputError(f"num_frames {N} is not reachable by whole chunks: chunks of {T0} frames overlapping "
+                             f"by {k} give {reachable}, ...")
+        videos = self._sample(reqs, seeds, T0, steps, guidance, progress)
+        nfe = self.last_nfe or 0
+        for chunk in range(1, (N - T0) // stride + 1):
+            carried = [Request(r.task, r.prompt, [Image.fromarray(f) for f in v[-k:]], v[-k:].copy())
+                       for r, v in zip(reqs, videos)]
+            new = self._sample(carried, [s + chunk * CHUNK_SEED_STRIDE for s in seeds], T0, steps, guidance, progress)
+            nfe += self.last_nfe or 0
+            videos = [np.concatenate([v, n[k:]]) for v, n in zip(videos, new)]
+        self.last_nfe = nfe
+        return videos
+
+    def _sample(self, reqs: list[Request], seeds: list[int], T: int, steps, guidance, progress) -> list[np.ndarray]:
+        """Steps 2-6 for checked requests: one chunk of T frames."""
+        cfg, model = self.cfg, self.model
+        sc = cfg.sampler
+        steps = steps or sc.num_steps
+        guidance = sc.guidance_scale if guidance is None else guidance
+        device = next(model.net.parameters()).device
         # 2. Retrieve image-text pairs for t2v (VIMI conditions t2v on its retrieved context).
         contexts = self._retrieve([r.prompt if r.task == "t2v" else None for r in reqs])
         # 3. Build the multimodal instruction prompts.
