@@ -29,11 +29,15 @@ TINY_UNET = ["backbone=unet-xs", "backbone_args.channels=[8,16]", "backbone_args
 def trained(cls, cfg, seed=0) -> nn.Module:
     """A backbone whose zero-initialised layers are randomised (as a trained one), so outputs depend on all."""
     torch.manual_seed(seed)
-    net = cls(cfg)
-    for p in net.parameters():
-        if p.ndim > 1 and not p.any():
-            nn.init.normal_(p, std=0.2)
-    return net.eval()
+    net = cls(cfg).eval()
+    randomise_zeros(net.parameters())
+    return net
+
+
+def randomise_zeros(params) -> None:
+    with torch.no_grad():
+        for p in [p for p in params if p.ndim > 1 and not p.any()]:
+            p.normal_(std=0.2)
 
 
 def inputs(T=4, seed=1):
@@ -167,10 +171,7 @@ def stage1(tmp_path_factory):
 
     torch.manual_seed(0)
     pipe = VimiPipeline.from_config(load_config(VimiConfig, None, TINY_UNET))
-    with torch.no_grad():
-        for p in pipe.model.net.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(std=0.2)
+    randomise_zeros(pipe.model.net.parameters())
     return pipe.save_pretrained(tmp_path_factory.mktemp("s1") / "pipeline")
 
 
