@@ -8,15 +8,29 @@ training (``vimi.training``) and inference (``vimi.pipeline``) both go through i
 """
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from base.config import to_dict
 from vimi.diffusion import EDMConfig, EDMPrecond, SamplerConfig
 from vimi.mllm import MLLMConfig, MLLMEncoder, Prompt
 from vimi.models import backbone_config, build_backbone, frame_condition
+from vimi.models.adapters import (
+    AdapterConfig,
+    FrameCondConfig,
+    FrameQueryFormer,
+    FrameSlot,
+    LoraConfig,
+    add_frame_attention,
+    add_latent_shift,
+    apply_tuning,
+    check_tuning,
+)
 
 
 @dataclass
@@ -39,6 +53,13 @@ class VimiConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     retrieval_k: int = 4                                     # K retrieved pairs per t2v prompt
     max_cond_frames: int = 1                                 # prediction: first k clean frames given
+    #                                                          (and the overlap of long-video chunks)
+    # Related methods as options of this generator (vimi/models/adapters.py):
+    tuning: Literal["full", "adapters", "lora", "frozen"] = "full"  # what of the backbone + encoder head trains
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)  # SimDA / AID adapters (tuning: adapters)
+    lora: LoraConfig = field(default_factory=LoraConfig)            # backbone LoRA (tuning: lora)
+    latent_shift: float = 0.0                                # SimDA latent shift: share of channels (0 = off)
+    frame_cond: FrameCondConfig = field(default_factory=FrameCondConfig)  # FCA / AID frame-wise conditioning
 
     def backbone_config(self) -> Any:
         """The backbone config: the named size, our overrides, and the video's channel count."""
@@ -52,6 +73,27 @@ class VimiConfig:
         return self.edm.input_scale(v.frames, v.size, v.size)
 
 
+def build_tuned_backbone(cfg: VimiConfig, slot: FrameSlot,
+                         device: torch.device | str | None = None) -> tuple[nn.Module, FrameQueryFormer | None]:
+    """The named backbone with the configured tuning, latent shift and frame-wise conditioning
+    (``device="meta"``: shapes only, for dry runs), and the frame-query former when enabled."""
+    bb = cfg.backbone_config()
+    check_tuning(cfg.tuning, cfg.adapters, cfg.lora, cfg.latent_shift, cfg.frame_cond)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        backbone = build_backbone(cfg.backbone, bb)
+        # Order matters: LoRA wraps layers first, so the latent shift's hooks sit on the wrappers; the
+        # frame-wise branch comes last, so it is trainable in every mode and LoRA never targets it.
+        apply_tuning(backbone, cfg.tuning, cfg.adapters, cfg.lora)
+        add_latent_shift(backbone, cfg.latent_shift)
+        former = None
+        fc = cfg.frame_cond
+        if fc.enabled:
+            former = FrameQueryFormer(bb.cond_dim, fc.max_frames or cfg.video.frames, fc)
+            if fc.inject in ("add", "both"):
+                add_frame_attention(backbone, bb.cond_dim, fc.heads, slot)
+    return backbone, former
+
+
 class VimiModel(nn.Module):
     """``encoder`` (MLLM, frozen by default) + ``net`` (EDMPrecond over the named backbone)."""
 
@@ -59,8 +101,15 @@ class VimiModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         bb = cfg.backbone_config()
+        check_tuning(cfg.tuning, cfg.adapters, cfg.lora, cfg.latent_shift, cfg.frame_cond)  # before the MLLM loads
         self.encoder = MLLMEncoder(cfg.mllm, out_dim=bb.cond_dim)
-        self.net = EDMPrecond(build_backbone(cfg.backbone, bb), sigma_data=cfg.edm.sigma_data, sigma_in=cfg.sigma_in)
+        self.frame_slot = FrameSlot()
+        backbone, self.frame_cond = build_tuned_backbone(cfg, self.frame_slot)
+        # A parameter-efficient mode trains only what it adds (SimDA, AID): the encoder's projection and
+        # null tokens, trained in stage 1, stay as they are unless the whole generator is tuned.
+        for p in (*self.encoder.proj.parameters(), self.encoder.null):
+            p.requires_grad_(cfg.tuning == "full")
+        self.net = EDMPrecond(backbone, sigma_data=cfg.edm.sigma_data, sigma_in=cfg.sigma_in)
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, prompts: Sequence[Prompt], drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -85,7 +134,22 @@ class VimiModel(nn.Module):
     def forward(self, x_noisy: Tensor, sigma: Tensor, cond: Tensor, cond_mask: Tensor,
                 extra: Tensor | None = None, sigma_in: Tensor | float | None = None) -> Tensor:
         """D(x; σ | C, extra): the clean-video estimate (B, C, T, H, W)."""
+        cond, cond_mask = self.framewise_condition(cond, cond_mask, x_noisy.shape[2])
         return self.net(x_noisy, sigma, sigma_in=sigma_in, cond=cond, cond_mask=cond_mask, extra=extra)
+
+    def framewise_condition(self, cond: Tensor, cond_mask: Tensor, frames: int) -> tuple[Tensor, Tensor]:
+        """Frame-wise conditioning (off by default): one embedding per output frame from C, handed to the
+        backbone's per-frame cross-attention branches (FCA) and/or appended to C as extra tokens (AID)."""
+        if self.frame_cond is None:
+            return cond, cond_mask
+        fe = self.frame_cond(cond, cond_mask, frames)                                    # (B, T, q, D)
+        inject = self.cfg.frame_cond.inject
+        self.frame_slot.value = fe if inject in ("add", "both") else None
+        if inject in ("tokens", "both"):
+            tokens = fe.flatten(1, 2).to(cond.dtype)                                      # (B, T·q, D)
+            cond = torch.cat([cond, tokens], dim=1)
+            cond_mask = torch.cat([cond_mask, cond_mask.new_ones(tokens.shape[:2])], dim=1)
+        return cond, cond_mask
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -96,14 +160,64 @@ class VimiModel(nn.Module):
         """Weights a checkpoint or pipeline stores beside the (unchanged) MLLM folder."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+    def base_state_dict(self, tuned: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The frozen generator weights a tuned model runs on (the backbone and encoder head as stage 1
+        left them; the MLLM has its own folder): everything but ``tuned`` (default: the trainable
+        weights) and the MLLM. Empty under ``tuning: full``."""
+        tuned = self.trainable_state_dict() if tuned is None else tuned
+        return {n: p.detach() for n, p in self.named_parameters()
+                if n not in tuned and not n.startswith("encoder.llava.")}
+
+    def tuning_signature(self) -> dict[str, str]:
+        """What tuned weights were made for (stored in their file's metadata): the backbone, its
+        resolved size and the tuning options. Tuned weights load only where all of it matches."""
+        c = self.cfg
+        return {"tuning": c.tuning, "backbone": c.backbone,
+                "backbone_resolved": json.dumps(to_dict(c.backbone_config()), sort_keys=True),
+                "tuning_options": json.dumps({"adapters": to_dict(c.adapters), "lora": to_dict(c.lora),
+                                              "frame_cond": to_dict(c.frame_cond)}, sort_keys=True)}
+
+    def check_tuning_signature(self, saved: dict[str, str], source: str) -> None:
+        """One line naming each mismatch between tuned weights' metadata and this model."""
+        mine = self.tuning_signature()
+        if "tuning" not in saved:
+            return  # weights written before signatures existed (full tuning): names and shapes decide
+        bad = []
+        for key, value in mine.items():
+            there = saved.get(key, "<absent>")
+            if there == value:
+                continue
+            if key in ("backbone_resolved", "tuning_options"):
+                a, b = _flat(json.loads(there)) if there != "<absent>" else {}, _flat(json.loads(value))
+                bad += [f"{key}.{k} {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
+                        if a.get(k) != b.get(k)]
+            else:
+                bad.append(f"{key} {there!r} there, {value!r} here")
+        if bad:
+            raise ValueError(f"{source}: tuned weights made for another model: " + "; ".join(bad))
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor], base: dict[str, Tensor] | None = None) -> None:
+        """Trained weights (and, for a tuned model, the frozen ``base`` it runs on), names and shapes checked."""
+        if self.cfg.tuning != "full":
+            if base is None:
+                raise KeyError("a tuned model (tuning != full) needs its frozen base weights too")
+            self._load_exact(base, set(self.base_state_dict()), "base weights")
+        self._load_exact(state, {n for n, p in self.named_parameters() if p.requires_grad}, "weights")
+
+    def _load_exact(self, state: dict[str, Tensor], expected: set[str], what: str) -> None:
         own = dict(self.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise KeyError(f"weights do not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise KeyError(f"{what} do not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         with torch.no_grad():
             for n, v in state.items():
                 if own[n].shape != v.shape:
                     raise ValueError(f"weight {n}: checkpoint shape {tuple(v.shape)} != model {tuple(own[n].shape)}")
                 own[n].copy_(v)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

@@ -1,14 +1,18 @@
 """Inference: ``VimiPipeline`` (config.json + safetensors) and ``vimi.generate``.
 
-A pipeline folder holds everything a generation needs:
+A pipeline folder (docs/formats.md, The pipeline folder) holds everything a generation needs:
 
     config.json          every model, diffusion, sampler and MLLM setting (``VimiConfig``)
-    model.safetensors    the trained weights (EMA weights when exported by training)
+    model.safetensors    the trained weights (EMA weights when exported by training); after
+                         parameter-efficient tuning only the tuned ones (adapters, LoRA, frame-wise
+                         conditioning), with what they were made for in the file's metadata
+    base.safetensors     tuned models only: the frozen backbone + encoder head they run on
     mllm/                the MLLM folder (LLaVA layout), unless config points at an external one
     index/               optional bundled retrieval index for t2v
 
 ``__call__`` reads as numbered steps, as diffusers pipelines do: check inputs → retrieve (t2v) →
-build prompt → encode → sample → decode → write.
+build prompt → encode → sample → decode → write. Beyond the training length, tasks given first
+frames are extended chunk by chunk (docs/architecture.md, The model: long videos).
 """
 from __future__ import annotations
 
@@ -38,12 +42,14 @@ from vimi.mllm import PromptError, task_prompt
 from vimi.mllm.encoder import MLLMLoadError
 from vimi.mllm.prompt import as_image
 from vimi.model import VimiConfig, VimiModel
-from vimi.weights import load_safetensors
+from vimi.weights import load_safetensors, read_metadata
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+BASE_WEIGHTS = "base.safetensors"
+CHUNK_SEED_STRIDE = 1_000_003  # long videos: chunk c of a sample seeded s draws its noise with s + c·stride
 BUNDLE_MAX_BYTES = 512 * 2**20  # small MLLMs (the tiny default) and indexes travel inside the folder
 
 
@@ -63,6 +69,11 @@ class Request:
     prompt: str
     images: list[Image.Image]          # task images: subject references or the first frame(s)
     first_frames: np.ndarray | None    # tasks given frames (prediction): (k, H, W, 3) uint8, clean
+
+    @classmethod
+    def given(cls, task: str, prompt: str, frames: np.ndarray) -> "Request":
+        """A request of a task given first frames: the frames are both its prompt images and its clean frames."""
+        return cls(task, prompt, [Image.fromarray(f) for f in frames], frames)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +128,7 @@ def check_inputs(task: str, inputs: dict, size: int, max_given_frames: int) -> R
     if spec.given_frames:
         frames = _first_frames(inputs[spec.image_input], size, max_given_frames)
         spec.check(prompt, len(frames), InputError)
-        return Request(task, prompt, [Image.fromarray(f) for f in frames], frames)
+        return Request.given(task, prompt, frames)
     if spec.image_input is None:
         spec.check(prompt, 0, InputError)
         return Request(task, prompt, [], None)
@@ -181,7 +192,10 @@ class VimiPipeline:
                     index = str(Path(self.index_path).resolve())
             state = state or self.model.trainable_state_dict()
             weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-            save_file(weights, str(tmp / WEIGHTS))
+            save_file(weights, str(tmp / WEIGHTS), metadata=self.model.tuning_signature())
+            base = {k: v.contiguous().cpu() for k, v in self.model.base_state_dict(weights).items()}
+            if base:
+                save_file(base, str(tmp / BASE_WEIGHTS))
             meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
                     "backbone_resolved": to_dict(cfg.backbone_config())}
             (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -207,16 +221,36 @@ class VimiPipeline:
         if cfg.mllm.path and not Path(cfg.mllm.path).is_absolute():
             cfg.mllm.path = str(folder / cfg.mllm.path)
         state = load_safetensors(folder / WEIGHTS, PipelineLoadError)  # before minutes of building
+        base = None
+        if cfg.tuning != "full":
+            if not (folder / BASE_WEIGHTS).is_file():
+                raise PipelineLoadError(f"{folder}: tuning={cfg.tuning!r} needs {BASE_WEIGHTS} "
+                                        "(the frozen base weights)")
+            base = load_safetensors(folder / BASE_WEIGHTS, PipelineLoadError)
         try:
             model = VimiModel(cfg)
-        except MLLMLoadError as e:
-            raise PipelineLoadError(str(e)) from None
-        model.load_trainable_state_dict(state)
+        except (MLLMLoadError, ValueError) as e:  # includes a tuning option the backbone cannot take
+            raise PipelineLoadError(f"{folder}: {e}") from None
+        _load_tuned(model, folder / WEIGHTS, state, base)
         if index is None:
             index = meta.get("index")
             if index and not index.startswith(("http://", "https://")) and not Path(index).is_absolute():
                 index = str(folder / index)
         return cls(model.to(device), open_retriever(index), index)
+
+    def load_tuned(self, source: str | Path) -> "VimiPipeline":
+        """Swap in the tuned weights (adapters, LoRA, frame-wise conditioning) of another pipeline folder
+        or weight file made from the same base: one base, many small tuned files. Weights made for
+        another backbone, size or tuning are refused with one line naming each difference."""
+        path = Path(source)
+        path = path / WEIGHTS if path.is_dir() else path
+        if not path.is_file():
+            raise PipelineLoadError(f"{source}: no tuned weights there (expected a pipeline folder or {WEIGHTS})")
+        if self.cfg.tuning == "full":
+            raise PipelineLoadError(f"{source}: this pipeline is fully tuned (tuning=full); tuned weights load "
+                                    "into a pipeline of the same tuning mode")
+        _load_tuned(self.model, path, load_safetensors(path, PipelineLoadError), self.model.base_state_dict())
+        return self
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -230,20 +264,55 @@ class VimiPipeline:
                        num_frames: int | None = None, progress: bool = False) -> list[np.ndarray]:
         """Sample a batch of (task, inputs) requests. Sample i uses seed ``seeds[i]`` (or seeds + i), so a
         video does not depend on the batch it was drawn in."""
-        cfg, model = self.cfg, self.model
-        sc = cfg.sampler
-        steps = steps or sc.num_steps
-        guidance = sc.guidance_scale if guidance is None else guidance
-        T = num_frames or cfg.video.frames
+        cfg = self.cfg
+        T0 = cfg.video.frames
+        T = num_frames or T0
         if T < 2:
             raise InputError(f"num_frames must be >= 2, got {T}")
         seeds = list(seeds) if isinstance(seeds, (list, tuple)) else [int(seeds) + i for i in range(len(requests))]
         if len(seeds) != len(requests):
             raise InputError(f"{len(seeds)} seeds for {len(requests)} requests")
-        device = next(model.net.parameters()).device
-
         # 1. Check inputs.
         reqs = [check_inputs(t, inp, cfg.video.size, cfg.max_cond_frames) for t, inp in requests]
+        for r in reqs:
+            if r.first_frames is not None and len(r.first_frames) > T:
+                raise InputError(f"num_frames {T} is shorter than the {len(r.first_frames)} first frame(s) given")
+        if T > T0 and any(TASKS[r.task].given_frames for r in reqs):
+            return self._extend(reqs, seeds, T, steps, guidance, progress)
+        return self._sample(reqs, seeds, T, steps, guidance, progress)
+
+    def _extend(self, reqs: list[Request], seeds: list[int], N: int, steps, guidance, progress) -> list[np.ndarray]:
+        """Long videos by autoregressive extension (AID; Open-Sora's video extension): a chunk of the
+        training length, then chunks conditioned on the last k = max_cond_frames frames so far, each adding
+        T0 - k frames, until N. Chunk c samples with seed + c·CHUNK_SEED_STRIDE. The carried frames are
+        pasted back exactly (step 6), so every boundary frame is shared by the two chunks it joins."""
+        T0, k = self.cfg.video.frames, self.cfg.max_cond_frames
+        if not all(TASKS[r.task].given_frames for r in reqs):
+            given = ", ".join(t.name for t in TASKS.values() if t.given_frames)
+            raise InputError(f"num_frames {N} > the training length {T0} extends only tasks given first frames "
+                             f"({given}); this batch mixes in other tasks")
+        stride = T0 - k
+        if stride < 1 or (N - T0) % stride:
+            reachable = ", ".join(str(T0 + i * stride) for i in range(4)) if stride >= 1 else str(T0)
+            raise InputError(f"num_frames {N} is not reachable by whole chunks: chunks of {T0} frames overlapping "
+                             f"by {k} give {reachable}, ...")
+        videos = self._sample(reqs, seeds, T0, steps, guidance, progress)
+        nfe = self.last_nfe or 0
+        for chunk in range(1, (N - T0) // stride + 1):
+            carried = [Request.given(r.task, r.prompt, v[-k:].copy()) for r, v in zip(reqs, videos)]
+            new = self._sample(carried, [s + chunk * CHUNK_SEED_STRIDE for s in seeds], T0, steps, guidance, progress)
+            nfe += self.last_nfe or 0
+            videos = [np.concatenate([v, n[k:]]) for v, n in zip(videos, new)]
+        self.last_nfe = nfe
+        return videos
+
+    def _sample(self, reqs: list[Request], seeds: list[int], T: int, steps, guidance, progress) -> list[np.ndarray]:
+        """Steps 2-6 for checked requests: one chunk of T frames."""
+        cfg, model = self.cfg, self.model
+        sc = cfg.sampler
+        steps = steps or sc.num_steps
+        guidance = sc.guidance_scale if guidance is None else guidance
+        device = next(model.net.parameters()).device
         # 2. Retrieve image-text pairs for t2v (VIMI conditions t2v on its retrieved context).
         contexts = self._retrieve([r.prompt if TASKS[r.task].retrieves else None for r in reqs])
         # 3. Build the multimodal instruction prompts.
@@ -297,6 +366,15 @@ class VimiPipeline:
                     continue
                 out[i].append((h.caption, Image.open(io.BytesIO(self.retriever.image(h))).convert("RGB")))
         return out
+
+
+def _load_tuned(model: VimiModel, path: Path, state: dict, base: dict | None) -> None:
+    """Check the weights' signature (backbone, size, tuning), then load them; one line on a mismatch."""
+    try:
+        model.check_tuning_signature(read_metadata(path, PipelineLoadError), str(path))
+        model.load_trainable_state_dict(state, base)
+    except (KeyError, ValueError) as e:
+        raise PipelineLoadError(e.args[0] if isinstance(e, KeyError) else str(e)) from None
 
 
 def open_retriever(index: str | None):

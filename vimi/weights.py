@@ -38,3 +38,15 @@ def load_safetensors(path: str | Path, error: type[Exception] = ValueError) -> d
         return load_file(str(path))
     except Exception as e:  # see check_safetensors
         raise _unreadable(path, e, error) from None
+
+
+def read_metadata(path: str | Path, error: type[Exception] = ValueError) -> dict[str, str]:
+    """The string metadata of a safetensors header ({} when it has none)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # see check_safetensors
+        raise _unreadable(path, e, error) from None

@@ -10,11 +10,15 @@ from torch import nn
 
 from base.config import to_dict
 from vimi.diffusion import EDMLoss
+from vimi.models.adapters import is_tuning_param, untuned_name
 from vimi.training.config import TrainConfig
 from vimi.training.data import TaskFormat, shard_urls
 from vimi.training.ema import shared_copy
 from vimi.training.frozen import Hidden, freeze_all_but, frozen_modules, hide_frozen
 from vimi.training.loader import ShardStream, StreamState, VideoSpec
+
+# Model settings a tuning run may set differently from the untuned export it starts from.
+TUNING_KEYS = ("tuning", "adapters", "lora", "latent_shift", "frame_cond")
 
 
 class InitError(ValueError):
@@ -52,6 +56,9 @@ def build_training_model(cfg: TrainConfig, device: torch.device, init: str | Non
     if init is not None:
         load_init(model, init, cfg)
     trainable = list(model.trainable_parameters())
+    if not trainable:
+        raise InitError(f"model.tuning={cfg.model.tuning!r} leaves nothing to train: enable model.frame_cond, "
+                        "set model.mllm.tuning=lora, or choose model.tuning adapters / lora / full")
     n_trainable, n_frozen = freeze_all_but(model, trainable)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     ema_model = None
@@ -70,6 +77,9 @@ def check_init(cfg: TrainConfig, resuming: bool) -> None:
     init = cfg.run.init
     if init is not None and not Path(init).expanduser().is_dir():
         raise InitError(f"--init {init}: no such folder (expected a pipeline export, e.g. runs/.../pipeline)")
+    if cfg.model.tuning != "full" and init is None:
+        raise InitError(f"model.tuning={cfg.model.tuning!r} tunes a trained generator: pass --init RUN/pipeline "
+                        "(its frozen base weights come from there)")
     if cfg.run.stage == "instruct" and init is None and not resuming:
         raise InitError("stage 2 (instruct) starts from a stage-1 export: pass --init RUN/pipeline "
                         "(the `pipeline` folder that launch/pretrain.py writes at the end)")
@@ -97,17 +107,28 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
         raise InitError(f"--init {path}: {cfg_file} is not readable JSON ({e})") from None
     saved_model = saved.get("model", saved)
     mine = to_dict(cfg.model)
-    blocking, _ = config_differences({"model": _without_paths(saved_model)}, {"model": _without_paths(mine)},
-                                     saved_label="export")
+    # Parameter-efficient tuning starts from an untuned export (SimDA, AID: adapt a trained model):
+    # the tuning options may then differ; a tuned export must match them as everything else.
+    untuned_export = saved_model.get("tuning", "full") == "full"
+    ignore = TUNING_KEYS if untuned_export else ()
+    blocking, _ = config_differences({"model": _without_paths(saved_model, ignore)},
+                                     {"model": _without_paths(mine, ignore)}, saved_label="export")
     if blocking:
-        raise InitError(f"--init {path} holds a different model than this config:\n  " + "\n  ".join(blocking))
+        raise InitError(f"--init {path} holds a different model than this config: " + "; ".join(blocking))
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_safetensors(f, InitError))
     own = model.state_dict()
-    # Trainable weights must come from the export; frozen MLLM weights come from the MLLM folder.
-    trainable = {id(p) for p in model.trainable_parameters()}
-    missing = sorted(n for n, p in model.named_parameters() if id(p) in trainable and n not in state)
+    # Trainable weights must come from the export, and so must a tuned model's frozen base; frozen MLLM
+    # weights come from the MLLM folder.
+    base = model.base_state_dict()
+    needed = [n for n, p in model.named_parameters() if p.requires_grad or n in base]
+    if untuned_export:
+        # The base under its untuned names (peft adds ``base_layer``); modules that tuning adds now
+        # keep their (zero) initialisation.
+        state = {n: state[untuned_name(n)] for n in own if untuned_name(n) in state}
+        needed = [n for n in needed if not is_tuning_param(n)]
+    missing = sorted(n for n in needed if n not in state)
     if missing:
         raise InitError(f"--init {path}: weights missing for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     bad = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -116,9 +137,11 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
-def _without_paths(d: dict) -> dict:
+def _without_paths(d: dict, ignore: tuple[str, ...] = ()) -> dict:
     d = json.loads(json.dumps(d))
     d.get("mllm", {}).pop("path", None)
+    for key in ignore:
+        d.pop(key, None)
     return d
 
 

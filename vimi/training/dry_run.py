@@ -50,8 +50,7 @@ def _mllm_has_weights(path: str) -> bool:
 
 
 def _count(module: nn.Module) -> tuple[int, int]:
-    t = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return t, sum(p.numel() for p in module.parameters()) - t
+    return _count_params(list(module.parameters()))
 
 
 def _meta_llava(cfg: TrainConfig) -> nn.Module:
@@ -70,10 +69,11 @@ def _meta_llava(cfg: TrainConfig) -> nn.Module:
 
 def _meta_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
     """(trainable, frozen) per part, built on the meta device."""
-    from vimi.models import build_backbone
+    from vimi.model import build_tuned_backbone
+    from vimi.models.adapters import FrameSlot
 
     bb_cfg = cfg.model.backbone_config()
-    backbone = build_backbone(cfg.model.backbone, bb_cfg, device="meta")
+    backbone, former = build_tuned_backbone(cfg.model, FrameSlot(), device="meta")
     llava = _meta_llava(cfg)
     m = cfg.model.mllm
     hidden = llava.config.text_config.hidden_size
@@ -85,9 +85,30 @@ def _meta_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
             if isinstance(mod, nn.Linear) and "language_model" in name and name.rsplit(".", 1)[-1] in m.lora_targets:
                 lora += m.lora_r * (mod.in_features + mod.out_features)
     llava_trainable = n_llava if m.tuning == "full" else lora
-    return {f"backbone ({cfg.model.backbone})": (sum(p.numel() for p in backbone.parameters()), 0),
-            "MLLM head (projection, null tokens)": (head, 0),
+    head_part = (head, 0) if cfg.model.tuning == "full" else (0, head)
+    return {**_generator_parts(cfg, backbone, former), "MLLM head (projection, null tokens)": head_part,
             f"MLLM ({m.tuning})": (llava_trainable, n_llava - (n_llava if m.tuning == "full" else 0))}
+
+
+def _generator_parts(cfg: TrainConfig, backbone: nn.Module, former: nn.Module | None) -> dict[str, tuple[int, int]]:
+    """The backbone (split into what tuning added and the rest) and the frame-query former."""
+    from vimi.models.adapters import is_tuning_param
+
+    m = cfg.model
+    added = [p for n, p in backbone.named_parameters() if is_tuning_param(n)]
+    ids = {id(p) for p in added}
+    rest = [p for p in backbone.parameters() if id(p) not in ids]
+    parts = {f"backbone ({m.backbone}, tuning {m.tuning})": _count_params(rest)}
+    if added:
+        parts["added by tuning (adapters / LoRA / frame-wise branch)"] = _count_params(added)
+    if former is not None:
+        parts["frame-wise query former"] = _count(former)
+    return parts
+
+
+def _count_params(params: list[nn.Parameter]) -> tuple[int, int]:
+    t = sum(p.numel() for p in params if p.requires_grad)
+    return t, sum(p.numel() for p in params) - t
 
 
 def _real_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
@@ -95,10 +116,10 @@ def _real_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
 
     model = VimiModel(cfg.model)
     enc = model.encoder
-    head = [enc.proj, enc.norm]
-    n_head = sum(p.numel() for m in head for p in m.parameters()) + enc.null.numel()
+    head = [*enc.proj.parameters(), *enc.norm.parameters(), enc.null]
     llava_t, llava_f = _count(enc.llava)
-    return {f"backbone ({cfg.model.backbone})": _count(model.net), "MLLM head (projection, null tokens)": (n_head, 0),
+    return {**_generator_parts(cfg, model.net.backbone, model.frame_cond),
+            "MLLM head (projection, null tokens)": _count_params(head),
             f"MLLM ({cfg.model.mllm.tuning})": (llava_t, llava_f)}
 
 

@@ -44,13 +44,17 @@ def freeze_all_but(model: nn.Module, trainable: list[nn.Parameter]) -> tuple[int
 
 
 def frozen_modules(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Maximal submodules with parameters, all of them frozen: (parent, attribute name, module)."""
+    """Maximal submodules with parameters, all of them frozen, that are not entries of a container:
+    (parent, attribute name, module)."""
     found: list[tuple[nn.Module, str, nn.Module]] = []
 
     def visit(parent: nn.Module) -> None:
+        # A container's forward iterates its _modules: hiding one entry would skip it (a frozen U-Net
+        # level beside a tuned one), so inside containers the search goes one level deeper.
+        container = isinstance(parent, (nn.ModuleList, nn.Sequential, nn.ModuleDict))
         for name, child in parent.named_children():
             params = list(child.parameters())
-            if params and not any(p.requires_grad for p in params):
+            if params and not any(p.requires_grad for p in params) and not container:
                 found.append((parent, name, child))
             else:
                 visit(child)

@@ -154,7 +154,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     # 2. Model, frozen parts out of DeepSpeed's sight, EMA, engine. The model is built before the
     #    process group exists: transformers' save_pretrained writes on rank 0 only once one does,
     #    and the MLLM may be written to a per-process folder while it is built.
-    built = build_training_model(cfg, device, init=None if resume_path else cfg.run.init, with_ema=info.is_main)
+    # A tuned run's frozen base is hidden from DeepSpeed (not in its checkpoints): it comes from the
+    # export on resume too, and the checkpoint then restores what was tuned.
+    init = cfg.run.init if resume_path is None or cfg.model.tuning != "full" else None
+    built = build_training_model(cfg, device, init=init, with_ema=info.is_main)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     step_module = TrainStep(built.model, built.loss, built.sigma_in)
