@@ -62,15 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     run_step("mllm alignment", [PY, "-m", "vimi.mllm.align", "--memory", str(world / "memory.parquet"),
                                 "--out", str(mllm), "--steps", str(int(1000 * s))], mllm / "config.json", steps)
 
-    # One BLAS thread per process: the data-loader worker holds the other core (measured faster on 2 cores).
-    common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}", "run.cpu_threads=1"]
+    probe = out / "probe.json"
+    run_step("mllm probe", [PY, "-m", "vimi.mllm.probe", "--mllm", str(mllm), "--out", str(probe)], probe, steps)
+
+    # Two BLAS threads: the U-Net step is compute-bound and the loader worker is idle most of the time
+    # (data_wait_frac ~0.002 in metrics.jsonl).
+    common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}", "run.cpu_threads=2"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
-                                   f"run.out={stage1}", f"run.steps={int(500 * s)}", *common],
+                                   f"run.out={stage1}", f"run.steps={int(1000 * s)}", *common],
              stage1 / "pipeline" / "config.json", steps)
     run_step("stage 2: instruct", [PY, "launch/instruct_tune.py", "--config", "configs/shapeworld/instruct.yaml",
                                    "--init", str(stage1 / "pipeline"), "--set", f"run.out={stage2}",
-                                   f"run.steps={int(500 * s)}", *common],
+                                   f"run.steps={int(1000 * s)}", *common],
              stage2 / "pipeline" / "config.json", steps)
 
     videos, scores = out / "videos", out / "scores.json"
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                        "--out", str(scores)], scores, steps)
 
     metrics = {"wall_seconds": round(time.time() - t0, 1), "scale": s, "steps": steps,
-               "scores": json.loads(scores.read_text()), "ground_truth": json.loads(gt_report.read_text())}
+               "scores": json.loads(scores.read_text()), "ground_truth": json.loads(gt_report.read_text()),
+               "mllm_probe": json.loads(probe.read_text())}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run_step("report", [PY, "-m", "vimi.eval.report", "--videos", str(videos), "--eval", str(world / "eval"),
                         "--scores", str(scores), "--metrics", str(out / "metrics.json"),
