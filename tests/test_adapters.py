@@ -201,7 +201,7 @@ def denoise(model: VimiModel, seed=0):
     from vimi.mllm.prompt import pretrain_prompt
 
     c, m = model.condition([pretrain_prompt("a red circle"), pretrain_prompt("a blue square")])
-    return model(x, torch.tensor([0.5, 2.0]), c, m, model.cond_frames(x, 1))
+    return model(x, torch.tensor([0.5, 2.0]), c, m, model.given_frame_condition(x, 1))
 
 
 def test_adapter_run_from_an_untuned_export_starts_at_its_output_and_saves_only_tuned_weights(stage1, tmp_path):

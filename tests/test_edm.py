@@ -26,7 +26,7 @@ from vimi.diffusion import (
 from vimi.models.fit import FIT, FITConfig
 
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,
-                  num_blocks=1, latent_layers=1, num_heads=2, cond_dim=8, extra_channels=0)
+                  num_blocks=1, latent_layers=1, num_heads=2, cond_dim=8, frame_cond_channels=0)
 
 
 def micro_fit(seed: int = 0) -> FIT:
@@ -300,10 +300,10 @@ def test_guidance_batches_cond_and_uncond_with_padding():
 
 
 def test_drop_conditions_selects_per_sample():
-    cond = dict(cond=torch.ones(3, 4, 2), cond_mask=torch.ones(3, 4, dtype=torch.bool), extra=None)
-    null = dict(cond=torch.zeros(3, 1, 2), cond_mask=torch.zeros(3, 1, dtype=torch.bool), extra=None)
+    cond = dict(cond=torch.ones(3, 4, 2), cond_mask=torch.ones(3, 4, dtype=torch.bool), frame_cond=None)
+    null = dict(cond=torch.zeros(3, 1, 2), cond_mask=torch.zeros(3, 1, dtype=torch.bool), frame_cond=None)
     out = drop_conditions(cond, null, torch.tensor([True, False, True]))
-    assert out["cond"].shape == (3, 4, 2) and out["extra"] is None
+    assert out["cond"].shape == (3, 4, 2) and out["frame_cond"] is None
     assert out["cond"][1].abs().sum() == 0 and not out["cond_mask"][1].any()
     assert out["cond_mask"][0].all() and out["cond"][2].eq(1).all()
     with pytest.raises(ValueError):

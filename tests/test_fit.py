@@ -10,7 +10,7 @@ from torch import nn
 from vimi.models import FIT, FIT_CONFIGS, FITConfig, FITInputError, build_backbone, count_parameters
 
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,
-                  num_blocks=2, latent_layers=1, num_heads=2, cond_dim=8, extra_channels=4)
+                  num_blocks=2, latent_layers=1, num_heads=2, cond_dim=8, frame_cond_channels=4)
 
 
 def make(cfg: FITConfig = MICRO, seed: int = 0) -> FIT:
@@ -60,7 +60,7 @@ def test_bad_inputs_raise_clear_errors():
         net(x, c, cond, mask.float())
     with pytest.raises(FITInputError, match="cond must be"):
         net(x, c, torch.randn(2, 3, 5), mask)
-    with pytest.raises(FITInputError, match="extra"):
+    with pytest.raises(FITInputError, match="frame_cond"):
         net(x, c, cond, mask, torch.randn(2, 3, 2, 8, 8))
     with pytest.raises(FITInputError, match="c_noise"):
         net(x, c[:1], cond, mask)
@@ -119,7 +119,7 @@ def test_masked_condition_tokens_do_not_affect_output():
     torch.testing.assert_close(none, empty)
 
 
-def test_noise_level_and_extra_channels_reach_the_output():
+def test_noise_level_and_frame_cond_channels_reach_the_output():
     net = make()
     x, c, cond, mask = inputs()
     with torch.no_grad():

@@ -135,7 +135,7 @@ def test_model_config_names_the_backbone_and_its_arguments():
                                          "backbone_args.cond_dim=32"])
     model = VimiModel(cfg)
     unet = model.net.backbone
-    assert isinstance(unet, UNet) and unet.config.channels == (8, 16) and unet.config.extra_channels == 4
+    assert isinstance(unet, UNet) and unet.config.channels == (8, 16) and unet.config.frame_cond_channels == 4
     assert model.encoder.out_dim == 32
     with pytest.raises(ConfigError):
         load_config(VimiConfig, None, ["backbone_args=3"])

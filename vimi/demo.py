@@ -70,11 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}", "run.cpu_threads=2"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
-                                   f"run.out={stage1}", f"run.steps={int(1000 * s)}", *common],
+                                   f"run.out={stage1}", f"run.steps={int(1400 * s)}", *common],
              stage1 / "pipeline" / "config.json", steps)
     run_step("stage 2: instruct", [PY, "launch/instruct_tune.py", "--config", "configs/shapeworld/instruct.yaml",
                                    "--init", str(stage1 / "pipeline"), "--set", f"run.out={stage2}",
-                                   f"run.steps={int(1000 * s)}", *common],
+                                   f"run.steps={int(1400 * s)}", *common],
              stage2 / "pipeline" / "config.json", steps)
 
     videos, scores = out / "videos", out / "scores.json"

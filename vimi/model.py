@@ -64,7 +64,7 @@ class VimiConfig:
     def backbone_config(self) -> Any:
         """The backbone config: the named size, our overrides, and the video's channel count."""
         return backbone_config(self.backbone, **{"in_channels": self.video.channels,
-                                                 "extra_channels": self.video.channels + 1, **self.backbone_args})
+                                                 "frame_cond_channels": self.video.channels + 1, **self.backbone_args})
 
     @property
     def sigma_in(self) -> float:
@@ -122,20 +122,20 @@ class VimiModel(nn.Module):
     def null_condition(self, batch: int) -> tuple[Tensor, Tensor]:
         return self.encoder.null_condition(batch)
 
-    def cond_frames(self, video: Tensor, k: Tensor | int) -> Tensor:
+    def given_frame_condition(self, video: Tensor, k: Tensor | int) -> Tensor:
         """Clean first-k-frames input of prediction (beyond VIMI, which conditions only through the MLLM).
 
-        video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> extra (B, C+1, T, H, W)
+        video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> frame_cond (B, C+1, T, H, W)
         (``vimi.models.frame_condition``: the first k frames, zeros after, and a mask channel).
         """
         return frame_condition(video, k)
 
     # ------------------------------------------------------------------ denoising
     def forward(self, x_noisy: Tensor, sigma: Tensor, cond: Tensor, cond_mask: Tensor,
-                extra: Tensor | None = None, sigma_in: Tensor | float | None = None) -> Tensor:
-        """D(x; σ | C, extra): the clean-video estimate (B, C, T, H, W)."""
+                frame_cond: Tensor | None = None, sigma_in: Tensor | float | None = None) -> Tensor:
+        """D(x; σ | C, frame_cond): the clean-video estimate (B, C, T, H, W)."""
         cond, cond_mask = self.framewise_condition(cond, cond_mask, x_noisy.shape[2])
-        return self.net(x_noisy, sigma, sigma_in=sigma_in, cond=cond, cond_mask=cond_mask, extra=extra)
+        return self.net(x_noisy, sigma, sigma_in=sigma_in, cond=cond, cond_mask=cond_mask, frame_cond=frame_cond)
 
     def framewise_condition(self, cond: Tensor, cond_mask: Tensor, frames: int) -> tuple[Tensor, Tensor]:
         """Frame-wise conditioning (off by default): one embedding per output frame from C, handed to the

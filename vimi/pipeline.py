@@ -333,9 +333,9 @@ class VimiPipeline:
                 n = min(len(r.first_frames), T)
                 given[i, :, :n] = to_model_video(r.first_frames[:n])
                 k[i] = n
-        frame_cond = model.cond_frames(given.to(device), k.to(device))        # (B, C + 1, T, H, W)
-        cond = {"cond": c, "cond_mask": mask, "extra": frame_cond}
-        uncond = {"cond": null_c, "cond_mask": null_mask, "extra": frame_cond}
+        frame_cond = model.given_frame_condition(given.to(device), k.to(device))        # (B, C + 1, T, H, W)
+        cond = {"cond": c, "cond_mask": mask, "frame_cond": frame_cond}
+        uncond = {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond}
         denoiser = GuidedDenoiser(model, cond, uncond, guidance, sc.dynamic_threshold, sc.threshold_floor)
         sigma_in = cfg.edm.input_scale(T, cfg.video.size, cfg.video.size)
         kw = sc.step_kwargs() | {"num_steps": steps}

@@ -1,7 +1,7 @@
 """Classifier-free guidance (Ho & Salimans 2022) and Imagen's dynamic thresholding (Saharia et al. 2022, "Imagen").
 
 Conditions are dicts of keyword arguments for the denoiser (for FIT: ``cond`` (B, L, D),
-``cond_mask`` (B, L), ``extra``). Conditional and unconditional halves run as one batched forward;
+``cond_mask`` (B, L), ``frame_cond``). Conditional and unconditional halves run as one batched forward;
 sequences of different lengths are right-padded (zeros, mask False) so they stack. The same
 padding serves training's condition dropout (:func:`drop_conditions`).
 """

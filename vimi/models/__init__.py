@@ -1,4 +1,4 @@
-"""Backbones by name: every F(x; c_noise, C, cond_mask, extra) that EDMPrecond can wrap.
+"""Backbones by name: every F(x; c_noise, C, cond_mask, frame_cond) that EDMPrecond can wrap.
 
 A backbone family is (config dataclass, module class, named sizes). A model config names a size
 (``backbone: unet-s``) and field overrides (``backbone_args: {channels: [32, 64, 128]}``);
@@ -69,7 +69,7 @@ def build_backbone(name: str, config: Any | None = None, device: torch.device | 
 
 
 def frame_condition(video: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
-    """Every backbone's ``extra`` input for prediction: the first k clean frames and a mask channel.
+    """Every backbone's ``frame_cond`` input for prediction: the first k clean frames and a mask channel.
 
     video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> (B, C+1, T, H, W): the first k frames as
     they are, zeros after, and a mask channel that is 1 on the given frames. k = 0 (t2v, subject)

@@ -14,7 +14,7 @@ tokens, and every block
 with a feed-forward layer after every read and write. Compute grows with the number of latents,
 not of pixels, which is what lets Snap Video model space and time jointly at scale.
 
-Beyond Snap Video, ``extra`` input channels carry clean conditioning frames plus a mask channel
+Beyond Snap Video, ``frame_cond`` input channels carry clean conditioning frames plus a mask channel
 (video prediction, long-video extension); they are zeros when absent.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class FITInputError(ValueError):
 @dataclass
 class FITConfig:
     in_channels: int = 3              # channels of x (RGB pixels, or VAE latents)
-    extra_channels: int = 4           # clean conditioning frames (RGB) + mask; zeros when absent
+    frame_cond_channels: int = 4           # clean conditioning frames (RGB) + mask; zeros when absent
     patch_size: int = 4               # p: tokens are 1×p×p patches (one frame each)
     group_frames: int = 0             # frames per patch group; 0 = all frames (Snap Video groups span the clip)
     group_size: tuple[int, int] = (4, 4)  # patches per group along height, width
@@ -59,8 +59,8 @@ class FITConfig:
                      "num_blocks", "num_heads", "cond_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FITConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.extra_channels < 0 or self.group_frames < 0 or self.latent_layers < 0 or min(self.group_size) < 1:
-            raise ValueError("extra_channels, group_frames, latent_layers must be >= 0 and group_size >= 1")
+        if self.frame_cond_channels < 0 or self.group_frames < 0 or self.latent_layers < 0 or min(self.group_size) < 1:
+            raise ValueError("frame_cond_channels, group_frames, latent_layers must be >= 0 and group_size >= 1")
         if self.latent_dim % self.num_heads:
             raise ValueError(f"latent_dim {self.latent_dim} is not divisible by num_heads {self.num_heads}")
 
@@ -152,7 +152,7 @@ class FIT(nn.Module):
         super().__init__()
         self.config = cfg
         p = cfg.patch_size
-        self.patch_embed = nn.Conv3d(cfg.in_channels + cfg.extra_channels, cfg.patch_dim,
+        self.patch_embed = nn.Conv3d(cfg.in_channels + cfg.frame_cond_channels, cfg.patch_dim,
                                      kernel_size=(1, p, p), stride=(1, p, p))
         self.latents = nn.Parameter(torch.zeros(cfg.latents_per_group, cfg.latent_dim))   # (M, Dl)
         self.noise_embed = NoiseEmbedding(cfg.latent_dim)
@@ -197,27 +197,28 @@ class FIT(nn.Module):
                 f"(patch_size {p}, group_size {cfg.group_size}, group_frames {cfg.group_frames})")
         return gt, gh, gw, T // gt, H // (p * gh), W // (p * gw)
 
-    def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, extra: Tensor | None) -> None:
-        check_inputs(self.config, x, c_noise, cond, cond_mask, extra, FITInputError)
+    def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, frame_cond: Tensor | None) -> None:
+        check_inputs(self.config, x, c_noise, cond, cond_mask, frame_cond, FITInputError)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None, cond_mask: Tensor | None = None,
-                extra: Tensor | None = None) -> Tensor:
+                frame_cond: Tensor | None = None) -> Tensor:
         """x (B, C, T, H, W), c_noise (B,), cond (B, L, cond_dim), cond_mask (B, L) bool True=valid,
-        extra (B, extra_channels, T, H, W) or None -> (B, C, T, H, W)."""
+        frame_cond (B, frame_cond_channels, T, H, W) or None -> (B, C, T, H, W)."""
         cfg = self.config
         B, _, T, H, W = x.shape if x.ndim == 5 else (None,) * 5
         if cond is None:
             cond = x.new_zeros((x.shape[0], 0, cfg.cond_dim))
         if cond_mask is None:
             cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
-        self._check(x, c_noise, cond, cond_mask, extra)
+        self._check(x, c_noise, cond, cond_mask, frame_cond)
         gt, gh, gw, nt, nh, nw = self._groups(T, H, W)
         p = cfg.patch_size
 
         # 1. Patch tokens with space-time positions, grouped over (gt frames × gh × gw patches).
-        if cfg.extra_channels:
-            extra = x.new_zeros((B, cfg.extra_channels, T, H, W)) if extra is None else extra.to(x.dtype)
-            x = torch.cat([x, extra], dim=1)                                   # (B, C+E, T, H, W)
+        if cfg.frame_cond_channels:
+            if frame_cond is None:
+                frame_cond = x.new_zeros((B, cfg.frame_cond_channels, T, H, W))
+            x = torch.cat([x, frame_cond.to(x.dtype)], dim=1)                                   # (B, C+E, T, H, W)
         tokens = self.patch_embed(x)                                           # (B, Dp, T, H/p, W/p)
         tokens = rearrange(tokens, "b d t h w -> b (t h w) d")
         tokens = tokens + sincos_3d(T, H // p, W // p, cfg.patch_dim, x.device).to(tokens.dtype)

@@ -77,10 +77,10 @@ class FeedForward(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
-def check_inputs(cfg, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, extra: Tensor | None,
+def check_inputs(cfg, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, frame_cond: Tensor | None,
                  error: type[Exception]) -> None:
-    """The shapes of ``F(x; c_noise, C, cond_mask, extra)`` against a backbone config (``in_channels``,
-    ``cond_dim``, ``extra_channels``); a mismatch raises ``error`` saying what was expected."""
+    """The shapes of ``F(x; c_noise, C, cond_mask, frame_cond)`` against a backbone config (``in_channels``,
+    ``cond_dim``, ``frame_cond_channels``); a mismatch raises ``error`` saying what was expected."""
     if x.ndim != 5 or x.shape[1] != cfg.in_channels:
         raise error(f"x must be (B, {cfg.in_channels}, T, H, W), got {tuple(x.shape)}")
     B = x.shape[0]
@@ -90,6 +90,6 @@ def check_inputs(cfg, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tenso
         raise error(f"cond must be ({B}, L, {cfg.cond_dim}), got {tuple(cond.shape)}")
     if cond_mask.shape != cond.shape[:2] or cond_mask.dtype != torch.bool:
         raise error(f"cond_mask must be bool {tuple(cond.shape[:2])}, got {cond_mask.dtype} {tuple(cond_mask.shape)}")
-    if extra is not None and extra.shape != (B, cfg.extra_channels, *x.shape[2:]):
-        raise error(f"extra must be ({B}, {cfg.extra_channels}, {', '.join(map(str, x.shape[2:]))}), "
-                    f"got {tuple(extra.shape)}")
+    if frame_cond is not None and frame_cond.shape != (B, cfg.frame_cond_channels, *x.shape[2:]):
+        raise error(f"frame_cond must be ({B}, {cfg.frame_cond_channels}, {', '.join(map(str, x.shape[2:]))}), "
+                    f"got {tuple(frame_cond.shape)}")

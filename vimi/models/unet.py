@@ -7,7 +7,7 @@ space-time tokens of the clip (where an object's trajectory is a few tokens long
 cross-attention to the conditioning tokens C. The σ embedding and a pooled summary of C modulate
 every block (FiLM, as in the ADM U-Net's adaptive group norm).
 
-It sits behind the same ``F(x; c_noise, C, cond_mask, extra)`` interface as FIT, so EDMPrecond,
+It sits behind the same ``F(x; c_noise, C, cond_mask, frame_cond)`` interface as FIT, so EDMPrecond,
 the loss and the sampler use either unchanged. On 32×32×8 ShapeWorld clips it learns far more per
 clip than FIT at the same compute (benchmarks/learning.py; the numbers are in
 configs/shapeworld/pretrain.yaml).
@@ -31,7 +31,7 @@ class UNetInputError(ValueError):
 @dataclass
 class UNetConfig:
     in_channels: int = 3                          # channels of x (RGB pixels, or VAE latents)
-    extra_channels: int = 4                       # clean conditioning frames (RGB) + mask; zeros when absent
+    frame_cond_channels: int = 4                       # clean conditioning frames (RGB) + mask; zeros when absent
     patch_size: int = 1                           # p: frames enter as p×p pixel patches (pixel unshuffle), H/p × W/p
     channels: tuple[int, ...] = (32, 64, 128)     # width per level; each level below the first halves H and W
     blocks_per_level: int = 1                     # residual blocks per level on the way down (up: one more)
@@ -52,8 +52,8 @@ class UNetConfig:
         for name in ("in_channels", "patch_size", "blocks_per_level", "num_heads", "emb_dim", "cond_dim", "groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.extra_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
-            raise ValueError("UNetConfig: extra_channels must be >= 0 and temporal_kernel odd and >= 1")
+        if self.frame_cond_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
+            raise ValueError("UNetConfig: frame_cond_channels must be >= 0 and temporal_kernel odd and >= 1")
         for c in self.channels:
             if c % self.groups:
                 raise ValueError(f"UNetConfig: width {c} is not divisible by groups {self.groups}")
@@ -180,7 +180,7 @@ class UNet(nn.Module):
         self.cond_proj = nn.Linear(cfg.cond_dim, ch[-1])
         self.cond_pool = nn.Linear(ch[-1], cfg.emb_dim)
         p2 = cfg.patch_size ** 2
-        self.stem = nn.Conv2d((cfg.in_channels + cfg.extra_channels) * p2, ch[0], 3, padding=1)
+        self.stem = nn.Conv2d((cfg.in_channels + cfg.frame_cond_channels) * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg.blocks_per_level, i in attn, cfg)
                                   for i in range(n))
         self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1) for i in range(n - 1))
@@ -195,9 +195,9 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out_conv.bias)
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
-    def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, extra: Tensor | None) -> None:
+    def _check(self, x: Tensor, c_noise: Tensor, cond: Tensor, cond_mask: Tensor, frame_cond: Tensor | None) -> None:
         cfg = self.config
-        check_inputs(cfg, x, c_noise, cond, cond_mask, extra, UNetInputError)
+        check_inputs(cfg, x, c_noise, cond, cond_mask, frame_cond, UNetInputError)
         H, W = x.shape[-2:]
         f = cfg.patch_size * 2 ** (len(cfg.channels) - 1)
         if H % f or W % f:
@@ -210,15 +210,15 @@ class UNet(nn.Module):
         return module(*args)
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None, cond_mask: Tensor | None = None,
-                extra: Tensor | None = None) -> Tensor:
+                frame_cond: Tensor | None = None) -> Tensor:
         """x (B, C, T, H, W), c_noise (B,), cond (B, L, cond_dim), cond_mask (B, L) bool True=valid,
-        extra (B, extra_channels, T, H, W) or None -> (B, C, T, H, W)."""
+        frame_cond (B, frame_cond_channels, T, H, W) or None -> (B, C, T, H, W)."""
         cfg = self.config
         if cond is None:
             cond = x.new_zeros((x.shape[0], 0, cfg.cond_dim))
         if cond_mask is None:
             cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
-        self._check(x, c_noise, cond, cond_mask, extra)
+        self._check(x, c_noise, cond, cond_mask, frame_cond)
         B, _, T, H, W = x.shape
 
         # 1. Conditioning: C projected once; the σ token plus C's masked mean drive every FiLM.
@@ -232,9 +232,10 @@ class UNet(nn.Module):
         emb = emb.repeat_interleave(T, dim=0)                                          # (B·T, E)
 
         # 2. Frames as images: clean conditioning frames and mask ride along as input channels.
-        if cfg.extra_channels:
-            extra = x.new_zeros((B, cfg.extra_channels, T, H, W)) if extra is None else extra.to(x.dtype)
-            x = torch.cat([x, extra], dim=1)                                           # (B, C+E, T, H, W)
+        if cfg.frame_cond_channels:
+            if frame_cond is None:
+                frame_cond = x.new_zeros((B, cfg.frame_cond_channels, T, H, W))
+            x = torch.cat([x, frame_cond.to(x.dtype)], dim=1)                                  # (B, C+E, T, H, W)
         frames = x.transpose(1, 2).reshape(B * T, -1, H, W)                             # (B·T, C+E, H, W)
         h = self.stem(F.pixel_unshuffle(frames, cfg.patch_size))                        # (B·T, ch0, H/p, W/p)
 

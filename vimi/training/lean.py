@@ -173,7 +173,7 @@ class LeanTrainer:
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss = self.loss(self.net, video, cond=c, cond_mask=mask, extra=frame_cond).mean()
+        loss = self.loss(self.net, video, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -206,8 +206,8 @@ class LeanTrainer:
         c, mask = cond(captions, first_frames(given, k))
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
         frame_cond = frame_condition(given, k)
-        den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "extra": frame_cond},
-                             {"cond": null_c, "cond_mask": null_mask, "extra": frame_cond}, cfg.guidance)
+        den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "frame_cond": frame_cond},
+                             {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond}, cfg.guidance)
         out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, num_steps=cfg.sample_steps,
                           sigma_in=net.sigma_in).samples.float()
         known = (torch.arange(given.shape[2])[None] < k[:, None])[:, None, :, None, None]

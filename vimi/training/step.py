@@ -43,7 +43,7 @@ class TrainStep(nn.Module):
         frames shown to the model, drop (B,) bool -> loss (B,)."""
         model = self.model
         C, mask = model.condition(prompts, drop=drop)                 # (B, L, D), (B, L)
-        frame_cond = model.cond_frames(video, given_frames)             # (B, 4, T, H, W)
+        frame_cond = model.given_frame_condition(video, given_frames)             # (B, 4, T, H, W)
         dtype = next(p.dtype for p in model.net.parameters())
         generators = make_generators(seeds, device=video.device)
 
