@@ -42,6 +42,7 @@ CONFIGS: dict[str, LeanConfig] = {
     "unet-xs-b4-sin": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, sigma_in=None), lr=2e-3, batch=4),
     "unet-xs-b4-sd0.25": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, sigma_data=0.25), lr=2e-3, batch=4),
     "unet-xs-b4-pmean": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, P_mean=-0.6), lr=2e-3, batch=4),
+    "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),
     "unet-xs-b2": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=2),
     "unet-xs-b4-attn12": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4,
                                     backbone_args={"attention_levels": [1, 2]}),

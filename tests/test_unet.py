@@ -139,3 +139,19 @@ def test_model_config_names_the_backbone_and_its_arguments():
     assert model.encoder.out_dim == 32
     with pytest.raises(ConfigError):
         load_config(VimiConfig, None, ["backbone_args=3"])
+
+
+def test_frame_condition_holds_the_last_given_frame_and_masks_only_given_ones():
+    from vimi.models import frame_condition
+
+    video = torch.randn(3, 3, 5, 4, 4)
+    k = torch.tensor([0, 1, 2])
+    held = frame_condition(video, k)
+    assert held.shape == (3, 4, 5, 4, 4)
+    assert not held[0].any()                                                # t2v / subject: nothing given
+    assert torch.equal(held[1, :3, 0], video[1, :, 0])                      # the given frame as it is
+    assert all(torch.equal(held[1, :3, t], video[1, :, 0]) for t in range(1, 5))   # then held
+    assert torch.equal(held[2, :3, 4], video[2, :, 1])                      # the last of k = 2 given frames
+    assert held[2, 3].sum() == 2 * 16 and held[1, 3].sum() == 16            # mask: only the given frames
+    zeros = frame_condition(video, k, hold=False)
+    assert torch.equal(zeros[1, :3, 1:], torch.zeros_like(zeros[1, :3, 1:]))

@@ -53,6 +53,7 @@ class VimiConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     retrieval_k: int = 4                                     # K retrieved pairs per t2v prompt
     max_cond_frames: int = 1                                 # prediction: first k clean frames given
+    hold_given_frame: bool = True                            # frames after k see the last given one (SVD-style)
     #                                                          (and the overlap of long-video chunks)
     # Related methods as options of this generator (vimi/models/adapters.py):
     tuning: Literal["full", "adapters", "lora", "frozen"] = "full"  # what of the backbone + encoder head trains
@@ -126,9 +127,9 @@ class VimiModel(nn.Module):
         """Clean first-k-frames input of prediction (beyond VIMI, which conditions only through the MLLM).
 
         video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> frame_cond (B, C+1, T, H, W)
-        (``vimi.models.frame_condition``: the first k frames, zeros after, and a mask channel).
+        (``vimi.models.frame_condition``: the first k frames, then the last of them held, and a mask).
         """
-        return frame_condition(video, k)
+        return frame_condition(video, k, hold=self.cfg.hold_given_frame)
 
     # ------------------------------------------------------------------ denoising
     def forward(self, x_noisy: Tensor, sigma: Tensor, cond: Tensor, cond_mask: Tensor,

@@ -68,18 +68,26 @@ def build_backbone(name: str, config: Any | None = None, device: torch.device | 
         return model_cls(config)
 
 
-def frame_condition(video: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
-    """Every backbone's ``frame_cond`` input for prediction: the first k clean frames and a mask channel.
+def frame_condition(video: torch.Tensor, k: torch.Tensor | int, hold: bool = True) -> torch.Tensor:
+    """Every backbone's ``frame_cond`` input for prediction: clean given frames and a mask channel.
 
     video (B, C, T, H, W) in [-1, 1], k scalar or (B,) -> (B, C+1, T, H, W): the first k frames as
-    they are, zeros after, and a mask channel that is 1 on the given frames. k = 0 (t2v, subject)
-    gives all zeros.
+    they are and a mask channel that is 1 on them. After frame k-1 the RGB channels hold the last
+    given frame (``hold``) rather than zeros, so every frame's own input shows what it continues:
+    Stable Video Diffusion concatenates its conditioning frame to every frame for the same reason,
+    and per-frame layers then need no temporal path to copy it (docs/learning.md). k = 0 (t2v,
+    subject) gives all zeros.
     """
     B, C, T, H, W = video.shape
     k = torch.as_tensor(k, device=video.device).reshape(-1).expand(B)
     known = (torch.arange(T, device=video.device)[None] < k[:, None]).to(video.dtype)  # (B, T)
     known = known[:, None, :, None, None]                                                # (B, 1, T, 1, 1)
-    return torch.cat([video * known, known.expand(B, 1, T, H, W)], dim=1)
+    frames = video * known
+    if hold:
+        last = video[torch.arange(B, device=video.device), :, (k - 1).clamp(min=0)]      # (B, C, H, W)
+        given = (k > 0).to(video.dtype)[:, None, None, None, None]                       # (B, 1, 1, 1, 1)
+        frames = frames + (1 - known) * given * last[:, :, None]
+    return torch.cat([frames, known.expand(B, 1, T, H, W)], dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

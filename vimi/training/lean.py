@@ -53,6 +53,7 @@ class LeanConfig:
     sample_steps: int = 12            # Heun steps when scoring (the demo's eval uses 12 too)
     guidance: float = 2.0             # classifier-free guidance scale when scoring
     seed: int = 0
+    hold_given_frame: bool = True     # frames after the given ones see the last given frame (vimi.models)
     conditioning: str = "words"       # "words" (text-only instrument) | "mllm" (the project's encoder, frozen)
     mllm: str = ""                    # MLLM folder for conditioning="mllm" ("" = the untrained tiny default)
 
@@ -169,7 +170,7 @@ class LeanTrainer:
         video, captions, k = self.batch()
         drop = self.rng.random(len(captions)) < cfg.edm.cond_drop_prob
         c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k))
-        frame_cond = frame_condition(video, k)
+        frame_cond = frame_condition(video, k, cfg.hold_given_frame)
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -205,7 +206,7 @@ class LeanTrainer:
         net, cond = self.ema
         c, mask = cond(captions, first_frames(given, k))
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
-        frame_cond = frame_condition(given, k)
+        frame_cond = frame_condition(given, k, cfg.hold_given_frame)
         den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "frame_cond": frame_cond},
                              {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond}, cfg.guidance)
         out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, num_steps=cfg.sample_steps,
