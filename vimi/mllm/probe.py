@@ -50,14 +50,14 @@ def image_features(encoder: MLLMEncoder, images: list[np.ndarray], batch: int = 
     """(N, n_image_tokens · H): the hidden states at each picture's image tokens, flattened in order."""
     from PIL import Image
 
+    # Every prompt is one image alone, so all share one token layout: find its image positions once.
+    layout = encoder.tokenize([[Segment("task_image", image=Image.fromarray(images[0]))]])[0].ids
+    at_image = torch.tensor(layout) == encoder.llava.config.image_token_id              # (L,)
     feats = []
-    image_id = encoder.llava.config.image_token_id
     for start in range(0, len(images), batch):
         prompts = [[Segment("task_image", image=Image.fromarray(im))] for im in images[start:start + batch]]
-        h, _ = encoder.hidden(prompts)                                       # (B, L, H)
-        ids = torch.tensor([t.ids for t in encoder.tokenize(prompts)])      # same length: one image each
-        at_image = ids == image_id                                           # (B, L)
-        feats.append(h[at_image].reshape(h.shape[0], -1, h.shape[-1]).flatten(1).float())
+        h, _ = encoder.hidden(prompts)                                                   # (B, L, H)
+        feats.append(h[:, at_image].flatten(1).float())                                 # (B, n_image · H)
     return torch.cat(feats)
 
 
