@@ -60,29 +60,37 @@ def config_of(name: str, mllm: str | None) -> LeanConfig:
 
 
 def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int,
-        mllm: str | None = None) -> list[dict]:
+        mllm: str | None = None, guidances: list[float] | None = None) -> list[dict]:
+    """Train each recipe through ``budgets``; at each, score once per guidance scale (default: the recipe's)."""
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {(r["config"], r["clips"], r["rows"]) for r in read_results(results_file)}
+    done = {(r["config"], r["clips"], r["rows"], guidance_of(r)) for r in read_results(results_file)}
     torch.set_num_threads(threads)
     for name in names:
-        if all((name, b, rows) in done for b in budgets):
+        cfg = config_of(name, mllm)
+        scales = guidances or [cfg.guidance]
+        if all((name, b, rows, g) in done for b in budgets for g in scales):
             continue
-        trainer = LeanTrainer(config_of(name, mllm))
+        trainer = LeanTrainer(cfg)
         n_params = sum(p.numel() for p in trainer.net.parameters())
         for budget in budgets:
             trainer.train_to(budget, progress=_progress(name, budget))
-            if (name, budget, rows) in done:
-                continue
-            report = trainer.evaluate(rows=rows)
-            save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}.png")
-            row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "params": n_params,
-                   "cpu_s": round(trainer.cpu_seconds, 1), "loss": round(loss_ema(trainer.losses), 4),
-                   "scores": report}
-            with open(results_file, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(f"\r{format_row(row)}", flush=True)
+            for g in scales:
+                if (name, budget, rows, g) in done:
+                    continue
+                report = trainer.evaluate(rows=rows, guidance=g)
+                save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}_g{g:g}.png")
+                row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "guidance": g,
+                       "params": n_params, "cpu_s": round(trainer.cpu_seconds, 1),
+                       "loss": round(loss_ema(trainer.losses), 4), "scores": report}
+                with open(results_file, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(f"\r{format_row(row)}", flush=True)
     return read_results(results_file)
+
+
+def guidance_of(row: dict) -> float:
+    return float(row.get("guidance", LeanConfig.guidance))   # rows written before the sweep used the default
 
 
 def save_contact_sheet(videos: dict[str, list], path: Path, per_split: int = 6) -> None:
@@ -117,7 +125,8 @@ COLUMNS = [("t2v-seen", "all_correct", "seen"), ("t2v-seen", "color", "col"), ("
 
 
 def format_row(r: dict) -> str:
-    cells = [f"{r['config']:<16}", f"{r['clips']:>6}", f"{r['cpu_s']:>7.0f}", f"{r['loss']:>6.3f}"]
+    cells = [f"{r['config']:<16}", f"{r['clips']:>6}", f"{guidance_of(r):>4g}", f"{r['cpu_s']:>7.0f}",
+             f"{r['loss']:>6.3f}"]
     for split, key, _ in COLUMNS:
         v = r["scores"].get(split, {}).get(key)
         cells.append(f"{'-' if v is None else (f'{v:.1f}' if key == 'psnr' else f'{v:.2f}'):>5}")
@@ -125,9 +134,9 @@ def format_row(r: dict) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = " ".join([f"{'config':<16}", f"{'clips':>6}", f"{'cpu_s':>7}", f"{'loss':>6}",
+    head = " ".join([f"{'config':<16}", f"{'clips':>6}", f"{'cfg':>4}", f"{'cpu_s':>7}", f"{'loss':>6}",
                      *(f"{label:>5}" for _, _, label in COLUMNS)])
-    return "\n".join([head, *(format_row(r) for r in sorted(results, key=lambda r: (r["config"], r["clips"])))])
+    return "\n".join([head, *(format_row(r) for r in sorted(results, key=lambda r: (r["config"], r["clips"], guidance_of(r))))])
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -140,10 +149,10 @@ def plot(results: list[dict], path: Path) -> None:
               ("t2v-novel-composition", "all_correct"), ("prediction", "psnr")]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (split, key) in zip(axes.flat, panels):
-        for name in sorted({r["config"] for r in results}):
-            rs = sorted((r for r in results if r["config"] == name), key=lambda r: r["clips"])
+        for name, g in sorted({(r["config"], guidance_of(r)) for r in results}):
+            rs = sorted((r for r in results if r["config"] == name and guidance_of(r) == g), key=lambda r: r["clips"])
             ax.plot([r["clips"] for r in rs], [r["scores"].get(split, {}).get(key, float("nan")) for r in rs],
-                    marker="o", label=name)
+                    marker="o", label=f"{name} cfg {g:g}")
         ax.set_title(f"{split}: {key}")
         ax.set_xlabel("clips seen")
         ax.set_xscale("log")
@@ -162,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("outputs/learning"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mllm", default=None, help="MLLM folder for NAME+mllm configurations (vimi.mllm.align output)")
+    ap.add_argument("--guidance", default="", help="comma-separated guidance scales to score at every point "
+                    "(default: each recipe's own)")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -173,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
         return 2
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm) if r["config"] in names]
+    guidances = [float(g) for g in args.guidance.split(",") if g] or None
+    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, guidances)
+               if r["config"] in names]
     print("\nlearning benchmark (NAME: caption words → embeddings; NAME+mllm: the frozen MLLM; "
           "cpu_s = training CPU-seconds)")
     print(table(results))

@@ -201,22 +201,25 @@ class LeanTrainer:
 
     # ------------------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int]) -> Tensor:
+    def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int],
+               guidance: float | None = None) -> Tensor:
         cfg = self.cfg
         net, cond = self.ema
         c, mask = cond(captions, first_frames(given, k))
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
         frame_cond = frame_condition(given, k, cfg.hold_given_frame)
         den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "frame_cond": frame_cond},
-                             {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond}, cfg.guidance)
+                             {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond},
+                             cfg.guidance if guidance is None else guidance)
         out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, num_steps=cfg.sample_steps,
                           sigma_in=net.sigma_in).samples.float()
         known = (torch.arange(given.shape[2])[None] < k[:, None])[:, None, :, None, None]
         return torch.where(known, given, out)
 
     def evaluate(self, splits: tuple[str, ...] = ("t2v-seen", "t2v-novel-composition", "prediction"),
-                 rows: int = 20, batch: int = 10) -> dict[str, dict[str, float]]:
-        """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips."""
+                 rows: int = 20, batch: int = 10, guidance: float | None = None) -> dict[str, dict[str, float]]:
+        """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips,
+        sampled at ``guidance`` (default: the recipe's)."""
         cfg = self.cfg
         report: dict[str, dict[str, float]] = {}
         self.last_videos: dict[str, list[np.ndarray]] = {}   # split -> generated (T, H, W, 3) uint8 clips
@@ -230,7 +233,7 @@ class LeanTrainer:
                 given = to_model_video(np.stack(gts))
                 ks = torch.full((len(params),), k)
                 videos = self.sample([video_caption(p) for p in params], given, ks,
-                                     seeds=[10_000 + start + i for i in range(len(params))])
+                                     seeds=[10_000 + start + i for i in range(len(params))], guidance=guidance)
                 task = "prediction" if split == "prediction" else "t2v"
                 clips = list(to_uint8_video(videos))
                 self.last_videos[split] += clips
