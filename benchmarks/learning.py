@@ -75,6 +75,7 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
         n_params = sum(p.numel() for p in trainer.net.parameters())
         for budget in budgets:
             trainer.train_to(budget, progress=_progress(name, budget))
+            trainer.save_ema(out / f"ema_{name}_{trainer.clips}.safetensors")
             for g in scales:
                 if (name, budget, rows, g) in done:
                     continue
@@ -136,7 +137,8 @@ def format_row(r: dict) -> str:
 def table(results: list[dict]) -> str:
     head = " ".join([f"{'config':<16}", f"{'clips':>6}", f"{'cfg':>4}", f"{'cpu_s':>7}", f"{'loss':>6}",
                      *(f"{label:>5}" for _, _, label in COLUMNS)])
-    return "\n".join([head, *(format_row(r) for r in sorted(results, key=lambda r: (r["config"], r["clips"], guidance_of(r))))])
+    ordered = sorted(results, key=lambda r: (r["config"], r["clips"], guidance_of(r)))
+    return "\n".join([head, *(format_row(r) for r in ordered)])
 
 
 def plot(results: list[dict], path: Path) -> None:

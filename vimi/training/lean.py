@@ -21,8 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from base.io import atomic_path
 from base.pixels import to_model_video, to_uint8_video
 from data_pipelines.shapeworld import spec
 from data_pipelines.shapeworld.captions import video_caption
@@ -31,6 +33,7 @@ from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_vide
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, edm_sampler
 from vimi.eval.shapeworld import score
 from vimi.models import backbone_config, build_backbone, frame_condition
+from vimi.weights import load_safetensors
 
 
 @dataclass
@@ -198,6 +201,18 @@ class LeanTrainer:
             if progress:
                 progress(self.clips, loss)
         self.cpu_seconds += time.process_time() - t0
+
+    def save_ema(self, path) -> None:
+        """The EMA weights (net + conditioner) as one safetensors file, to look at a point again later."""
+        state = {f"{part}.{k}": v.contiguous() for part, m in zip(("net", "cond"), self.ema)
+                 for k, v in m.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"clips": str(self.clips)})
+
+    def load_ema(self, path) -> None:
+        state = load_safetensors(path)
+        for part, m in zip(("net", "cond"), self.ema):
+            m.load_state_dict({k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")})
 
     # ------------------------------------------------------------------------------ scoring
     @torch.no_grad()
