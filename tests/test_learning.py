@@ -37,3 +37,19 @@ def test_word_conditioner_covers_every_caption_word_and_marks_the_null_condition
     cond = WordConditioner(dim=8)
     c, mask = cond(["a small blue ring grows on grass", None])
     assert c.shape == (2, 7, 8) and mask[0].all() and mask[1].sum() == 1   # None -> the one <null> token
+
+
+def test_saved_ema_weights_load_into_a_fresh_trainer(tmp_path):
+    """A benchmark point's EMA weights (ema_NAME_CLIPS.safetensors) can be reloaded to sample it again."""
+    import torch
+
+    trained = LeanTrainer(TINY)
+    trained.train_to(8)
+    trained.save_ema(tmp_path / "ema.safetensors")
+    fresh = LeanTrainer(TINY)
+    fresh.load_ema(tmp_path / "ema.safetensors")
+    for a, b in zip(trained.ema, fresh.ema):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert any(not torch.equal(x, y) for x, y in zip(trained.ema[0].state_dict().values(),
+                                                     LeanTrainer(TINY).ema[0].state_dict().values()))
