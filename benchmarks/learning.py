@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
 from base.io import atomic_path
-from vimi.diffusion import EDMConfig
+from vimi.diffusion import EDMConfig, SamplerConfig
 from vimi.training.lean import LeanConfig, LeanTrainer, loss_ema
 
 PLAIN = EDMConfig(sigma_data=0.5, sigma_in=1.0)  # EDM's own settings (σ_in = 1: no Snap Video scaling)
@@ -60,28 +60,29 @@ def config_of(name: str, mllm: str | None) -> LeanConfig:
 
 
 def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int,
-        mllm: str | None = None, guidances: list[float] | None = None) -> list[dict]:
-    """Train each recipe through ``budgets``; at each, score once per guidance scale (default: the recipe's)."""
+        mllm: str | None = None, samplers: list[str] | None = None) -> list[dict]:
+    """Train each recipe through ``budgets``; at each, score once per sampler variant (default: the recipe's)."""
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {(r["config"], r["clips"], r["rows"], guidance_of(r)) for r in read_results(results_file)}
+    done = {(r["config"], r["clips"], r["rows"], sampler_of(r)) for r in read_results(results_file)}
+    variants = samplers or [DEFAULT_SAMPLER]
     torch.set_num_threads(threads)
     for name in names:
         cfg = config_of(name, mllm)
-        scales = guidances or [cfg.guidance]
-        if all((name, b, rows, g) in done for b in budgets for g in scales):
+        if all((name, b, rows, v) in done for b in budgets for v in variants):
             continue
         trainer = LeanTrainer(cfg)
         n_params = sum(p.numel() for p in trainer.net.parameters())
         for budget in budgets:
             trainer.train_to(budget, progress=_progress(name, budget))
             trainer.save_ema(out / f"ema_{name}_{trainer.clips}.safetensors")
-            for g in scales:
-                if (name, budget, rows, g) in done:
+            for v in variants:
+                if (name, budget, rows, v) in done:
                     continue
-                report = trainer.evaluate(rows=rows, guidance=g)
-                save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}_g{g:g}.png")
-                row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "guidance": g,
+                report = trainer.evaluate(rows=rows, sampler=sampler_variant(cfg.sampler, v))
+                suffix = "" if v == DEFAULT_SAMPLER else "_" + v.replace(",", "_")
+                save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}{suffix}.png")
+                row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "sampler": v,
                        "params": n_params, "cpu_s": round(trainer.cpu_seconds, 1),
                        "loss": round(loss_ema(trainer.losses), 4), "scores": report}
                 with open(results_file, "a") as fh:
@@ -90,8 +91,28 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
     return read_results(results_file)
 
 
-def guidance_of(row: dict) -> float:
-    return float(row.get("guidance", LeanConfig.guidance))   # rows written before the sweep used the default
+DEFAULT_SAMPLER = "recipe"   # the recipe's own sampler settings
+
+
+def sampler_variant(base: SamplerConfig, variant: str) -> SamplerConfig:
+    """'recipe' -> ``base``; 'guidance_scale=1,S_churn=20' -> ``base`` with those SamplerConfig fields replaced."""
+    if variant == DEFAULT_SAMPLER:
+        return base
+    known = {f.name: f.type for f in fields(SamplerConfig)}
+    changes = {}
+    for item in variant.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--samplers: {item!r} is not KEY=VALUE with KEY a SamplerConfig field {sorted(known)}")
+        changes[key] = int(value) if key == "num_steps" else float(value)
+    return replace(base, **changes)
+
+
+def sampler_of(row: dict) -> str:
+    if "sampler" in row:
+        return row["sampler"]
+    # rows of the first sweep stored only a guidance scale; older rows used the recipe's sampler
+    return f"guidance_scale={row['guidance']:g}" if "guidance" in row and row["guidance"] != 2.0 else DEFAULT_SAMPLER
 
 
 def save_contact_sheet(videos: dict[str, list], path: Path, per_split: int = 6) -> None:
@@ -126,7 +147,7 @@ COLUMNS = [("t2v-seen", "all_correct", "seen"), ("t2v-seen", "color", "col"), ("
 
 
 def format_row(r: dict) -> str:
-    cells = [f"{r['config']:<16}", f"{r['clips']:>6}", f"{guidance_of(r):>4g}", f"{r['cpu_s']:>7.0f}",
+    cells = [f"{r['config']:<16}", f"{sampler_of(r):<24}", f"{r['clips']:>6}", f"{r['cpu_s']:>7.0f}",
              f"{r['loss']:>6.3f}"]
     for split, key, _ in COLUMNS:
         v = r["scores"].get(split, {}).get(key)
@@ -135,9 +156,9 @@ def format_row(r: dict) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = " ".join([f"{'config':<16}", f"{'clips':>6}", f"{'cfg':>4}", f"{'cpu_s':>7}", f"{'loss':>6}",
+    head = " ".join([f"{'config':<16}", f"{'sampler':<24}", f"{'clips':>6}", f"{'cpu_s':>7}", f"{'loss':>6}",
                      *(f"{label:>5}" for _, _, label in COLUMNS)])
-    ordered = sorted(results, key=lambda r: (r["config"], r["clips"], guidance_of(r)))
+    ordered = sorted(results, key=lambda r: (r["config"], sampler_of(r), r["clips"]))
     return "\n".join([head, *(format_row(r) for r in ordered)])
 
 
@@ -151,10 +172,10 @@ def plot(results: list[dict], path: Path) -> None:
               ("t2v-novel-composition", "all_correct"), ("prediction", "psnr")]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (split, key) in zip(axes.flat, panels):
-        for name, g in sorted({(r["config"], guidance_of(r)) for r in results}):
-            rs = sorted((r for r in results if r["config"] == name and guidance_of(r) == g), key=lambda r: r["clips"])
+        for name, v in sorted({(r["config"], sampler_of(r)) for r in results}):
+            rs = sorted((r for r in results if r["config"] == name and sampler_of(r) == v), key=lambda r: r["clips"])
             ax.plot([r["clips"] for r in rs], [r["scores"].get(split, {}).get(key, float("nan")) for r in rs],
-                    marker="o", label=f"{name} cfg {g:g}")
+                    marker="o", label=name if v == DEFAULT_SAMPLER else f"{name} {v}")
         ax.set_title(f"{split}: {key}")
         ax.set_xlabel("clips seen")
         ax.set_xscale("log")
@@ -173,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("outputs/learning"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mllm", default=None, help="MLLM folder for NAME+mllm configurations (vimi.mllm.align output)")
-    ap.add_argument("--guidance", default="", help="comma-separated guidance scales to score at every point "
-                    "(default: each recipe's own)")
+    ap.add_argument("--samplers", default="", help="sampler variants scored at every point, ';'-separated: "
+                    "'recipe' or SamplerConfig overrides 'KEY=V,KEY=V' (e.g. 'recipe;guidance_scale=1')")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -186,8 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
         return 2
     budgets = sorted(int(b) for b in args.budgets.split(","))
-    guidances = [float(g) for g in args.guidance.split(",") if g] or None
-    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, guidances)
+    samplers = [v.strip() for v in args.samplers.split(";") if v.strip()] or None
+    try:
+        for v in samplers or []:
+            sampler_variant(SamplerConfig(), v)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, samplers)
                if r["config"] in names]
     print("\nlearning benchmark (NAME: caption words → embeddings; NAME+mllm: the frozen MLLM; "
           "cpu_s = training CPU-seconds)")

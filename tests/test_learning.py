@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vimi.diffusion import EDMConfig
+from vimi.diffusion import EDMConfig, SamplerConfig
 from vimi.training.lean import LeanConfig, LeanTrainer, WordConditioner, shapeworld_vocabulary
 
 pytestmark = pytest.mark.slow
 
 TINY = LeanConfig(backbone="unet-xs", edm=EDMConfig(sigma_data=0.5, sigma_in=1.0), lr=2e-3, batch=4, frames=4,
-                  warmup_clips=200, sample_steps=8, guidance=2.0, seed=0)
+                  warmup_clips=200, sampler=SamplerConfig(num_steps=8, guidance_scale=2.0), seed=0)
 
 
 def test_a_tiny_recipe_learns_to_draw_the_captions_scene():

@@ -30,7 +30,7 @@ from data_pipelines.shapeworld import spec
 from data_pipelines.shapeworld.captions import video_caption
 from data_pipelines.shapeworld.render import ClipParams, render_clip
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
-from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, edm_sampler
+from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
 from vimi.eval.shapeworld import score
 from vimi.models import backbone_config, build_backbone, frame_condition
 from vimi.weights import load_safetensors
@@ -53,8 +53,8 @@ class LeanConfig:
     given_frames: int = 1             # frames given to the prediction task
     frames: int = 8
     size: int = 32
-    sample_steps: int = 12            # Heun steps when scoring (the demo's eval uses 12 too)
-    guidance: float = 2.0             # classifier-free guidance scale when scoring
+    # How samples are drawn for scoring: 12 Heun steps as in the demo's eval; guidance 2 (docs/learning.md).
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(num_steps=12, guidance_scale=2.0))
     seed: int = 0
     hold_given_frame: bool = True     # frames after the given ones see the last given frame (vimi.models)
     conditioning: str = "words"       # "words" (text-only instrument) | "mllm" (the project's encoder, frozen)
@@ -217,24 +217,26 @@ class LeanTrainer:
     # ------------------------------------------------------------------------------ scoring
     @torch.no_grad()
     def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int],
-               guidance: float | None = None) -> Tensor:
+               sampler: SamplerConfig | None = None) -> Tensor:
         cfg = self.cfg
+        sampler = sampler or cfg.sampler
         net, cond = self.ema
         c, mask = cond(captions, first_frames(given, k))
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
         frame_cond = frame_condition(given, k, cfg.hold_given_frame)
         den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "frame_cond": frame_cond},
                              {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond},
-                             cfg.guidance if guidance is None else guidance)
-        out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, num_steps=cfg.sample_steps,
-                          sigma_in=net.sigma_in).samples.float()
+                             sampler.guidance_scale, sampler.dynamic_threshold, sampler.threshold_floor)
+        out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, sigma_in=net.sigma_in,
+                          **sampler.step_kwargs()).samples.float()
         known = (torch.arange(given.shape[2])[None] < k[:, None])[:, None, :, None, None]
         return torch.where(known, given, out)
 
     def evaluate(self, splits: tuple[str, ...] = ("t2v-seen", "t2v-novel-composition", "prediction"),
-                 rows: int = 20, batch: int = 10, guidance: float | None = None) -> dict[str, dict[str, float]]:
+                 rows: int = 20, batch: int = 10, sampler: SamplerConfig | None = None
+                 ) -> dict[str, dict[str, float]]:
         """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips,
-        sampled at ``guidance`` (default: the recipe's)."""
+        drawn with ``sampler`` (default: the recipe's)."""
         cfg = self.cfg
         report: dict[str, dict[str, float]] = {}
         self.last_videos: dict[str, list[np.ndarray]] = {}   # split -> generated (T, H, W, 3) uint8 clips
@@ -248,7 +250,7 @@ class LeanTrainer:
                 given = to_model_video(np.stack(gts))
                 ks = torch.full((len(params),), k)
                 videos = self.sample([video_caption(p) for p in params], given, ks,
-                                     seeds=[10_000 + start + i for i in range(len(params))], guidance=guidance)
+                                     seeds=[10_000 + start + i for i in range(len(params))], sampler=sampler)
                 task = "prediction" if split == "prediction" else "t2v"
                 clips = list(to_uint8_video(videos))
                 self.last_videos[split] += clips
