@@ -31,7 +31,7 @@ from data_pipelines.shapeworld.captions import video_caption
 from data_pipelines.shapeworld.render import ClipParams, render_clip
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
-from vimi.eval.shapeworld import score
+from vimi.eval.shapeworld import analyze, score
 from vimi.models import backbone_config, build_backbone, frame_condition
 from vimi.weights import load_safetensors
 
@@ -254,12 +254,20 @@ class LeanTrainer:
                 task = "prediction" if split == "prediction" else "t2v"
                 clips = list(to_uint8_video(videos))
                 self.last_videos[split] += clips
-                results += [score(v, record_of(p, split, task, k), gt) for v, p, gt in zip(clips, params, gts)]
+                results += [score(v, record_of(p, split, task, k), gt) | object_reading(v)
+                            for v, p, gt in zip(clips, params, gts)]
             keys = sorted({key for r in results for key in r})
             report[split] = {key: float(np.mean([r[key] for r in results if r.get(key) is not None]))
                              for key in keys if any(r.get(key) is not None for r in results)}
             report[split]["rows"] = len(results)
         return report
+
+
+def object_reading(video: np.ndarray) -> dict[str, float]:
+    """Graded readings under the scorer's all-or-nothing words: was an object found (best template IoU
+    >= the scorer's 0.5), and that IoU. They move long before a colour or shape is read right."""
+    found = analyze(video)
+    return {"object": float(found["object"]), "shape_iou": found["shape_iou"]}
 
 
 def loss_ema(losses: list[tuple[int, float]], window: int = 50) -> float:
