@@ -267,6 +267,18 @@ def test_loss_is_finite_and_decreases_when_fitting_a_fixed_batch():
         assert torch.isfinite(extreme(precond, x, **cond)).all()
 
 
+def test_foreground_weights_raise_the_pixels_off_the_frames_colour_and_keep_the_mean():
+    from vimi.diffusion.loss import foreground_weights
+
+    x = torch.full((2, 3, 4, 8, 8), -0.5)          # two clips of a flat scene colour
+    x[0, :, :, 2:4, 2:4] = 0.9                      # clip 0 has a 2x2 object in every frame
+    w = foreground_weights(x, alpha=4.0)
+    assert w.shape == (2, 1, 4, 8, 8)
+    torch.testing.assert_close(w.flatten(1).mean(1), torch.ones(2))
+    assert (w[0, :, :, 2:4, 2:4] / w[0, :, :, 0, 0, None, None] - 5).abs().max() < 1e-6   # 1 + α against 1
+    assert torch.equal(w[1], torch.ones_like(w[1]))  # no object: uniform, the plain EDM loss
+
+
 def test_loss_generators_make_it_reproducible():
     precond = EDMPrecond(micro_fit(), sigma_in=2.0)
     loss_fn = EDMLoss(sigma_in=2.0)

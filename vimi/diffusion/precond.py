@@ -31,6 +31,7 @@ class EDMConfig:
     P_mean: float = -1.2           # training ln σ ~ N(P_mean, P_std²) (EDM Table 1, "Training")
     P_std: float = 1.2
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
+    foreground_weight: float = 0.0  # α: loss weight 1 + α on pixels off their frame's dominant colour (loss.py)
     sigma_in: float | None = None  # fixed input scale σ_in; None -> s·√T from the clip shape (Snap Video)
     base_height: int = 32          # resolution at which the spatial upscaling factor s is 1
     base_width: int = 32
