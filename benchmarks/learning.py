@@ -50,6 +50,8 @@ CONFIGS: dict[str, LeanConfig] = {
     # Objects cover 7.6% of the pixels and are the last thing learned (docs/learning.md): weight them up.
     "unet-xs-b4-fg4": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, foreground_weight=4.0), lr=2e-3, batch=4),
     "unet-xs-b4-fg12": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, foreground_weight=12.0), lr=2e-3, batch=4),
+    "unet-p4-b4": LeanConfig(backbone="unet-p4", edm=PLAIN, lr=2e-3, batch=4),
+    "unet-p2-b4": LeanConfig(backbone="unet-p2", edm=PLAIN, lr=2e-3, batch=4),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),
     "unet-xs-b2": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=2),
     "unet-xs-b4-attn12": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4,

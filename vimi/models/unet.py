@@ -68,6 +68,9 @@ UNET_CONFIGS: dict[str, UNetConfig] = {
     "unet-xs": UNetConfig(channels=(16, 32, 64), attention_levels=(2,), num_heads=2, emb_dim=64, cond_dim=192),
     "unet-p2": UNetConfig(patch_size=2, channels=(64, 128), attention_levels=(1,), num_heads=4, emb_dim=128,
                           cond_dim=192),
+    # 4×4-pixel patches: every level works on 8×8 tokens or fewer, as FIT's patches do, but with convolutions.
+    "unet-p4": UNetConfig(patch_size=4, channels=(96, 192), attention_levels=(0, 1), num_heads=4, emb_dim=128,
+                          cond_dim=192),
     "unet-s": UNetConfig(channels=(32, 64, 128), attention_levels=(2,), num_heads=4, emb_dim=128, cond_dim=192),
     "unet-m": UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2), num_heads=4,
                          emb_dim=256, cond_dim=384),
