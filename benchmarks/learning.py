@@ -52,6 +52,8 @@ CONFIGS: dict[str, LeanConfig] = {
     "unet-xs-b4-fg12": LeanConfig(backbone="unet-xs", edm=replace(PLAIN, foreground_weight=12.0), lr=2e-3, batch=4),
     "unet-p4-b4": LeanConfig(backbone="unet-p4", edm=PLAIN, lr=2e-3, batch=4),
     "unet-p2-b4": LeanConfig(backbone="unet-p2", edm=PLAIN, lr=2e-3, batch=4),
+    # Latent mode: 8×8×8 latents of a per-frame autoencoder (python -m vimi.training.autoencoder; --autoencoder).
+    "unet-lat-b4": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae"),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),
     "unet-xs-b2": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=2),
     "unet-xs-b4-attn12": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4,
@@ -61,16 +63,20 @@ CONFIGS: dict[str, LeanConfig] = {
 }
 
 
-def config_of(name: str, mllm: str | None) -> LeanConfig:
-    """A CONFIGS entry; NAME+mllm is the same recipe conditioned through the MLLM folder given by --mllm."""
+def config_of(name: str, mllm: str | None, autoencoder: str | None = None) -> LeanConfig:
+    """A CONFIGS entry; NAME+mllm is the same recipe conditioned through the MLLM folder given by --mllm;
+    latent recipes read the autoencoder folder given by --autoencoder."""
     base, _, suffix = name.partition("+")
+    cfg = CONFIGS[base]
+    if cfg.autoencoder and autoencoder:
+        cfg = replace(cfg, autoencoder=autoencoder)
     if suffix == "mllm":
-        return replace(CONFIGS[base], conditioning="mllm", mllm=mllm or "")
-    return CONFIGS[name]
+        cfg = replace(cfg, conditioning="mllm", mllm=mllm or "")
+    return cfg
 
 
 def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int,
-        mllm: str | None = None, samplers: list[str] | None = None) -> list[dict]:
+        mllm: str | None = None, samplers: list[str] | None = None, autoencoder: str | None = None) -> list[dict]:
     """Train each recipe through ``budgets``; at each, score once per sampler variant (default: the recipe's)."""
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
@@ -78,7 +84,7 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
     variants = samplers or [DEFAULT_SAMPLER]
     torch.set_num_threads(threads)
     for name in names:
-        cfg = config_of(name, mllm)
+        cfg = config_of(name, mllm, autoencoder)
         if all((name, b, rows, v) in done for b in budgets for v in variants):
             continue
         trainer = LeanTrainer(cfg)
@@ -211,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mllm", default=None, help="MLLM folder for NAME+mllm configurations (vimi.mllm.align output)")
     ap.add_argument("--samplers", default="", help="sampler variants scored at every point, ';'-separated: "
                     "'recipe' or SamplerConfig overrides 'KEY=V,KEY=V' (e.g. 'recipe;guidance_scale=1')")
+    ap.add_argument("--autoencoder", default=None, help="autoencoder folder for latent recipes "
+                    "(python -m vimi.training.autoencoder; default outputs/ae)")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -229,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, samplers)
+    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, samplers, args.autoencoder)
                if r["config"] in names]
     print("\nlearning benchmark (NAME: caption words → embeddings; NAME+mllm: the frozen MLLM; "
           "cpu_s = training CPU-seconds)")

@@ -71,6 +71,8 @@ UNET_CONFIGS: dict[str, UNetConfig] = {
     # 4×4-pixel patches: every level works on 8×8 tokens or fewer, as FIT's patches do, but with convolutions.
     "unet-p4": UNetConfig(patch_size=4, channels=(96, 192), attention_levels=(0, 1), num_heads=4, emb_dim=128,
                           cond_dim=192),
+    # For latent mode's 8×8 latents (vimi.models.autoencoder, f = 4): two levels, attention at both.
+    "unet-lat": UNetConfig(channels=(64, 128), attention_levels=(0, 1), num_heads=4, emb_dim=128, cond_dim=192),
     "unet-s": UNetConfig(channels=(32, 64, 128), attention_levels=(2,), num_heads=4, emb_dim=128, cond_dim=192),
     "unet-m": UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2), num_heads=4,
                          emb_dim=256, cond_dim=384),

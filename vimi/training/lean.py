@@ -33,6 +33,7 @@ from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_vide
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
 from vimi.eval.shapeworld import analyze, score
 from vimi.models import backbone_config, build_backbone, frame_condition
+from vimi.models.autoencoder import load_autoencoder
 from vimi.weights import load_safetensors
 
 
@@ -59,6 +60,7 @@ class LeanConfig:
     hold_given_frame: bool = True     # frames after the given ones see the last given frame (vimi.models)
     conditioning: str = "words"       # "words" (text-only instrument) | "mllm" (the project's encoder, frozen)
     mllm: str = ""                    # MLLM folder for conditioning="mllm" ("" = the untrained tiny default)
+    autoencoder: str = ""             # latent mode: a trained vimi.models.autoencoder folder ("" = pixels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,13 +145,21 @@ class LeanTrainer:
     def __init__(self, cfg: LeanConfig, conditioner: nn.Module | None = None):
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        bb = backbone_config(cfg.backbone, **cfg.backbone_args)
+        # Latent mode: diffusion runs on the autoencoder's latents, frame by frame (B, c, T, H/f, W/f).
+        self.ae = load_autoencoder(cfg.autoencoder) if cfg.autoencoder else None
+        latent = {}
+        side = cfg.size
+        if self.ae is not None:
+            c = self.ae.config.latent_channels
+            latent = {"in_channels": c, "frame_cond_channels": c + 1}
+            side = cfg.size // self.ae.config.factor
+        bb = backbone_config(cfg.backbone, **{**cfg.backbone_args, **latent})
         if conditioner is None and cfg.conditioning not in ("words", "mllm"):
             raise ValueError(f"LeanConfig.conditioning must be 'words' or 'mllm', got {cfg.conditioning!r}")
         self.cond = conditioner or (WordConditioner(bb.cond_dim) if cfg.conditioning == "words"
                                     else MLLMConditioner(cfg.mllm, bb.cond_dim))
         self.net = EDMPrecond(build_backbone(cfg.backbone, bb), cfg.edm.sigma_data,
-                              cfg.edm.input_scale(cfg.frames, cfg.size, cfg.size))
+                              cfg.edm.input_scale(cfg.frames, side, side))
         self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
         self.params = [p for m in (self.net, self.cond) for p in m.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.99))
@@ -168,11 +178,17 @@ class LeanTrainer:
         k = torch.from_numpy((self.rng.random(cfg.batch) < cfg.pred_fraction) * cfg.given_frames)
         return video, [video_caption(p) for p in params], k
 
+    @torch.no_grad()
+    def to_latent(self, video: Tensor) -> Tensor:
+        """Pixels (B, 3, T, H, W) -> what the diffusion runs on: latents in latent mode, else the pixels."""
+        return video if self.ae is None else self.ae.encode_video(video)
+
     def step(self) -> float:
         cfg = self.cfg
         video, captions, k = self.batch()
         drop = self.rng.random(len(captions)) < cfg.edm.cond_drop_prob
         c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k))
+        video = self.to_latent(video)
         frame_cond = frame_condition(video, k, cfg.hold_given_frame)
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
@@ -223,12 +239,15 @@ class LeanTrainer:
         net, cond = self.ema
         c, mask = cond(captions, first_frames(given, k))
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
-        frame_cond = frame_condition(given, k, cfg.hold_given_frame)
+        x_given = self.to_latent(given)
+        frame_cond = frame_condition(x_given, k, cfg.hold_given_frame)
         den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "frame_cond": frame_cond},
                              {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond},
                              sampler.guidance_scale, sampler.dynamic_threshold, sampler.threshold_floor)
-        out = edm_sampler(den, shape=tuple(given.shape), seeds=seeds, sigma_in=net.sigma_in,
+        out = edm_sampler(den, shape=tuple(x_given.shape), seeds=seeds, sigma_in=net.sigma_in,
                           **sampler.step_kwargs()).samples.float()
+        if self.ae is not None:
+            out = self.ae.decode_video(out).clamp(-1, 1)
         known = (torch.arange(given.shape[2])[None] < k[:, None])[:, None, :, None, None]
         return torch.where(known, given, out)
 
@@ -260,7 +279,8 @@ class LeanTrainer:
             report[split] = {key: float(np.mean([r[key] for r in results if r.get(key) is not None]))
                              for key in keys if any(r.get(key) is not None for r in results)}
             report[split]["rows"] = len(results)
-        report["denoising"] = self.denoising_gain(rows=rows)
+        if self.ae is None:   # a pixel-space reading
+            report["denoising"] = self.denoising_gain(rows=rows)
         return report
 
     @torch.no_grad()
