@@ -37,6 +37,7 @@ class AETrainConfig:
     clips: int = 4                 # training clips per step (all their frames) ...
     pictures: int = 16             # ... plus this many memory pictures
     lr: float = 2e-3
+    latent_noise: float = 0.05     # latent jitter (· std) in training: robustness to a sampler's latent errors
     seed: int = 0
     threads: int = 2
     model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
@@ -73,7 +74,7 @@ def train(cfg: AETrainConfig) -> dict:
     for step in (bar := tqdm(range(cfg.steps), desc="autoencoder", unit="step")):
         for g in opt.param_groups:   # cosine decay: the last steps sharpen edges
             g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        loss = ae.loss(_frames(world, cfg, step))
+        loss = ae.loss(_frames(world, cfg, step), cfg.latent_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=AETrainConfig.steps)
     ap.add_argument("--threads", type=int, default=AETrainConfig.threads)
     ap.add_argument("--latent-channels", type=int, default=AutoencoderConfig.latent_channels)
+    ap.add_argument("--latent-noise", type=float, default=AETrainConfig.latent_noise)
     args = ap.parse_args(argv)
     if args.steps < 1:
         print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
         return 2
     cfg = AETrainConfig(out=str(args.out), steps=args.steps, threads=args.threads,
-                        model=AutoencoderConfig(latent_channels=args.latent_channels))
+                        latent_noise=args.latent_noise, model=AutoencoderConfig(latent_channels=args.latent_channels))
     report = train(cfg)
     print(f"held-out reconstruction {report['held_out_psnr_db']:.1f} dB after {cfg.steps} steps "
           f"({report['cpu_seconds']:.0f} CPU-s); latents ×{report['latent_scale']:.3f} -> std {LATENT_STD}")

@@ -1,0 +1,52 @@
+"""Latent mode's per-frame autoencoder: shapes, the saved folder, its errors, and the lean trainer on latents."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vimi.models.autoencoder import AutoencoderConfig, AutoencoderError, FrameAutoencoder, load_autoencoder
+
+SMALL = AutoencoderConfig(channels=(8, 16), latent_channels=4, groups=4)
+
+
+def test_clips_encode_frame_by_frame_to_a_grid_f_times_smaller_and_decode_back():
+    ae = FrameAutoencoder(SMALL)
+    video = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    z = ae.encode_video(video)
+    assert SMALL.factor == 4 and z.shape == (2, 4, 5, 8, 8)
+    assert ae.decode_video(z).shape == video.shape
+    # frame t of clip b depends on that frame only
+    torch.testing.assert_close(z[1, :, 3], ae.encode(video[1, :, 3][None])[0])
+
+
+def test_a_saved_autoencoder_loads_frozen_with_its_latent_scale(tmp_path):
+    ae = FrameAutoencoder(AutoencoderConfig(channels=(8, 16), latent_channels=4, groups=4, latent_scale=0.25))
+    ae.save(tmp_path / "ae")
+    back = load_autoencoder(tmp_path / "ae")
+    assert back.config.latent_scale == 0.25 and not any(p.requires_grad for p in back.parameters())
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(back.encode(x), ae.encode(x))
+
+
+def test_a_missing_or_damaged_autoencoder_folder_is_named(tmp_path):
+    with pytest.raises(AutoencoderError, match="config.json: not found"):
+        load_autoencoder(tmp_path)
+    FrameAutoencoder(SMALL).save(tmp_path / "ae")
+    (tmp_path / "ae" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(AutoencoderError, match="model.safetensors"):
+        load_autoencoder(tmp_path / "ae")
+
+
+def test_the_lean_trainer_diffuses_latents_and_scores_decoded_pixels(tmp_path):
+    from vimi.diffusion import EDMConfig, SamplerConfig
+    from vimi.training.lean import LeanConfig, LeanTrainer
+
+    FrameAutoencoder(SMALL).save(tmp_path / "ae")
+    cfg = LeanConfig(backbone="unet-lat", edm=EDMConfig(sigma_data=0.5, sigma_in=1.0), batch=2, frames=4,
+                     autoencoder=str(tmp_path / "ae"), sampler=SamplerConfig(num_steps=2, guidance_scale=1.0))
+    trainer = LeanTrainer(cfg)
+    assert trainer.net.backbone.config.in_channels == 4 and trainer.net.backbone.config.frame_cond_channels == 5
+    trainer.train_to(2)
+    report = trainer.evaluate(splits=("t2v-seen", "prediction"), rows=2, batch=2)
+    assert report["t2v-seen"]["rows"] == 2 and "psnr" in report["prediction"]
+    assert trainer.last_videos["prediction"][0].shape == (4, 32, 32, 3)       # decoded pixels, not latents
