@@ -53,3 +53,16 @@ def test_saved_ema_weights_load_into_a_fresh_trainer(tmp_path):
             assert torch.equal(x, y), name
     assert any(not torch.equal(x, y) for x, y in zip(trained.ema[0].state_dict().values(),
                                                      LeanTrainer(TINY).ema[0].state_dict().values()))
+
+
+def test_the_learning_benchmark_names_a_bad_sampler_variant_and_exits_2():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "benchmarks/learning.py", "--configs", "unet-xs",
+                          "--samplers", "recipe;guidance=1"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "'guidance=1' is not KEY=VALUE with KEY a SamplerConfig field" in run.stderr
+    assert "Traceback" not in run.stderr
