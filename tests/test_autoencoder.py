@@ -50,3 +50,28 @@ def test_the_lean_trainer_diffuses_latents_and_scores_decoded_pixels(tmp_path):
     report = trainer.evaluate(splits=("t2v-seen", "prediction"), rows=2, batch=2)
     assert report["t2v-seen"]["rows"] == 2 and "psnr" in report["prediction"]
     assert trainer.last_videos["prediction"][0].shape == (4, 32, 32, 3)       # decoded pixels, not latents
+
+
+def test_a_latent_pipeline_generates_pixels_and_travels_with_its_autoencoder(tmp_path):
+    import numpy as np
+
+    from base.config import load_config
+    from vimi.model import VimiConfig
+    from vimi.pipeline import VimiPipeline
+
+    FrameAutoencoder(SMALL).save(tmp_path / "ae")
+    cfg = load_config(VimiConfig, None, ["backbone=unet-lat", "backbone_args.cond_dim=64", "sampler.num_steps=2",
+                                         "edm.sigma_in=1.0", f"autoencoder={tmp_path / 'ae'}"])
+    pipe = VimiPipeline.from_config(cfg)
+    assert pipe.model.net.backbone.config.in_channels == 4                    # the latent channels
+    assert not any(n.startswith("autoencoder") for n in pipe.model.state_dict())   # its own folder, not ours
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[..., 0] = 200
+    requests = [("t2v", {"prompt": "a big red circle moves left on sand"}),
+                ("prediction", {"prompt": "a big red circle moves left on sand", "frames": [red]})]
+    a = pipe.generate_batch(requests, seeds=[0, 1], steps=2)
+    assert a[0].shape == (8, 32, 32, 3) and np.array_equal(a[1][0], red)   # decoded; the given frame kept
+    pipe.save_pretrained(tmp_path / "p")
+    (tmp_path / "ae" / "model.safetensors").unlink()                       # the export has its own copy
+    b = VimiPipeline.from_pretrained(tmp_path / "p").generate_batch(requests, seeds=[0, 1], steps=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -31,13 +31,14 @@ from vimi.models.adapters import (
     apply_tuning,
     check_tuning,
 )
+from vimi.models.autoencoder import autoencoder_config, load_autoencoder
 
 
 @dataclass
 class VideoConfig:
     frames: int = 8          # T of generated clips
     size: int = 32           # H = W in pixels
-    channels: int = 3        # RGB pixels (pixel-space diffusion; a VAE latent mode would change this)
+    channels: int = 3        # RGB pixels
     fps: int = 8
 
 
@@ -61,17 +62,32 @@ class VimiConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)            # backbone LoRA (tuning: lora)
     latent_shift: float = 0.0                                # SimDA latent shift: share of channels (0 = off)
     frame_cond: FrameCondConfig = field(default_factory=FrameCondConfig)  # FCA / AID frame-wise conditioning
+    # Latent mode: diffusion on a trained per-frame autoencoder's latents (vimi.models.autoencoder;
+    # python -m vimi.training.autoencoder). "" = pixel space.
+    autoencoder: str = ""
+
+    def diffusion_grid(self) -> tuple[int, int, int]:
+        """(channels, H, W) of what the diffusion runs on: the video's pixels, or the autoencoder's latents."""
+        size = self.video.size
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        if not self.autoencoder:
+            return self.video.channels, h, w
+        ae = autoencoder_config(self.autoencoder)
+        return ae.latent_channels, h // ae.factor, w // ae.factor
 
     def backbone_config(self) -> Any:
-        """The backbone config: the named size, our overrides, and the video's channel count."""
-        return backbone_config(self.backbone, **{"in_channels": self.video.channels,
-                                                 "frame_cond_channels": self.video.channels + 1, **self.backbone_args})
+        """The backbone config: the named size, our overrides, and the diffused channel count."""
+        c = self.diffusion_grid()[0]
+        return backbone_config(self.backbone, **{"in_channels": c, "frame_cond_channels": c + 1, **self.backbone_args})
+
+    def input_scale(self, frames: int) -> float:
+        """Snap Video's input scale σ_in = s·√T for ``frames`` frames of the diffused grid."""
+        _, h, w = self.diffusion_grid()
+        return self.edm.input_scale(frames, h, w)
 
     @property
     def sigma_in(self) -> float:
-        """Snap Video's input scale for this clip shape (σ_in = s·√T)."""
-        v = self.video
-        return self.edm.input_scale(v.frames, v.size, v.size)
+        return self.input_scale(self.video.frames)
 
 
 def build_tuned_backbone(cfg: VimiConfig, slot: FrameSlot,
@@ -111,6 +127,23 @@ class VimiModel(nn.Module):
         for p in (*self.encoder.proj.parameters(), self.encoder.null):
             p.requires_grad_(cfg.tuning == "full")
         self.net = EDMPrecond(backbone, sigma_data=cfg.edm.sigma_data, sigma_in=cfg.sigma_in)
+        # Frozen and loaded from its own folder: kept out of the module tree, so that no state dict,
+        # optimizer or ZeRO partition sees it (as frozen.py does for the MLLM).
+        self.__dict__["autoencoder"] = load_autoencoder(cfg.autoencoder) if cfg.autoencoder else None
+
+    # ------------------------------------------------------------------ latent mode
+    @torch.no_grad()
+    def to_latent(self, video: Tensor) -> Tensor:
+        """Pixels (B, 3, T, H, W) in [-1, 1] -> what the diffusion runs on (the pixels in pixel space)."""
+        if self.autoencoder is None:
+            return video
+        return self.autoencoder.to(video.device).encode_video(video)
+
+    @torch.no_grad()
+    def from_latent(self, x: Tensor) -> Tensor:
+        if self.autoencoder is None:
+            return x
+        return self.autoencoder.to(x.device).decode_video(x.float()).clamp(-1, 1)
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, prompts: Sequence[Prompt], drop: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -190,6 +190,9 @@ class VimiPipeline:
                     index = "index"
                 else:
                     index = str(Path(self.index_path).resolve())
+            if self.cfg.autoencoder:   # small: always travels with the pipeline
+                shutil.copytree(self.cfg.autoencoder, tmp / "autoencoder")
+                cfg.autoencoder = "autoencoder"
             state = state or self.model.trainable_state_dict()
             weights = {k: v.detach().contiguous().cpu() for k, v in state.items()}
             save_file(weights, str(tmp / WEIGHTS), metadata=self.model.tuning_signature())
@@ -197,7 +200,7 @@ class VimiPipeline:
             if base:
                 save_file(base, str(tmp / BASE_WEIGHTS))
             meta = {"format_version": FORMAT_VERSION, "model": to_dict(cfg), "index": index,
-                    "backbone_resolved": to_dict(cfg.backbone_config())}
+                    "backbone_resolved": to_dict(self.cfg.backbone_config())}
             (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         return folder
 
@@ -220,6 +223,8 @@ class VimiPipeline:
         cfg = from_dict(VimiConfig, meta["model"])
         if cfg.mllm.path and not Path(cfg.mllm.path).is_absolute():
             cfg.mllm.path = str(folder / cfg.mllm.path)
+        if cfg.autoencoder and not Path(cfg.autoencoder).is_absolute():
+            cfg.autoencoder = str(folder / cfg.autoencoder)
         state = load_safetensors(folder / WEIGHTS, PipelineLoadError)  # before minutes of building
         base = None
         if cfg.tuning != "full":
@@ -325,24 +330,25 @@ class VimiPipeline:
         c, mask = model.condition(prompts)
         null_c, null_mask = model.null_condition(B)
         # 5. Sample with EDM's Heun sampler; prediction gets its clean first frames as extra channels.
-        shape = (B, cfg.video.channels, T, cfg.video.size, cfg.video.size)
-        given = torch.zeros(shape)
+        given = torch.zeros((B, cfg.video.channels, T, cfg.video.size, cfg.video.size))
         k = torch.zeros(B, dtype=torch.long)
         for i, r in enumerate(reqs):
             if r.first_frames is not None:
                 n = min(len(r.first_frames), T)
                 given[i, :, :n] = to_model_video(r.first_frames[:n])
                 k[i] = n
-        frame_cond = model.given_frame_condition(given.to(device), k.to(device))        # (B, C + 1, T, H, W)
+        x_given = model.to_latent(given.to(device))                    # latent mode: (B, c, T, h, w)
+        shape = tuple(x_given.shape)
+        frame_cond = model.given_frame_condition(x_given, k.to(device))                  # (B, c + 1, T, h, w)
         cond = {"cond": c, "cond_mask": mask, "frame_cond": frame_cond}
         uncond = {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond}
         denoiser = GuidedDenoiser(model, cond, uncond, guidance, sc.dynamic_threshold, sc.threshold_floor)
-        sigma_in = cfg.edm.input_scale(T, cfg.video.size, cfg.video.size)
+        sigma_in = cfg.input_scale(T)
         kw = sc.step_kwargs() | {"num_steps": steps}
         out = edm_sampler(denoiser, shape=shape, seeds=seeds, sigma_in=sigma_in, device=device,
                           progress=progress, **kw)
         # 6. Decode: given frames are known exactly, so they are pasted back.
-        video = out.samples.float().cpu()
+        video = model.from_latent(out.samples.float()).cpu()
         known = torch.arange(T)[None] < k[:, None]                              # (B, T)
         video = torch.where(known[:, None, :, None, None], given, video)
         self.last_nfe = out.nfe

@@ -112,19 +112,23 @@ class AutoencoderError(ValueError):
     """An autoencoder folder that cannot be loaded (missing or damaged file, bad config)."""
 
 
-def load_autoencoder(folder: str | Path) -> FrameAutoencoder:
-    """A trained autoencoder folder -> the module in eval mode, frozen."""
-    from vimi.weights import load_safetensors
-
-    folder = Path(folder)
-    cfg_file = folder / "config.json"
+def autoencoder_config(folder: str | Path) -> AutoencoderConfig:
+    """The config.json of a trained autoencoder folder (read without loading the weights)."""
+    cfg_file = Path(folder) / "config.json"
     try:
-        cfg = AutoencoderConfig(**json.loads(cfg_file.read_text()))
+        return AutoencoderConfig(**json.loads(cfg_file.read_text()))
     except FileNotFoundError:
         raise AutoencoderError(f"{cfg_file}: not found (an autoencoder folder has config.json and "
                                f"model.safetensors; train one with python -m vimi.training.autoencoder)") from None
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise AutoencoderError(f"{cfg_file}: not an autoencoder config ({e})") from None
-    ae = FrameAutoencoder(cfg)
+
+
+def load_autoencoder(folder: str | Path) -> FrameAutoencoder:
+    """A trained autoencoder folder -> the module in eval mode, frozen."""
+    from vimi.weights import load_safetensors
+
+    folder = Path(folder)
+    ae = FrameAutoencoder(autoencoder_config(folder))
     ae.load_state_dict(load_safetensors(folder / "model.safetensors", AutoencoderError))
     return ae.eval().requires_grad_(False)

@@ -67,7 +67,7 @@ def build_training_model(cfg: TrainConfig, device: torch.device, init: str | Non
         ema_model.requires_grad_(False)
     hidden = hide_frozen(model, device)
     spec = video_spec(cfg)
-    sigma_in = cfg.model.edm.input_scale(spec.frames, *spec.size)
+    sigma_in = cfg.model.input_scale(spec.frames)
     return Built(model=model, ema_model=ema_model, loss=EDMLoss.from_config(cfg.model.edm, sigma_in),
                  sigma_in=sigma_in, trainable_names=names, n_trainable=n_trainable, n_frozen=n_frozen, hidden=hidden)
 

@@ -39,11 +39,12 @@ class TrainStep(nn.Module):
 
     def forward(self, video: Tensor, prompts: list, given_frames: Tensor, drop: Tensor,
                 seeds: Sequence[int]) -> Tensor:
-        """video (B, 3, T, H, W) in [-1, 1], prompts (B), given_frames (B,) count of clean leading
+        """video (B, 3, T, H, W) pixels in [-1, 1], prompts (B), given_frames (B,) count of clean leading
         frames shown to the model, drop (B,) bool -> loss (B,)."""
         model = self.model
         C, mask = model.condition(prompts, drop=drop)                 # (B, L, D), (B, L)
-        frame_cond = model.given_frame_condition(video, given_frames)             # (B, 4, T, H, W)
+        video = model.to_latent(video)                                # latent mode: (B, c, T, h, w)
+        frame_cond = model.given_frame_condition(video, given_frames)             # (B, c + 1, T, h, w)
         dtype = next(p.dtype for p in model.net.parameters())
         generators = make_generators(seeds, device=video.device)
 
