@@ -1,6 +1,6 @@
 """`make demo`: the whole VIMI pipeline on ShapeWorld, on CPU, from nothing.
 
-world → BM25 index → prompt shards → MLLM alignment → stage 1 (retrieval-augmented pretraining)
+world → BM25 index → prompt shards → MLLM alignment → autoencoder → stage 1 (retrieval-augmented pretraining)
 → stage 2 (multimodal instruction tuning) → the five eval sets generated → scored → report.
 
 Each step is the user's own command line, run as a subprocess, and skipped when its output is
@@ -65,9 +65,15 @@ def main(argv: list[str] | None = None) -> None:
     probe = out / "probe.json"
     run_step("mllm probe", [PY, "-m", "vimi.mllm.probe", "--mllm", str(mllm), "--out", str(probe)], probe, steps)
 
+    # Latent mode's per-frame autoencoder (configs/shapeworld/*.yaml: model.autoencoder).
+    autoencoder = data / "autoencoder"
+    run_step("autoencoder", [PY, "-m", "vimi.training.autoencoder", "--out", str(autoencoder),
+                             "--steps", str(int(2500 * s)), "--threads", "2"], autoencoder / "report.json", steps)
+
     # Two BLAS threads: the U-Net step is compute-bound and the loader worker is idle most of the time
     # (data_wait_frac ~0.002 in metrics.jsonl).
-    common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}", "run.cpu_threads=2"]
+    common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}",
+              f"model.autoencoder={autoencoder}", "run.cpu_threads=2"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
                                    f"run.out={stage1}", f"run.steps={int(1400 * s)}", *common],
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = {"wall_seconds": round(time.time() - t0, 1), "scale": s, "steps": steps,
                "scores": json.loads(scores.read_text()), "ground_truth": json.loads(gt_report.read_text()),
-               "mllm_probe": json.loads(probe.read_text())}
+               "mllm_probe": json.loads(probe.read_text()),
+               "autoencoder": json.loads((autoencoder / "report.json").read_text())}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run_step("report", [PY, "-m", "vimi.eval.report", "--videos", str(videos), "--eval", str(world / "eval"),
                         "--scores", str(scores), "--metrics", str(out / "metrics.json"),

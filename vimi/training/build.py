@@ -115,6 +115,7 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
                                      {"model": _without_paths(mine, ignore)}, saved_label="export")
     if blocking:
         raise InitError(f"--init {path} holds a different model than this config: " + "; ".join(blocking))
+    _check_same_autoencoder(folder, saved_model.get("autoencoder", ""), cfg.model.autoencoder, path)
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_safetensors(f, InitError))
@@ -137,9 +138,27 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 
+def _check_same_autoencoder(export: Path, saved: str, mine: str, path: str) -> None:
+    """Latent mode: the export's own copy of the autoencoder and this run's must be the same one (same
+    config, latent scale included); the backbone's weights mean nothing on another's latents."""
+    from dataclasses import asdict
+
+    from vimi.models.autoencoder import autoencoder_config
+
+    if bool(saved) != bool(mine):
+        raise InitError(f"--init {path}: model.autoencoder is {saved or 'unset'!r} in the export but "
+                        f"{mine or 'unset'!r} here (latent and pixel models do not mix)")
+    if saved:
+        theirs = autoencoder_config(saved if Path(saved).is_absolute() else export / saved)
+        if asdict(theirs) != asdict(autoencoder_config(mine)):
+            raise InitError(f"--init {path}: model.autoencoder {mine} is not the autoencoder the export was "
+                            f"trained with ({asdict(theirs)} vs {asdict(autoencoder_config(mine))})")
+
+
 def _without_paths(d: dict, ignore: tuple[str, ...] = ()) -> dict:
     d = json.loads(json.dumps(d))
     d.get("mllm", {}).pop("path", None)
+    d.pop("autoencoder", None)   # an export carries its own copy (checked by _check_same_autoencoder)
     for key in ignore:
         d.pop(key, None)
     return d
