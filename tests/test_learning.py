@@ -66,3 +66,23 @@ def test_the_learning_benchmark_names_a_bad_sampler_variant_and_exits_2():
     assert run.returncode == 2
     assert "'guidance=1' is not KEY=VALUE with KEY a SamplerConfig field" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_latent_mode_learns_to_draw_the_captions_scene(tmp_path):
+    """The latent path end to end: train an autoencoder briefly, diffuse its latents, score decoded samples.
+    Measured (86 CPU-s): autoencoder 17.6 dB; scene 0.19 untrained, 0.75 after 1,200 clips; loss 0.89 -> 0.66."""
+    from vimi.training.autoencoder import AETrainConfig, train
+
+    report = train(AETrainConfig(out=str(tmp_path / "ae"), steps=150, clips=2, pictures=8, threads=0))
+    assert report["held_out_psnr_db"] > 15
+    cfg = LeanConfig(backbone="unet-lat", edm=EDMConfig(sigma_data=0.5, sigma_in=1.0), lr=2e-3, batch=4, frames=4,
+                     warmup_clips=200, sampler=SamplerConfig(num_steps=8, guidance_scale=2.0),
+                     autoencoder=str(tmp_path / "ae"))
+    trainer = LeanTrainer(cfg)
+    before = trainer.evaluate(splits=("t2v-seen",), rows=16, batch=16)["t2v-seen"]
+    trainer.train_to(1200)
+    after = trainer.evaluate(splits=("t2v-seen",), rows=16, batch=16)["t2v-seen"]
+    first, last = np.mean([v for _, v in trainer.losses[:20]]), np.mean([v for _, v in trainer.losses[-50:]])
+    assert before["scene"] <= 0.5, before
+    assert after["scene"] >= 0.6, after                           # a margin below the measured 0.75
+    assert last < 0.85 * first, (first, last)
