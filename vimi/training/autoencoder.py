@@ -102,12 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=AETrainConfig.threads)
     ap.add_argument("--latent-channels", type=int, default=AutoencoderConfig.latent_channels)
     ap.add_argument("--latent-noise", type=float, default=AETrainConfig.latent_noise)
+    ap.add_argument("--clips", type=int, default=AETrainConfig.clips, help="training clips per step (all frames)")
+    ap.add_argument("--pictures", type=int, default=AETrainConfig.pictures, help="memory pictures per step")
+    ap.add_argument("--lr", type=float, default=AETrainConfig.lr)
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        print(f"error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
-        return 2
-    cfg = AETrainConfig(out=str(args.out), steps=args.steps, threads=args.threads,
-                        latent_noise=args.latent_noise, model=AutoencoderConfig(latent_channels=args.latent_channels))
+    for name in ("steps", "clips", "latent_channels"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    cfg = AETrainConfig(out=str(args.out), steps=args.steps, threads=args.threads, latent_noise=args.latent_noise,
+                        clips=args.clips, pictures=args.pictures, lr=args.lr,
+                        model=AutoencoderConfig(latent_channels=args.latent_channels))
     report = train(cfg)
     print(f"held-out reconstruction {report['held_out_psnr_db']:.1f} dB after {cfg.steps} steps "
           f"({report['cpu_seconds']:.0f} CPU-s); latents ×{report['latent_scale']:.3f} -> std {LATENT_STD}")
