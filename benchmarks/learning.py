@@ -91,7 +91,6 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
         n_params = sum(p.numel() for p in trainer.net.parameters())
         for budget in budgets:
             trainer.train_to(budget, progress=_progress(name, budget))
-            trainer.save_ema(out / f"ema_{name}_{trainer.clips}.safetensors")
             for v in variants:
                 if (name, budget, rows, v) in done:
                     continue
@@ -104,6 +103,7 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
                 with open(results_file, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"\r{format_row(row)}", flush=True)
+            trainer.save_ema(out / f"ema_{name}_{trainer.clips}.safetensors")   # after the rows: they are kept first
     return read_results(results_file)
 
 

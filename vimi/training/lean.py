@@ -218,17 +218,27 @@ class LeanTrainer:
                 progress(self.clips, loss)
         self.cpu_seconds += time.process_time() - t0
 
+    def _trained_names(self) -> list[set[str]]:
+        """Per EMA part, the state keys that training changes (a frozen MLLM's weights are not ours to save)."""
+        return [{n for n, p in live.named_parameters() if p.requires_grad} for live in (self.net, self.cond)]
+
     def save_ema(self, path) -> None:
-        """The EMA weights (net + conditioner) as one safetensors file, to look at a point again later."""
-        state = {f"{part}.{k}": v.contiguous() for part, m in zip(("net", "cond"), self.ema)
-                 for k, v in m.state_dict().items()}
+        """The EMA weights (net + conditioner, trained parts) as one safetensors file, to look at a point again."""
+        parts = zip(("net", "cond"), self.ema, self._trained_names())
+        state = {f"{part}.{k}": v.contiguous() for part, m, names in parts for k, v in m.state_dict().items()
+                 if k in names}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"clips": str(self.clips)})
 
     def load_ema(self, path) -> None:
         state = load_safetensors(path)
-        for part, m in zip(("net", "cond"), self.ema):
-            m.load_state_dict({k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")})
+        for part, m, names in zip(("net", "cond"), self.ema, self._trained_names()):
+            mine = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+            if set(mine) != names:
+                missing, unexpected = sorted(names - set(mine))[:3], sorted(set(mine) - names)[:3]
+                raise ValueError(f"{path}: the {part} weights do not match this recipe "
+                                 f"(missing {missing}, unexpected {unexpected})")
+            m.load_state_dict(mine, strict=False)
 
     # ------------------------------------------------------------------------------ scoring
     @torch.no_grad()
