@@ -10,6 +10,8 @@ compares named recipes with it, and a CI test uses it to guard that the default 
 Conditioning is either ``words`` (each caption word → a learned embedding: isolates the diffusion
 recipe from the MLLM) or ``mllm`` (the project's MLLM encoder, frozen, over the task's
 interleaved prompt; needs subject references and retrieved pictures, see ``MLLMConditioner``).
+With ``autoencoder`` set (latent mode, vimi.models.autoencoder) the diffusion runs on the latents of
+the clips and samples are decoded before scoring.
 """
 from __future__ import annotations
 
