@@ -125,10 +125,7 @@ def sampler_variant(base: SamplerConfig, variant: str) -> SamplerConfig:
 
 
 def sampler_of(row: dict) -> str:
-    if "sampler" in row:
-        return row["sampler"]
-    # rows of the first sweep stored only a guidance scale; older rows used the recipe's sampler
-    return f"guidance_scale={row['guidance']:g}" if "guidance" in row and row["guidance"] != 2.0 else DEFAULT_SAMPLER
+    return row.get("sampler", DEFAULT_SAMPLER)   # rows written before the sweep used the recipe's sampler
 
 
 def save_contact_sheet(videos: dict[str, list], path: Path, per_split: int = 6) -> None:

@@ -57,6 +57,12 @@ class EDMLoss:
         return (weight * (D.to(x.dtype) - x) ** 2).reshape(B, -1).mean(dim=1)
 
 
+def off_median_mask(x: Tensor, threshold: float = 0.3) -> Tensor:
+    """(B, 1, [T,] H, W) bool: pixels whose colour is farther than ``threshold`` from their frame's median."""
+    median = x.flatten(-2).median(-1).values[..., None, None]                  # (B, C, [T,] 1, 1)
+    return (x - median).square().sum(1, keepdim=True).sqrt() > threshold
+
+
 def foreground_weights(x: Tensor, alpha: float, threshold: float = 0.3) -> Tensor:
     """Per-pixel loss weights 1 + α·[pixel off its frame's median colour], normalised to mean 1 per sample.
 
@@ -65,7 +71,5 @@ def foreground_weights(x: Tensor, alpha: float, threshold: float = 0.3) -> Tenso
     to denoise objects (docs/learning.md). The mask needs no labels (only the clean clip), and where
     most pixels are off the median, as in natural video, the weights tend to uniform.
     """
-    median = x.flatten(-2).median(-1).values[..., None, None]                  # (B, C, [T,] 1, 1)
-    off = (x - median).square().sum(1, keepdim=True).sqrt() > threshold      # (B, 1, [T,] H, W)
-    w = 1.0 + alpha * off.to(x.dtype)
+    w = 1.0 + alpha * off_median_mask(x, threshold).to(x.dtype)
     return w / w.flatten(1).mean(1).reshape(-1, *([1] * (x.ndim - 1)))

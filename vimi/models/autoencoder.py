@@ -13,8 +13,9 @@ the backbones read. ``latent_scale`` maps the trained encoder's output to a stan
 """
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -113,15 +114,21 @@ class AutoencoderError(ValueError):
 
 
 def autoencoder_config(folder: str | Path) -> AutoencoderConfig:
-    """The config.json of a trained autoencoder folder (read without loading the weights)."""
+    """The config.json of a trained autoencoder folder (read without loading the weights; read once per
+    file version, since the model config asks for it on every generation call)."""
     cfg_file = Path(folder) / "config.json"
     try:
-        return AutoencoderConfig(**json.loads(cfg_file.read_text()))
+        return replace(_read_config(str(cfg_file.resolve()), cfg_file.stat().st_mtime_ns))
     except FileNotFoundError:
         raise AutoencoderError(f"{cfg_file}: not found (an autoencoder folder has config.json and "
                                f"model.safetensors; train one with python -m vimi.training.autoencoder)") from None
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise AutoencoderError(f"{cfg_file}: not an autoencoder config ({e})") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _read_config(path: str, mtime_ns: int) -> AutoencoderConfig:
+    return AutoencoderConfig(**json.loads(Path(path).read_text()))
 
 
 def load_autoencoder(folder: str | Path) -> FrameAutoencoder:

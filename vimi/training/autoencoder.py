@@ -22,9 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from base.io import write_json_atomic
-from base.pixels import to_model_video
+from base.pixels import to_model_video, to_uint8_video
 from data_pipelines.shapeworld.render import render_clip, render_image
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, memory_params, train_video_params
+from vimi.eval.shapeworld import psnr
 from vimi.models.autoencoder import AutoencoderConfig, FrameAutoencoder
 
 LATENT_STD = 0.5   # σ_d of the EDM settings the latents are scaled to
@@ -57,11 +58,6 @@ def held_out_frames(world: WorldConfig, n: int = 16) -> torch.Tensor:
     return to_model_video(np.concatenate(clips)[None])[0].transpose(0, 1)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.clamp(-1, 1) - b) ** 2).mean()) / 4.0                              # [-1, 1] -> [0, 1]
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def train(cfg: AETrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -86,8 +82,9 @@ def train(cfg: AETrainConfig) -> dict:
         z = ae.encoder(_frames(world, cfg, 10**6))
         ae.config = replace(ae.config, latent_scale=LATENT_STD / float(z.std()))
         rec = ae.decode(ae.encode(test))
+    as_clip = [to_uint8_video(v[None].transpose(1, 2))[0] for v in (rec, test)]   # the scorer's uint8 PSNR
     report = {"steps": cfg.steps, "cpu_seconds": round(time.process_time() - t0, 1),
-              "final_loss": float(np.mean(losses[-50:])), "held_out_psnr_db": round(psnr(rec, test), 2),
+              "final_loss": float(np.mean(losses[-50:])), "held_out_psnr_db": round(psnr(*as_clip), 2),
               "latent_scale": ae.config.latent_scale, "factor": ae.config.factor,
               "latent_shape": [ae.config.latent_channels, *(2 * [world.size // ae.config.factor])]}
     ae.save(cfg.out)

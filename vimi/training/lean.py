@@ -33,6 +33,7 @@ from data_pipelines.shapeworld.captions import video_caption
 from data_pipelines.shapeworld.render import ClipParams, render_clip
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
+from vimi.diffusion.loss import off_median_mask
 from vimi.eval.shapeworld import analyze, score
 from vimi.models import backbone_config, build_backbone, frame_condition
 from vimi.models.autoencoder import load_autoencoder
@@ -307,8 +308,7 @@ class LeanTrainer:
         net, cond = self.ema
         params = [eval_params(self.world, "t2v-seen", i) for i in range(rows)]
         y = to_model_video(np.stack([render_clip(p) for p in params]))                  # (B, 3, T, H, W)
-        background = y.flatten(-2).median(-1).values[..., None, None]                   # (B, 3, T, 1, 1)
-        obj = ((y - background).abs().sum(1, keepdim=True) > 0.3).expand_as(y)
+        obj = off_median_mask(y).expand_as(y)                                           # the object's pixels
         c, mask = cond([video_caption(p) for p in params])
         frame_cond = frame_condition(y, torch.zeros(rows, dtype=torch.long), self.cfg.hold_given_frame)
         gen = torch.Generator().manual_seed(1234)
