@@ -245,4 +245,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from base.cli_guard import guarded
+
+    sys.exit(guarded(main, prog="benchmarks/learning.py"))

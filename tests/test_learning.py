@@ -55,7 +55,7 @@ def test_saved_ema_weights_load_into_a_fresh_trainer(tmp_path):
                                                      LeanTrainer(TINY).ema[0].state_dict().values()))
 
 
-def test_the_learning_benchmark_names_a_bad_sampler_variant_and_exits_2():
+def test_the_learning_benchmark_names_a_bad_sampler_variant_or_autoencoder_and_exits_2(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -66,6 +66,11 @@ def test_the_learning_benchmark_names_a_bad_sampler_variant_and_exits_2():
     assert run.returncode == 2
     assert "'guidance=1' is not KEY=VALUE with KEY a SamplerConfig field" in run.stderr
     assert "Traceback" not in run.stderr
+    missing = subprocess.run([sys.executable, "benchmarks/learning.py", "--configs", "unet-lat-b4", "--autoencoder",
+                              str(tmp_path / "no-such-autoencoder"), "--budgets", "4", "--out", str(tmp_path / "o")],
+                             cwd=root, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no-such-autoencoder/config.json: not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_latent_mode_learns_to_draw_the_captions_scene(tmp_path):
