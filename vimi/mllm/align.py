@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ class AlignConfig:
     out: str = ""                # output folder: aligned LLaVA (save_pretrained) + align_report.json
     init: str = ""               # LLaVA folder to start from; "" = tiny LLaVA built from seed
     seed: int = 0
-    image_size: int = 32         # tiny LLaVA vision input (init="" only)
+    tiny: TinyLlavaConfig = field(default_factory=TinyLlavaConfig)  # architecture when init="" (--tiny-*)
     steps: int = 1000            # ShapeWorld: colour is read from the image after ~1000 steps, not after 300-600
     batch: int = 16              # many small steps beat fewer big ones for the from-scratch tiny model
     lr: float = 3e-3             # peak AdamW learning rate (high: the tiny model starts from scratch; 1e-2 diverges)
@@ -198,7 +198,7 @@ def _align(cfg: AlignConfig, progress: bool) -> dict:
         llava, processor = load_llava(cfg.init)
     else:  # same path as a user's folder: build to disk, then load it back
         with tempfile.TemporaryDirectory(prefix="vimi-tiny-llava-") as tmp:
-            llava, processor = load_llava(build_tiny_llava(tmp, cfg.seed, TinyLlavaConfig(image_size=cfg.image_size)))
+            llava, processor = load_llava(build_tiny_llava(tmp, cfg.seed, cfg.tiny))
     train, held, skipped = read_memory(cfg.memory, cfg.eval_rows, cfg.max_rows)
     batcher = CaptionBatcher(llava, processor)
     n_image = count_image_tokens(llava, processor)
@@ -258,15 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", required=True, help="image-text memory (table, folder, or img2dataset tars)")
     ap.add_argument("--out", required=True, help="output folder for the aligned LLaVA")
     ap.add_argument("--init", default=d.init, help="LLaVA folder to start from (default: tiny LLaVA from --seed)")
-    for name in ("seed", "image_size", "steps", "batch", "warmup", "eval_rows", "max_rows", "threads"):
+    for name in ("seed", "steps", "batch", "warmup", "eval_rows", "max_rows", "threads"):
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for f in fields(TinyLlavaConfig):  # the tiny LLaVA's architecture, e.g. --tiny-patch-size 4
+        ap.add_argument("--tiny-" + f.name.replace("_", "-"), type=int, default=getattr(d.tiny, f.name))
     for name in ("lr", "weight_decay", "clip"):
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     ap.add_argument("--train", choices=TRAIN_CHOICES, default=d.train)
     ap.add_argument("--no-progress", action="store_true")
     args = vars(ap.parse_args(argv))
     progress = not args.pop("no_progress")
-    report = align(AlignConfig(**args), progress=progress)
+    tiny = TinyLlavaConfig(**{f.name: args.pop("tiny_" + f.name) for f in fields(TinyLlavaConfig)})
+    report = align(AlignConfig(**args, tiny=tiny), progress=progress)
     print(
         f"held-out caption loss: before {report['heldout_caption_loss_before']:.3f} -> after "
         f"{report['heldout_caption_loss_after']:.3f} "
