@@ -75,3 +75,30 @@ def test_a_latent_pipeline_generates_pixels_and_travels_with_its_autoencoder(tmp
     (tmp_path / "ae" / "model.safetensors").unlink()                       # the export has its own copy
     b = VimiPipeline.from_pretrained(tmp_path / "p").generate_batch(requests, seeds=[0, 1], steps=2)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_scorer_agreement_is_the_share_of_clips_read_back_the_same():
+    import numpy as np
+
+    from data_pipelines.shapeworld.world import WorldConfig
+    from vimi.training.autoencoder import held_out_clips, scorer_agreement
+
+    clips = held_out_clips(WorldConfig(out="unused", videos=10**9, memory=10**9), n=8)
+    assert scorer_agreement(clips, clips) == {"scene": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0, "subject": 1.0}
+    flat = [np.broadcast_to(c[:, :1, :1], c.shape).copy() for c in clips]   # each clip's corner colour everywhere
+    read = scorer_agreement(clips, flat)
+    assert read["scene"] == 1.0 and read["color"] == read["shape"] == read["motion"] == 0.0
+
+
+def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_path, capsys):
+    import json
+
+    from vimi.training.autoencoder import main
+
+    assert main(["--out", str(tmp_path / "ae"), "--channels", "8,x"]) == 2
+    assert "--channels must be comma-separated integers" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "ae"), "--steps", "2", "--clips", "1", "--pictures", "1",
+                 "--channels", "8,16", "--latent-channels", "4", "--foreground-weight", "4", "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "ae" / "report.json").read_text())
+    assert set(report["scorer_agreement"]) == {"scene", "color", "shape", "motion", "subject"}
+    assert report["factor"] == 4 and load_autoencoder(tmp_path / "ae").config.channels == (8, 16)

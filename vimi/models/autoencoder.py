@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -88,13 +87,17 @@ class FrameAutoencoder(nn.Module):
         x = self.decode(z.transpose(1, 2).reshape(B * T, C, h, w))
         return x.view(B, T, *x.shape[1:]).transpose(1, 2)
 
-    def loss(self, frames: Tensor, latent_noise: float = 0.1) -> Tensor:
+    def loss(self, frames: Tensor, latent_noise: float = 0.1, weights: Tensor | None = None) -> Tensor:
         """L1 + MSE reconstruction from latents jittered by ``latent_noise``·std: the decoder must draw
-        clean frames from the slightly-off latents a diffusion sampler produces."""
+        clean frames from the slightly-off latents a diffusion sampler produces. ``weights`` (N, 1, H, W),
+        mean 1, weigh the pixels (e.g. more on objects than on the flat background)."""
         z = self.encoder(frames)
         z = z + latent_noise * z.detach().std() * torch.randn_like(z)
-        rec = self.decoder(z)
-        return F.l1_loss(rec, frames) + F.mse_loss(rec, frames) + 1e-4 * z.square().mean()
+        err = self.decoder(z) - frames
+        per_pixel = err.abs() + err.square()
+        if weights is not None:
+            per_pixel = per_pixel * weights
+        return per_pixel.mean() + 1e-4 * z.square().mean()
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file
