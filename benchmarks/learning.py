@@ -4,7 +4,8 @@ Each named configuration trains with ``vimi.training.lean`` (clips rendered on t
 project's backbone, EDMPrecond, EDMLoss, Heun sampler) and is scored with the project's scorer on
 fresh eval clips at fixed budgets of clips seen. Conditioning is text-only (caption words →
 learned embeddings), so the table measures the diffusion recipe and the backbone, not the MLLM;
-``NAME+mllm`` runs the same recipe through the project's frozen MLLM encoder (``--mllm FOLDER``).
+``NAME+mllm`` runs the same recipe through the project's frozen MLLM encoder (``--mllm FOLDER``);
+``NAME+mllm@L`` reads the MLLM's hidden state L instead of the default -2 (0 = the input embeddings).
 
     python benchmarks/learning.py --configs fit-tiny,unet-s --budgets 2000,5000,10000 --rows 20
     python benchmarks/learning.py --list
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
@@ -70,8 +72,9 @@ def config_of(name: str, mllm: str | None, autoencoder: str | None = None) -> Le
     cfg = CONFIGS[base]
     if cfg.autoencoder and autoencoder:
         cfg = replace(cfg, autoencoder=autoencoder)
-    if suffix == "mllm":
-        cfg = replace(cfg, conditioning="mllm", mllm=mllm or "")
+    if suffix.startswith("mllm"):
+        layer = int(suffix.partition("@")[2] or -2)
+        cfg = replace(cfg, conditioning="mllm", mllm=mllm or "", mllm_layer=layer)
     return cfg
 
 
@@ -222,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(CONFIGS))
         return 0
     names = [n for n in args.configs.split(",") if n]
-    unknown = [n for n in names if n.partition("+")[0] not in CONFIGS or n.partition("+")[2] not in ("", "mllm")]
+    unknown = [n for n in names if n.partition("+")[0] not in CONFIGS
+               or not re.fullmatch(r"(mllm(@-?\d+)?)?", n.partition("+")[2])]
     if unknown:
-        print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}", file=sys.stderr)
+        print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}, each optionally "
+              "+mllm or +mllm@LAYER", file=sys.stderr)
         return 2
     budgets = sorted(int(b) for b in args.budgets.split(","))
     samplers = [v.strip() for v in args.samplers.split(";") if v.strip()] or None

@@ -71,6 +71,22 @@ def test_the_learning_benchmark_names_a_bad_sampler_variant_or_autoencoder_and_e
                              cwd=root, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no-such-autoencoder/config.json: not found" in missing.stderr
     assert "Traceback" not in missing.stderr
+    layer = subprocess.run([sys.executable, "benchmarks/learning.py", "--configs", "unet-xs+mllm@top"],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+    assert layer.returncode == 2 and "unknown configuration(s) ['unet-xs+mllm@top']" in layer.stderr
+
+
+def test_a_benchmark_name_picks_the_mllm_layer_the_generator_reads():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning.py"
+    spec = importlib.util.spec_from_file_location("learning", path)
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    assert learning.config_of("unet-xs+mllm", "m").mllm_layer == -2
+    cfg = learning.config_of("unet-xs+mllm@0", "m")
+    assert (cfg.conditioning, cfg.mllm, cfg.mllm_layer) == ("mllm", "m", 0)
 
 
 def test_latent_mode_learns_to_draw_the_captions_scene(tmp_path):

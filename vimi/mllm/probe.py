@@ -5,7 +5,8 @@ draw what the MLLM's hidden states *say* about those pictures. This module rende
 ShapeWorld pictures (fresh positions and scenes, all 54 compositions and 12 subjects), encodes each
 alone, takes the encoder's hidden states at its image tokens (the layer the generator reads,
 ``MLLMConfig.layer``), and fits one multinomial logistic regression per attribute on 75% of the
-pictures; the accuracy on the other 25% is the probe's reading.
+pictures, from all the tokens' states and from their mean; the accuracy on the other 25% is the
+probe's reading.
 
     python -m vimi.mllm.probe --mllm data/demo/mllm --images 1200
 """
@@ -86,14 +87,27 @@ def linear_probe(x: torch.Tensor, y: list[str], train_frac: float = 0.75, steps:
         return float(((z[te] @ w + b).argmax(1) == target[te]).float().mean())
 
 
-def probe(mllm: str, n_images: int = 1200, seed: int = 12345) -> dict[str, float]:
+READOUTS = ("positions", "pooled")
+
+
+def probe(mllm: str, n_images: int = 1200, seed: int = 12345) -> dict:
+    """-> {"positions": {attr: acc}, "pooled": {attr: acc}, "images": n}.
+
+    Two linear readouts of the same states: ``positions`` sees every image token's state (where an
+    object is matters: its shape is in the tokens it covers), ``pooled`` their mean (position-free;
+    with 1,200 pictures a 64-token readout has more weights than training pictures, and the mean
+    is the readout that does not overfit).
+    """
     encoder = MLLMEncoder(MLLMConfig(path=mllm, cache_prompts=0), out_dim=8).eval()
     images, labels = probe_images(n_images, seed)
-    x = image_features(encoder, images)
-    report = {}
-    for attr in ATTRIBUTES:
-        rows = [i for i, lab in enumerate(labels) if lab[attr] is not None]
-        report[attr] = linear_probe(x[rows], [labels[i][attr] for i in rows])
+    per_token = image_features(encoder, images)                                   # (N, n_image · H)
+    views = {"positions": per_token, "pooled": per_token.view(len(images), -1, encoder.hidden_size).mean(1)}
+    report: dict = {}
+    for readout, x in views.items():
+        report[readout] = {}
+        for attr in ATTRIBUTES:
+            rows = [i for i, lab in enumerate(labels) if lab[attr] is not None]
+            report[readout][attr] = round(linear_probe(x[rows], [labels[i][attr] for i in rows]), 3)
     report["images"] = n_images
     return report
 
@@ -107,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     report = probe(args.mllm, args.images)
-    for attr in ATTRIBUTES:
-        print(f"{attr:<8} {report[attr]:.3f}")
+    print(f"{'readout':<10}" + "".join(f"{a:>9}" for a in ATTRIBUTES))
+    for readout in READOUTS:
+        print(f"{readout:<10}" + "".join(f"{report[readout][a]:>9.3f}" for a in ATTRIBUTES))
     if args.out:
         write_json_atomic(args.out, report)
     return 0
