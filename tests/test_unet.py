@@ -81,6 +81,24 @@ def test_condition_and_mask_are_read():
         torch.testing.assert_close(net(x, c, cond, masked), net(x, c, changed_padding, masked))
 
 
+def test_attention_pooling_starts_as_the_mean_and_ignores_padding():
+    from dataclasses import replace
+
+    mean, attn = make(), make(replace(MICRO, cond_pool="attention"))
+    attn.load_state_dict(mean.state_dict(), strict=False)          # same weights; the query stays zero
+    x, c, cond, mask = inputs(L=4)
+    mask[0, 2:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, c, cond, mask), mean(x, c, cond, mask))
+        attn.pool_query.normal_()
+        padded = cond.clone()
+        padded[0, 2:] = 100.0
+        torch.testing.assert_close(attn(x, c, padded, mask), attn(x, c, cond, mask))
+        assert not torch.allclose(attn(x, c, cond, mask), mean(x, c, cond, mask))
+    with pytest.raises(ValueError, match="cond_pool must be 'mean' or 'attention'"):
+        replace(MICRO, cond_pool="max")
+
+
 def test_bad_inputs_raise_clear_errors():
     net = make()
     x, c, cond, mask = inputs()

@@ -42,6 +42,7 @@ class UNetConfig:
     emb_dim: int = 128                            # width of the σ + pooled-condition embedding (FiLM input)
     cond_dim: int = 256                           # width of the incoming conditioning tokens C
     groups: int = 8                               # GroupNorm groups (each level's width must divide)
+    cond_pool: str = "mean"                       # C's summary for FiLM: "mean" | "attention" (a learned query)
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
 
     def __post_init__(self) -> None:
@@ -52,6 +53,8 @@ class UNetConfig:
         for name in ("in_channels", "patch_size", "blocks_per_level", "num_heads", "emb_dim", "cond_dim", "groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cond_pool not in ("mean", "attention"):
+            raise ValueError(f"UNetConfig.cond_pool must be 'mean' or 'attention', got {self.cond_pool!r}")
         if self.frame_cond_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
             raise ValueError("UNetConfig: frame_cond_channels must be >= 0 and temporal_kernel odd and >= 1")
         for c in self.channels:
@@ -186,6 +189,10 @@ class UNet(nn.Module):
         self.cond_norm = nn.LayerNorm(cfg.cond_dim)     # MLLM hidden states carry large outlier channels
         self.cond_proj = nn.Linear(cfg.cond_dim, ch[-1])
         self.cond_pool = nn.Linear(ch[-1], cfg.emb_dim)
+        # Attention pooling (as Imagen pools its text embeddings): a VIMI prompt is mostly retrieved
+        # pictures (K = 4 pairs of 64 image tokens around a 10-token caption), so their plain mean says
+        # little about the caption. The query starts at zero, where the weights are uniform: the mean.
+        self.pool_query = nn.Parameter(torch.zeros(ch[-1])) if cfg.cond_pool == "attention" else None
         p2 = cfg.patch_size ** 2
         self.stem = nn.Conv2d((cfg.in_channels + cfg.frame_cond_channels) * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg.blocks_per_level, i in attn, cfg)
@@ -211,6 +218,17 @@ class UNet(nn.Module):
             raise UNetInputError(f"H×W = {H}×{W} must be divisible by {f} (patch_size {cfg.patch_size}, "
                                  f"{len(cfg.channels)} levels)")
 
+    def _pool(self, c: Tensor, mask: Tensor) -> Tensor:
+        """(B, L, D) tokens, (B, L) valid -> (B, D): their masked mean, or attention-weighted mean."""
+        if self.pool_query is None:
+            w = mask.to(c.dtype)[..., None]                                            # (B, L, 1)
+            return (c * w).sum(1) / w.sum(1).clamp(min=1.0)
+        if c.shape[1] == 0:
+            return c.new_zeros((c.shape[0], c.shape[-1]))
+        scores = (c @ self.pool_query / c.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))   # (B, L)
+        w = torch.softmax(scores, dim=1).nan_to_num(0.0)                               # rows with no token: 0
+        return (w[..., None] * c).sum(1)
+
     def _run(self, module: nn.Module, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(module, *args, use_reentrant=False)
@@ -233,8 +251,7 @@ class UNet(nn.Module):
         c = self.cond_proj(self.cond_norm(cond.to(sigma_tok.dtype)))                   # (B, L, Ctop)
         ctx = torch.cat([sigma_tok.new_zeros((B, 1, c.shape[-1])), c], dim=1)           # (B, 1+L, Ctop)
         ctx_mask = torch.cat([torch.ones((B, 1), dtype=torch.bool, device=c.device), cond_mask.to(c.device)], 1)
-        w = cond_mask.to(c.dtype)[..., None]                                           # (B, L, 1)
-        pooled = (c * w).sum(1) / w.sum(1).clamp(min=1.0)                              # (B, Ctop)
+        pooled = self._pool(c, cond_mask.to(c.device))                                 # (B, Ctop)
         emb = F.silu(sigma_tok[:, 0] + self.cond_pool(pooled))                         # (B, E)
         emb = emb.repeat_interleave(T, dim=0)                                          # (B·T, E)
 
