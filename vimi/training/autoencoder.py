@@ -41,7 +41,10 @@ class AETrainConfig:
     pictures: int = 16             # ... plus this many memory pictures
     lr: float = 2e-3
     latent_noise: float = 0.05     # latent jitter (· std) in training: robustness to a sampler's latent errors
-    foreground_weight: float = 0.0  # α of vimi.diffusion.loss.foreground_weights: objects are 7.5% of the pixels
+    # α of vimi.diffusion.loss.foreground_weights: objects are 7.5% of the pixels. At 2,000 steps α = 4
+    # lets the scorer read back colour 0.85 / shape 0.63 / subject 0.26 of held-out clips, against
+    # 0.65 / 0.44 / 0.21 unweighted, and PSNR 24.3 against 23.3 dB (docs/learning.md, "The autoencoder").
+    foreground_weight: float = 4.0
     seed: int = 0
     threads: int = 2
     model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
