@@ -57,7 +57,7 @@ def _frames(world: WorldConfig, cfg: AETrainConfig, step: int) -> torch.Tensor:
     return to_model_video(frames[None])[0].transpose(0, 1)                              # (N, 3, H, W)
 
 
-def held_out_clips(world: WorldConfig, n: int = 48) -> list[np.ndarray]:
+def held_out_clips(world: WorldConfig, n: int = 240) -> list[np.ndarray]:
     """uint8 eval clips (T, H, W, 3) from every split (novel subjects and compositions included)."""
     splits = ("t2v-seen", "t2v-novel-composition", "t2v-novel-subject", "prediction")
     return [render_clip(eval_params(world, s, i)) for s in splits for i in range(n // len(splits))]
