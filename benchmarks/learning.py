@@ -56,6 +56,9 @@ CONFIGS: dict[str, LeanConfig] = {
     "unet-p2-b4": LeanConfig(backbone="unet-p2", edm=PLAIN, lr=2e-3, batch=4),
     # Latent mode: 8×8×8 latents of a per-frame autoencoder (python -m vimi.training.autoencoder; --autoencoder).
     "unet-lat-b4": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae"),
+    # Through the MLLM (NAME+mllm): two trainable refiner layers over its projected states.
+    "unet-lat-b4-ref2": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                   mllm_refiner=2),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),

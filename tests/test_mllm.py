@@ -219,3 +219,23 @@ def test_align_reduces_caption_loss_and_output_loads(tmp_path):
     )
     enc = MLLMEncoder(MLLMConfig(path=str(out)), out_dim=OUT)  # the aligned folder is a drop-in MLLM
     assert enc.encode(prompts()[:1])[0].shape[-1] == OUT
+
+
+def test_a_new_refiner_passes_states_through_then_mixes_the_prompt_and_is_saved(folder):
+    torch.manual_seed(0)
+    plain = MLLMEncoder(MLLMConfig(path=str(folder)), out_dim=OUT)
+    torch.manual_seed(0)
+    refined = MLLMEncoder(MLLMConfig(path=str(folder), refiner_layers=2, refiner_heads=2), out_dim=OUT)
+    ps = prompts()[:2]
+    (c0, m0), (c1, _) = plain.encode(ps), refined.encode(ps)
+    torch.testing.assert_close(c1, c0)                              # zero-initialised: identity at the start
+    assert any(n.startswith("refiner.") for n in refined.trainable_state_dict())
+    with torch.no_grad():
+        for p in refined.refiner.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    c2, m2 = refined.encode(ps)
+    assert not torch.allclose(c2, c0) and torch.equal(m2, m0)
+    assert not c2[~m2].any()                                        # padding stays zero
+    twin = MLLMEncoder(MLLMConfig(path=str(folder), refiner_layers=2, refiner_heads=2), out_dim=OUT)
+    twin.load_trainable_state_dict(refined.trainable_state_dict())
+    torch.testing.assert_close(twin.encode(ps)[0], c2)

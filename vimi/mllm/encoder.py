@@ -28,6 +28,7 @@ from vimi.diffusion.guidance import drop_conditions
 from vimi.mllm.prompt import Prompt
 from vimi.mllm.sequence import PromptTokenizer, TokenizedPrompt
 from vimi.mllm.tiny import TinyLlavaConfig, build_tiny_llava, save_llava
+from vimi.models.layers import Attention, FeedForward
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class MLLMConfig:
     normalize: bool = True       # LayerNorm (no affine) before the projection; LLM states have outlier channels
     dtype: str = "float32"       # MLLM weights: float32 | bfloat16 | float16 (the projection stays float32)
     cache_prompts: int = 8192    # frozen MLLM: hidden states of this many distinct prompts kept in memory (0 = off)
+    refiner_layers: int = 0      # trainable bidirectional transformer layers over the projected states (0 = off)
+    refiner_heads: int = 4
 
 
 def load_llava(path: str | Path, dtype: str = "float32"):
@@ -138,6 +141,30 @@ def _pad_hidden(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return out, mask
 
 
+class RefinerBlock(nn.Module):
+    """A pre-norm transformer layer over the projected states, trained while the MLLM stays frozen.
+
+    LLM-conditioned image generators put a few such trainable layers between a frozen decoder-only
+    LM and the denoiser (LI-DiT's refiner, Lumina-Next's): a causal LM's states at a word are mostly
+    its prediction of the next word, and a bidirectional layer can gather what each word is from
+    the whole prompt. Output projections start at zero, so a new refiner passes C through unchanged.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, dim, dim, heads, qk_norm=True)
+        self.ff = FeedForward(dim, 2.0)
+        for last in (self.attn.proj, self.ff[-1]):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def forward(self, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(c)
+        c = c + self.attn(h, h, mask)
+        return c + self.ff(self.norm2(c))
+
+
 class MLLMEncoder(nn.Module):
     """Wraps a LLaVA model: ``encode(prompts) -> (C (B, L, out_dim), mask (B, L) bool)``."""
 
@@ -147,6 +174,9 @@ class MLLMEncoder(nn.Module):
             raise ValueError(f"MLLMConfig.tuning must be one of {TUNINGS}, got {cfg.tuning!r}")
         if cfg.null_tokens < 1:
             raise ValueError(f"MLLMConfig.null_tokens must be >= 1, got {cfg.null_tokens}")
+        if cfg.refiner_layers < 0 or (cfg.refiner_layers and out_dim % cfg.refiner_heads):
+            raise ValueError(f"MLLMConfig: refiner_layers must be >= 0 and out_dim {out_dim} divisible by "
+                             f"refiner_heads {cfg.refiner_heads}")
         self.cfg = cfg
         if cfg.path:
             self.source = Path(cfg.path).expanduser()
@@ -165,6 +195,7 @@ class MLLMEncoder(nn.Module):
         self.norm = nn.LayerNorm(self.hidden_size, elementwise_affine=False) if cfg.normalize else nn.Identity()
         self.proj = nn.Linear(self.hidden_size, out_dim)  # always trained, even with a frozen MLLM
         self.null = nn.Parameter(torch.randn(cfg.null_tokens, out_dim) * 0.02)  # (N_null, D)
+        self.refiner = nn.ModuleList(RefinerBlock(out_dim, cfg.refiner_heads) for _ in range(cfg.refiner_layers))
         self._setup_tuning()
 
         tok = self.processor.tokenizer
@@ -261,6 +292,8 @@ class MLLMEncoder(nn.Module):
     def project(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, H) hidden states -> (C (B, L, out_dim) float32, zero at padding, mask)."""
         c = self.proj(self.norm(hidden.to(self.proj.weight.dtype)))
+        for block in self.refiner:
+            c = block(c, mask)
         return c * mask.unsqueeze(-1).to(c.dtype), mask
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
