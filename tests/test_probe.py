@@ -22,7 +22,7 @@ def test_the_cli_probes_every_attribute_both_ways_and_writes_json(tmp_path, caps
     out = tmp_path / "probe.json"
     assert main(["--mllm", "", "--images", "60", "--out", str(out)]) == 0   # the untrained tiny default
     report = json.loads(out.read_text())
-    assert report["images"] == 60
+    assert report["images"] == 60 and report["layer"] == -2
     for readout in READOUTS:
         assert set(report[readout]) == set(ATTRIBUTES) and all(0 <= v <= 1 for v in report[readout].values())
     assert "pooled" in capsys.readouterr().out

@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
                                 "--threads", "2"], mllm / "config.json", steps)
 
     probe = out / "probe.json"
-    run_step("mllm probe", [PY, "-m", "vimi.mllm.probe", "--mllm", str(mllm), "--out", str(probe)], probe, steps)
+    from base.config import load_config
+    from vimi.training.config import TrainConfig
+
+    layer = load_config(TrainConfig, "configs/shapeworld/pretrain.yaml").model.mllm.layer   # what the generator reads
+    run_step("mllm probe", [PY, "-m", "vimi.mllm.probe", "--mllm", str(mllm), "--layer", str(layer),
+                            "--out", str(probe)], probe, steps)
 
     # Latent mode's per-frame autoencoder (configs/shapeworld/*.yaml: model.autoencoder).
     autoencoder = data / "autoencoder"

@@ -90,7 +90,7 @@ def linear_probe(x: torch.Tensor, y: list[str], train_frac: float = 0.75, steps:
 READOUTS = ("positions", "pooled")
 
 
-def probe(mllm: str, n_images: int = 1200, seed: int = 12345) -> dict:
+def probe(mllm: str, n_images: int = 1200, seed: int = 12345, layer: int = MLLMConfig.layer) -> dict:
     """-> {"positions": {attr: acc}, "pooled": {attr: acc}, "images": n}.
 
     Two linear readouts of the same states: ``positions`` sees every image token's state (where an
@@ -98,7 +98,7 @@ def probe(mllm: str, n_images: int = 1200, seed: int = 12345) -> dict:
     with 1,200 pictures a 64-token readout has more weights than training pictures, and the mean
     is the readout that does not overfit).
     """
-    encoder = MLLMEncoder(MLLMConfig(path=mllm, cache_prompts=0), out_dim=8).eval()
+    encoder = MLLMEncoder(MLLMConfig(path=mllm, layer=layer, cache_prompts=0), out_dim=8).eval()
     images, labels = probe_images(n_images, seed)
     per_token = image_features(encoder, images)                                   # (N, n_image · H)
     views = {"positions": per_token, "pooled": per_token.view(len(images), -1, encoder.hidden_size).mean(1)}
@@ -108,7 +108,7 @@ def probe(mllm: str, n_images: int = 1200, seed: int = 12345) -> dict:
         for attr in ATTRIBUTES:
             rows = [i for i, lab in enumerate(labels) if lab[attr] is not None]
             report[readout][attr] = round(linear_probe(x[rows], [labels[i][attr] for i in rows]), 3)
-    report["images"] = n_images
+    report["images"], report["layer"] = n_images, layer
     return report
 
 
@@ -117,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mllm", required=True,
                     help="local LLaVA folder (the output of vimi.mllm.align); \"\" = untrained tiny")
     ap.add_argument("--images", type=int, default=1200, help="held-out pictures rendered for the probes")
+    ap.add_argument("--layer", type=int, default=MLLMConfig.layer,
+                    help="hidden state to read (the generator's model.mllm.layer; 0 = the LM's input)")
     ap.add_argument("--out", type=Path, default=None, help="write the accuracies here as JSON")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    report = probe(args.mllm, args.images)
+    report = probe(args.mllm, args.images, layer=args.layer)
     print(f"{'readout':<10}" + "".join(f"{a:>9}" for a in ATTRIBUTES))
     for readout in READOUTS:
         print(f"{readout:<10}" + "".join(f"{report[readout][a]:>9.3f}" for a in ATTRIBUTES))
