@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     run_step("prompt shards", [PY, "-m", "data_pipelines.build_shards", "--videos", str(world / "videos.parquet"),
                                "--index", str(index), "--out", str(shards), "-k", "4", "--seed", str(args.seed)],
              shards / "manifest.json", steps)
-    # 4-px vision patches (64 tokens per picture): the encoder probe reads colour 0.98 from the tokens'
-    # states and subjects 0.70 from their mean, against 0.82 and 0.50 with 8-px patches, for 160 s
-    # instead of 80 s on 2 threads (docs/learning.md, "The encoder"). Shape stays at chance either way.
+    # 4-px vision patches (64 tokens per picture): the encoder probe (LM layer -2) reads colour 0.98 from
+    # the tokens' states and subjects 0.70 from their mean, against 0.82 and 0.50 with 8-px patches, for
+    # ~130-160 s instead of 80 s on 2 threads (docs/learning.md, "The encoder"). Shape stays at chance.
     run_step("mllm alignment", [PY, "-m", "vimi.mllm.align", "--memory", str(world / "memory.parquet"),
                                 "--out", str(mllm), "--steps", str(int(1000 * s)), "--tiny-patch-size", "4",
                                 "--threads", "2"], mllm / "config.json", steps)
