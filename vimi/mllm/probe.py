@@ -91,7 +91,7 @@ READOUTS = ("positions", "pooled")
 
 
 def probe(mllm: str, n_images: int = 1200, seed: int = 12345, layer: int = MLLMConfig.layer) -> dict:
-    """-> {"positions": {attr: acc}, "pooled": {attr: acc}, "images": n}.
+    """-> {"positions": {attr: acc}, "pooled": {attr: acc}, "images": n, "layer": layer}.
 
     Two linear readouts of the same states: ``positions`` sees every image token's state (where an
     object is matters: its shape is in the tokens it covers), ``pooled`` their mean (position-free;
