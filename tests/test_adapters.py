@@ -300,3 +300,14 @@ def test_dry_run_counts_trainable_and_frozen_parts_of_a_tuned_model():
         assert backbone[0] == 0 and backbone[1] > 0
         assert r.parts["frame-wise query former"][0] > 0
         assert "added by tuning" in r.text and r.trainable == sum(t for t, _ in r.parts.values())
+
+
+def test_dry_run_counts_the_mllm_refiner_alike_on_meta_and_real_builds():
+    from vimi.training.config import TrainConfig
+    from vimi.training.dry_run import dry_run
+
+    key = "MLLM head (projection, null, refiner)"
+    plain = dry_run(load_config(TrainConfig, None, [f"model.{o}" for o in TINY_UNET]), meta=False)
+    cfg = load_config(TrainConfig, None, [f"model.{o}" for o in TINY_UNET + ["mllm.refiner_layers=2"]])
+    real, meta = dry_run(cfg, meta=False), dry_run(cfg, meta=True)
+    assert real.parts[key] == meta.parts[key] and real.parts[key][0] > plain.parts[key][0]

@@ -63,7 +63,13 @@ def _meta_llava(cfg: TrainConfig) -> nn.Module:
             return tiny_llava(m.seed, TinyLlavaConfig(image_size=m.image_size))[0]
         from transformers import AutoConfig, LlavaForConditionalGeneration
 
-        config = AutoConfig.from_pretrained(Path(m.path).expanduser(), local_files_only=True)
+        from vimi.mllm.encoder import MLLMLoadError
+
+        folder = Path(m.path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise MLLMLoadError(f"model.mllm.path {m.path!r}: no config.json there (a LLaVA folder; "
+                                "python -m vimi.mllm.align writes one)")
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
         return LlavaForConditionalGeneration(config).to(getattr(torch, m.dtype))
 
 
@@ -78,6 +84,12 @@ def _meta_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
     m = cfg.model.mllm
     hidden = llava.config.text_config.hidden_size
     head = hidden * bb_cfg.cond_dim + bb_cfg.cond_dim + m.null_tokens * bb_cfg.cond_dim  # proj + null tokens
+    if m.refiner_layers:
+        from vimi.mllm.encoder import RefinerBlock
+
+        with torch.device("meta"):
+            block = RefinerBlock(bb_cfg.cond_dim, m.refiner_heads)
+        head += m.refiner_layers * sum(p.numel() for p in block.parameters())
     n_llava = sum(p.numel() for p in llava.parameters())
     lora = 0
     if m.tuning == "lora":  # r (in + out) per targeted language-model linear
@@ -86,7 +98,7 @@ def _meta_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
                 lora += m.lora_r * (mod.in_features + mod.out_features)
     llava_trainable = n_llava if m.tuning == "full" else lora
     head_part = (head, 0) if cfg.model.tuning == "full" else (0, head)
-    return {**_generator_parts(cfg, backbone, former), "MLLM head (projection, null tokens)": head_part,
+    return {**_generator_parts(cfg, backbone, former), "MLLM head (projection, null, refiner)": head_part,
             f"MLLM ({m.tuning})": (llava_trainable, n_llava - (n_llava if m.tuning == "full" else 0))}
 
 
@@ -116,10 +128,10 @@ def _real_parts(cfg: TrainConfig) -> dict[str, tuple[int, int]]:
 
     model = VimiModel(cfg.model)
     enc = model.encoder
-    head = [*enc.proj.parameters(), *enc.norm.parameters(), enc.null]
+    head = [p for n, p in enc.named_parameters() if not n.startswith("llava.")]   # projection, null, refiner
     llava_t, llava_f = _count(enc.llava)
     return {**_generator_parts(cfg, model.net.backbone, model.frame_cond),
-            "MLLM head (projection, null tokens)": _count_params(head),
+            "MLLM head (projection, null, refiner)": _count_params(head),
             f"MLLM ({cfg.model.mllm.tuning})": (llava_t, llava_f)}
 
 
