@@ -223,10 +223,8 @@ class UNet(nn.Module):
         if self.pool_query is None:
             w = mask.to(c.dtype)[..., None]                                            # (B, L, 1)
             return (c * w).sum(1) / w.sum(1).clamp(min=1.0)
-        if c.shape[1] == 0:
-            return c.new_zeros((c.shape[0], c.shape[-1]))
         scores = (c @ self.pool_query / c.shape[-1] ** 0.5).masked_fill(~mask, float("-inf"))   # (B, L)
-        w = torch.softmax(scores, dim=1).nan_to_num(0.0)                               # rows with no token: 0
+        w = torch.softmax(scores, dim=1).nan_to_num(0.0)                               # rows with no valid token: 0
         return (w[..., None] * c).sum(1)
 
     def _run(self, module: nn.Module, *args):

@@ -149,10 +149,11 @@ def _check_same_autoencoder(export: Path, saved: str, mine: str, path: str) -> N
         raise InitError(f"--init {path}: model.autoencoder is {saved or 'unset'!r} in the export but "
                         f"{mine or 'unset'!r} here (latent and pixel models do not mix)")
     if saved:
-        theirs = autoencoder_config(saved if Path(saved).is_absolute() else export / saved)
-        if asdict(theirs) != asdict(autoencoder_config(mine)):
+        theirs = asdict(autoencoder_config(saved if Path(saved).is_absolute() else export / saved))
+        ours = asdict(autoencoder_config(mine))
+        if theirs != ours:
             raise InitError(f"--init {path}: model.autoencoder {mine} is not the autoencoder the export was "
-                            f"trained with ({asdict(theirs)} vs {asdict(autoencoder_config(mine))})")
+                            f"trained with ({theirs} vs {ours})")
 
 
 def _without_paths(d: dict, ignore: tuple[str, ...] = ()) -> dict:

@@ -211,7 +211,8 @@ class LeanTrainer:
         with torch.no_grad():
             for avg, live in zip(self.ema, (self.net, self.cond)):
                 for a, p in zip(avg.parameters(), live.parameters()):
-                    a.lerp_(p.detach(), 1 - beta)
+                    if p.requires_grad:   # a frozen MLLM's millions of weights never move
+                        a.lerp_(p.detach(), 1 - beta)
         return loss.item()
 
     def train_to(self, clips: int, progress: Callable[[int, float], None] | None = None) -> None:
