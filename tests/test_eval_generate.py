@@ -118,3 +118,23 @@ def test_bad_eval_input_is_a_clear_error(world, tmp_path):
         load_items(tmp_path)
     with pytest.raises(EvalGenerateError, match="not found"):
         load_items(tmp_path / "missing")
+
+
+def test_retrieval_k_zero_switches_retrieval_off(world, pipe, tmp_path, monkeypatch, capsys):
+    """VIMI's ablation: the same pipeline with --retrieval-k 0 asks the index for nothing."""
+    asked = []
+
+    class Spy:
+        def search(self, queries, k):
+            asked.append(k)
+            return [[] for _ in queries]
+
+    monkeypatch.setattr(pipe, "retriever", Spy())
+    monkeypatch.setattr(pipe.cfg, "retrieval_k", 4)
+    monkeypatch.setattr("vimi.eval.generate.load_pipeline", lambda *a: pipe)
+    args = ["--pipeline", "untrained", "--eval", str(world / "eval" / "t2v-seen.jsonl"), "--steps", "1", "--limit", "1"]
+    assert main([*args, "--out", str(tmp_path / "on")]) == 0 and asked == [4]
+    assert main([*args, "--out", str(tmp_path / "off"), "--retrieval-k", "0"]) == 0 and asked == [4]
+    assert (tmp_path / "off" / "t2v-seen-0000.mp4").is_file()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--retrieval-k", "-1"]) == 2
+    assert "--retrieval-k must be >= 0, got -1" in capsys.readouterr().err

@@ -92,6 +92,19 @@ def test_scores_are_shown_exactly_as_given(world, videos, tmp_path):
     page = (tmp_path / "r" / "report.html").read_text()
     assert "12.3%" in page and "7.89" in page and "ground truth" in page
     assert not (tmp_path / "r" / "scores.json").exists()  # given scores are not recomputed
+    assert "Retrieval on / off" not in page  # no retrieval-off scores in this report
+
+
+def test_retrieval_off_scores_sit_beside_the_same_split(world, videos, tmp_path):
+    real = score_all(videos, world / "eval")
+    off = {"t2v-novel-subject": json.loads(json.dumps(real["t2v-novel-subject"]))}
+    off["t2v-novel-subject"]["accuracy"]["all_correct"] = 0.042
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"retrieval_off": {"splits": off}}))
+    page = write_report(videos, world / "eval", tmp_path / "r", metrics=metrics, per_task=1).read_text()
+    section = page[page.index("Retrieval on / off"):]
+    assert "retrieval off (K = 0)" in section and "4.2%" in section
+    assert section.count("<td>t2v-novel-subject</td>") == 2 and "<td>t2v-seen</td>" not in section
 
 
 def test_missing_inputs_are_clear_errors(world, tmp_path, capsys):

@@ -100,8 +100,19 @@ def main(argv: list[str] | None = None) -> None:
     run_step("score", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(videos), "--eval", str(world / "eval"),
                        "--out", str(scores)], scores, steps)
 
+    # VIMI's central claim (sec. 4): the same model on novel subjects with retrieval switched off (K = 0).
+    novel = world / "eval" / "t2v-novel-subject.jsonl"
+    videos_k0, scores_k0 = out / "videos_retrieval_off", out / "scores_retrieval_off.json"
+    run_step("generate without retrieval", [PY, "-m", "vimi.eval.generate", "--pipeline", str(stage2 / "pipeline"),
+                                            "--eval", str(novel), "--out", str(videos_k0), "--retrieval-k", "0",
+                                            "--seed", str(args.seed), "--steps", str(args.sample_steps),
+                                            "--threads", "1"], videos_k0 / ".complete", steps)
+    run_step("score without retrieval", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(videos_k0),
+                                         "--eval", str(novel), "--out", str(scores_k0)], scores_k0, steps)
+
     metrics = {"wall_seconds": round(time.time() - t0, 1), "scale": s, "steps": steps,
                "scores": json.loads(scores.read_text()), "ground_truth": json.loads(gt_report.read_text()),
+               "retrieval_off": json.loads(scores_k0.read_text()),
                "mllm_probe": json.loads(probe.read_text()),
                "autoencoder": json.loads((autoencoder / "report.json").read_text())}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -228,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="Heun steps (default: the pipeline's)")
     ap.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the pipeline's)")
     ap.add_argument("--index", help="retrieval index folder or service URL for t2v (default: the pipeline's own)")
+    ap.add_argument("--retrieval-k", type=int,
+                    help="retrieved pairs per t2v prompt (default: the pipeline's; 0 = retrieval off, VIMI's ablation)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--limit", type=int, help="only the first N rows of each eval file")
     ap.add_argument("--seed", type=int, default=0, help="row i of an eval file uses seed + i")
@@ -245,13 +247,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.retrieval_k is not None and args.retrieval_k < 0:
+            raise EvalGenerateError(f"--retrieval-k must be >= 0, got {args.retrieval_k}")
         items = load_items(args.eval, limit=args.limit, seed=args.seed)
         pipeline = args.pipeline if args.pipeline == UNTRAINED else str(Path(args.pipeline).resolve())
         check_settings(args.out, {"pipeline": pipeline, "set": args.set, "steps": args.steps,
-                                  "guidance": args.guidance, "seed": args.seed, "index": args.index})
+                                  "guidance": args.guidance, "seed": args.seed, "index": args.index,
+                                  "retrieval_k": args.retrieval_k})
         # Loading a pipeline takes seconds: a finished folder (a resumed demo) does not need one.
         done = all(is_done(Path(args.out), it.id, not args.no_frames) for it in items)
         pipe = None if done else load_pipeline(args.pipeline, args.set, args.index)
+        if pipe is not None and args.retrieval_k is not None:
+            pipe.cfg.retrieval_k = args.retrieval_k
         stats = generate_items(pipe, items, args.out, steps=args.steps, guidance=args.guidance,
                                batch_size=args.batch_size, frames=not args.no_frames)
     except (EvalGenerateError, InputError, PipelineLoadError) as e:

@@ -289,25 +289,39 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def scores_table(gen: dict[str, dict], gt: dict[str, dict]) -> str:
-    """Per split: accuracy of each attribute, all_correct and PSNR exactly as scored; a grey
-    ground-truth row under each split when the ground-truth report is given."""
-    splits = [s for s in EVAL_SPLITS if s in gen or s in gt] + sorted((set(gen) | set(gt)) - set(EVAL_SPLITS))
-    attrs = [
-        a for a in ATTRIBUTE_ORDER if any(a in r.get("accuracy", {}) for r in list(gen.values()) + list(gt.values()))
-    ]
+def scores_table(sources: Sequence[tuple[str, dict[str, dict], str]]) -> str:
+    """Per split, one row per (label, {split: scorer report}, css class) source: the accuracy of each
+    attribute, all_correct and PSNR exactly as scored (e.g. generated over a grey ground-truth row)."""
+    present = set().union(*(reports for _, reports, _ in sources))
+    splits = [s for s in EVAL_SPLITS if s in present] + sorted(present - set(EVAL_SPLITS))
+    every = [r for _, reports, _ in sources for r in reports.values()]
+    attrs = [a for a in ATTRIBUTE_ORDER if any(a in r.get("accuracy", {}) for r in every)]
     head = "".join(f"<th>{_e(a)}</th>" for a in ["split", "source", "n", "missing"] + attrs + ["PSNR (dB)"])
     body = []
     for s in splits:
-        for kind, rep, cls in (("generated", gen.get(s), ""), ("ground truth", gt.get(s), ' class="gt"')):
+        for label, reports, cls in sources:
+            rep = reports.get(s)
             if rep is None:
                 continue
             acc = rep.get("accuracy", {})
             psnr = rep.get("psnr")
-            cells = [s, kind, rep.get("count", "–"), rep.get("missing", 0) + rep.get("unreadable", 0)]
+            cells = [s, label, rep.get("count", "–"), rep.get("missing", 0) + rep.get("unreadable", 0)]
             cells += [_pct(acc.get(a)) for a in attrs] + ["–" if psnr is None else f"{psnr:.2f}"]
-            body.append(f"<tr{cls}>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+            row_cls = f' class="{cls}"' if cls else ""
+            body.append(f"<tr{row_cls}>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
+
+
+def retrieval_section(gen: dict[str, dict], metrics: dict | None) -> str:
+    """VIMI's central claim: the same model with its K retrieved pairs and with retrieval off (K = 0)."""
+    off = _splits((metrics or {}).get("retrieval_off"))
+    if not off:
+        return ""
+    on = {s: r for s, r in gen.items() if s in off}
+    return ("<h2>Retrieval on / off</h2><p>The same trained model on the same rows, its t2v prompts built "
+            "with the retrieved image-text pairs and with none (<code>--retrieval-k 0</code>). A novel "
+            "subject is drawn only from its retrieved pictures, so this gap is what retrieval buys.</p>"
+            + scores_table([("retrieval on", on, ""), ("retrieval off (K = 0)", off, "gt")]))
 
 
 def timings_table(metrics: dict) -> str:
@@ -337,7 +351,8 @@ def render_html(*, title: str, sources: dict, gen: dict, gt: dict, sheets: dict[
         "attribute is right at once; PSNR of prediction against the exact continuation. "
         + ("Grey rows score the ground-truth clips, a check of the scorer itself. " if gt else "")
         + "Missing counts videos absent or unreadable (wrong on everything).</p>",
-        scores_table(gen, gt) if (gen or gt) else "<p>No scores.</p>",
+        scores_table([("generated", gen, ""), ("ground truth", gt, "gt")]) if (gen or gt) else "<p>No scores.</p>",
+        retrieval_section(gen, metrics),
     ]
     if sheets:
         parts.append("<h2>Samples per task</h2>")
