@@ -84,9 +84,9 @@ def test_a_benchmark_name_picks_the_mllm_layer_the_generator_reads():
     spec = importlib.util.spec_from_file_location("learning", path)
     learning = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(learning)
-    assert learning.config_of("unet-xs+mllm", "m").mllm_layer == -2
-    cfg = learning.config_of("unet-xs+mllm@0", "m")
-    assert (cfg.conditioning, cfg.mllm, cfg.mllm_layer) == ("mllm", "m", 0)
+    assert learning.config_of("unet-xs+mllm", "m").mllm_args == {"layer": -2}
+    cfg = learning.config_of("unet-lat-b4-ref2+mllm@0", "m")
+    assert (cfg.conditioning, cfg.mllm, cfg.mllm_args) == ("mllm", "m", {"refiner_layers": 2, "layer": 0})
 
 
 def test_latent_mode_learns_to_draw_the_captions_scene(tmp_path):

@@ -239,3 +239,17 @@ def test_a_new_refiner_passes_states_through_then_mixes_the_prompt_and_is_saved(
     twin = MLLMEncoder(MLLMConfig(path=str(folder), refiner_layers=2, refiner_heads=2), out_dim=OUT)
     twin.load_trainable_state_dict(refined.trainable_state_dict())
     torch.testing.assert_close(twin.encode(ps)[0], c2)
+
+
+@pytest.mark.parametrize("cache", [0, 8])
+def test_caption_summary_opens_the_condition(folder, cache):
+    """caption_summary: C's first token is the mean of the caption's states; the rest are unchanged."""
+    full, summ = make_encoder(folder), make_encoder(folder, caption_summary=True, cache_prompts=cache)
+    ps = prompts()
+    (h_full, m_full), (h_summ, m_summ) = full.hidden(ps), summ.hidden(ps)
+    for i, t in enumerate(full.tokenize(ps)):
+        assert len(t.roles) == len(t.ids) and t.roles[0] == "instruction"   # BOS counts as instruction
+        caption = [j for j, r in enumerate(t.roles) if r == "caption"]
+        assert caption and int(m_summ[i].sum()) == int(m_full[i].sum()) + 1
+        torch.testing.assert_close(h_summ[i, 0], h_full[i, caption].mean(0))
+        torch.testing.assert_close(h_summ[i, 1:][m_full[i]], h_full[i][m_full[i]])

@@ -95,8 +95,27 @@ def test_attention_pooling_starts_as_the_mean_and_ignores_padding():
         padded[0, 2:] = 100.0
         torch.testing.assert_close(attn(x, c, padded, mask), attn(x, c, cond, mask))
         assert not torch.allclose(attn(x, c, cond, mask), mean(x, c, cond, mask))
-    with pytest.raises(ValueError, match="cond_pool must be 'mean' or 'attention'"):
+    with pytest.raises(ValueError, match="cond_pool must be 'mean', 'attention' or 'first'"):
         replace(MICRO, cond_pool="max")
+
+
+def test_first_token_pooling_reads_the_summary_token_alone():
+    """cond_pool='first' (the MLLM's caption summary): FiLM ignores the other tokens' mean."""
+    from dataclasses import replace
+
+    first, mean = make(replace(MICRO, cond_pool="first")), make()
+    first.load_state_dict(mean.state_dict())
+    x, c, cond, mask = inputs(L=4)
+    # Attention-free levels see C only through FiLM, so the output reads the pooled summary alone.
+    for net in (first, mean):
+        for level in [*net.down, net.mid, *net.up]:
+            level.attn = None
+    later = cond.clone()
+    later[:, 1:] += 5.0
+    with torch.no_grad():
+        torch.testing.assert_close(first(x, c, later, mask), first(x, c, cond, mask))
+        assert not torch.allclose(mean(x, c, later, mask), mean(x, c, cond, mask))
+        assert not torch.allclose(first(x, c, cond + 5.0, mask), first(x, c, cond, mask))
 
 
 def test_bad_inputs_raise_clear_errors():

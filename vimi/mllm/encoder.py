@@ -56,6 +56,10 @@ class MLLMConfig:
     dtype: str = "float32"       # MLLM weights: float32 | bfloat16 | float16 (the projection stays float32)
     cache_prompts: int = 8192    # frozen MLLM: hidden states of this many distinct prompts kept in memory (0 = off)
     refiner_layers: int = 0      # trainable bidirectional transformer layers over the projected states (0 = off)
+    # C opens with one extra token, the mean of the caption's states, for a backbone's pooled summary
+    # (UNetConfig.cond_pool = "first"): a plain mean over a VIMI prompt is mostly instruction and
+    # retrieved pictures, and diluting it costs half the learning (docs/learning.md).
+    caption_summary: bool = False
     refiner_heads: int = 4
 
 
@@ -287,7 +291,15 @@ class MLLMEncoder(nn.Module):
             out = self.llava.model(
                 input_ids=ids, pixel_values=pixels, attention_mask=mask.long(), output_hidden_states=True
             )
-        return out.hidden_states[self.cfg.layer], mask  # (B, L, H), (B, L)
+        h = out.hidden_states[self.cfg.layer]                                            # (B, L, H)
+        if self.cfg.caption_summary:
+            caption = torch.zeros_like(mask)
+            for i, t in enumerate(toks):
+                caption[i, : len(t.roles)] = torch.tensor([r == "caption" for r in t.roles])
+            w = caption.unsqueeze(-1).to(h.dtype)
+            summary = (h * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)   # (B, 1, H)
+            h, mask = torch.cat([summary, h], 1), torch.cat([mask[:, :1], mask], 1)
+        return h, mask  # (B, L(+1), H), (B, L(+1))
 
     def project(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, H) hidden states -> (C (B, L, out_dim) float32, zero at padding, mask)."""

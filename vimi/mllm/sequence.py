@@ -28,6 +28,7 @@ class TokenizedPrompt:
     images: list[Image.Image] = field(default_factory=list)     # in the order their tokens appear
     dropped_pairs: int = 0                                       # retrieved pairs removed by truncation
     cut_caption_tokens: int = 0                                  # caption tokens removed (with a warning)
+    roles: list[str] = field(default_factory=list)               # per token: its segment's role (BOS: instruction)
 
 
 class PromptTokenizer:
@@ -97,11 +98,13 @@ class PromptTokenizer:
             )
 
         ids = list(self.bos)
+        roles = ["instruction"] * len(ids)   # BOS is the same in every prompt, like the instruction
         images: list[Image.Image] = []
         for s, piece, k in zip(prompt, pieces, keep):
             if not k:
                 continue
             ids.extend(piece)
+            roles.extend([s.role] * len(piece))
             if s.is_image:
                 images.append(s.image)  # type: ignore[arg-type]
-        return TokenizedPrompt(ids=ids, images=images, dropped_pairs=dropped, cut_caption_tokens=cut)
+        return TokenizedPrompt(ids=ids, images=images, dropped_pairs=dropped, cut_caption_tokens=cut, roles=roles)

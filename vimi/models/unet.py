@@ -42,7 +42,8 @@ class UNetConfig:
     emb_dim: int = 128                            # width of the σ + pooled-condition embedding (FiLM input)
     cond_dim: int = 256                           # width of the incoming conditioning tokens C
     groups: int = 8                               # GroupNorm groups (each level's width must divide)
-    cond_pool: str = "mean"                       # C's summary for FiLM: "mean" | "attention" (a learned query)
+    cond_pool: str = "mean"      # C's summary for FiLM: "mean" | "attention" (a learned query) | "first" token
+                                 # (MLLMConfig.caption_summary puts the caption's mean there)
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
 
     def __post_init__(self) -> None:
@@ -53,8 +54,8 @@ class UNetConfig:
         for name in ("in_channels", "patch_size", "blocks_per_level", "num_heads", "emb_dim", "cond_dim", "groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.cond_pool not in ("mean", "attention"):
-            raise ValueError(f"UNetConfig.cond_pool must be 'mean' or 'attention', got {self.cond_pool!r}")
+        if self.cond_pool not in ("mean", "attention", "first"):
+            raise ValueError(f"UNetConfig.cond_pool must be 'mean', 'attention' or 'first', got {self.cond_pool!r}")
         if self.frame_cond_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
             raise ValueError("UNetConfig: frame_cond_channels must be >= 0 and temporal_kernel odd and >= 1")
         for c in self.channels:
@@ -219,7 +220,9 @@ class UNet(nn.Module):
                                  f"{len(cfg.channels)} levels)")
 
     def _pool(self, c: Tensor, mask: Tensor) -> Tensor:
-        """(B, L, D) tokens, (B, L) valid -> (B, D): their masked mean, or attention-weighted mean."""
+        """(B, L, D) tokens, (B, L) valid -> (B, D): their masked mean, attention-weighted mean, or the first."""
+        if self.config.cond_pool == "first":
+            return c[:, 0] * mask[:, 0, None].to(c.dtype) if c.shape[1] else c.new_zeros(c.shape[0], c.shape[2])
         if self.pool_query is None:
             w = mask.to(c.dtype)[..., None]                                            # (B, L, 1)
             return (c * w).sum(1) / w.sum(1).clamp(min=1.0)

@@ -63,8 +63,7 @@ class LeanConfig:
     hold_given_frame: bool = True     # frames after the given ones see the last given frame (vimi.models)
     conditioning: str = "words"       # "words" (text-only instrument) | "mllm" (the project's encoder, frozen)
     mllm: str = ""                    # MLLM folder for conditioning="mllm" ("" = the untrained tiny default)
-    mllm_layer: int = -2              # the MLLM's hidden state the generator reads (MLLMConfig.layer)
-    mllm_refiner: int = 0             # trainable layers over the MLLM's projected states (MLLMConfig.refiner_layers)
+    mllm_args: dict[str, Any] = field(default_factory=dict)   # MLLMConfig overrides (layer, refiner_layers, ...)
     autoencoder: str = ""             # latent mode: a trained vimi.models.autoencoder folder ("" = pixels)
 
 
@@ -110,11 +109,11 @@ class MLLMConditioner(nn.Module):
     pairs (K = 0: the lean trainer has no memory); prediction reads its caption and first frame.
     """
 
-    def __init__(self, path: str, dim: int, layer: int = -2, refiner: int = 0):
+    def __init__(self, path: str, dim: int, **overrides):
         super().__init__()
         from vimi.mllm import MLLMConfig, MLLMEncoder
 
-        self.encoder = MLLMEncoder(MLLMConfig(path=path, layer=layer, refiner_layers=refiner), out_dim=dim)
+        self.encoder = MLLMEncoder(MLLMConfig(path=path, **overrides), out_dim=dim)
 
     def forward(self, captions: list[str | None], first_frames: list | None = None) -> tuple[Tensor, Tensor]:
         from vimi.mllm import task_prompt
@@ -162,7 +161,7 @@ class LeanTrainer:
         if conditioner is None and cfg.conditioning not in ("words", "mllm"):
             raise ValueError(f"LeanConfig.conditioning must be 'words' or 'mllm', got {cfg.conditioning!r}")
         self.cond = conditioner or (WordConditioner(bb.cond_dim) if cfg.conditioning == "words"
-                                    else MLLMConditioner(cfg.mllm, bb.cond_dim, cfg.mllm_layer, cfg.mllm_refiner))
+                                    else MLLMConditioner(cfg.mllm, bb.cond_dim, **cfg.mllm_args))
         self.net = EDMPrecond(build_backbone(cfg.backbone, bb), cfg.edm.sigma_data,
                               cfg.edm.input_scale(cfg.frames, side, side))
         self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
