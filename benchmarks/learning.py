@@ -64,6 +64,14 @@ CONFIGS: dict[str, LeanConfig] = {
     # against 0.62 without; pooling over its caption only (cross-attention still seeing all) gave 0.77.
     "unet-lat-b4-cap": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                   backbone_args={"cond_pool": "first"}, mllm_args={"caption_summary": True}),
+    # ... and a fixed random code of each text token's id beside its state (MLLMConfig.token_codes): the words
+    # instrument's frozen random embeddings (colour 0.62) through the MLLM path, whose own layer-0 word
+    # embeddings gave colour 0.08 in the words recipe (docs/learning.md, "From words to the MLLM").
+    "unet-lat-b4-codes": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                    mllm_args={"token_codes": True}),
+    "unet-lat-b4-codes-cap": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                        backbone_args={"cond_pool": "first"},
+                                        mllm_args={"token_codes": True, "caption_summary": True}),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),

@@ -243,13 +243,33 @@ def test_a_new_refiner_passes_states_through_then_mixes_the_prompt_and_is_saved(
 
 @pytest.mark.parametrize("cache", [0, 8])
 def test_caption_summary_opens_the_condition(folder, cache):
-    """caption_summary: C's first token is the mean of the caption's states; the rest are unchanged."""
+    """caption_summary: C's first token is the mean of the caption's C tokens; the rest are unchanged."""
     full, summ = make_encoder(folder), make_encoder(folder, caption_summary=True, cache_prompts=cache)
     ps = prompts()
-    (h_full, m_full), (h_summ, m_summ) = full.hidden(ps), summ.hidden(ps)
+    (c_full, m_full), (c_summ, m_summ) = full.encode(ps), summ.encode(ps)
     for i, t in enumerate(full.tokenize(ps)):
         assert len(t.roles) == len(t.ids) and t.roles[0] == "instruction"   # BOS counts as instruction
         caption = [j for j, r in enumerate(t.roles) if r == "caption"]
         assert caption and int(m_summ[i].sum()) == int(m_full[i].sum()) + 1
-        torch.testing.assert_close(h_summ[i, 0], h_full[i, caption].mean(0))
-        torch.testing.assert_close(h_summ[i, 1:][m_full[i]], h_full[i][m_full[i]])
+        torch.testing.assert_close(c_summ[i, 0], c_full[i, caption].mean(0))
+        torch.testing.assert_close(c_summ[i, 1:], c_full[i])
+
+
+def test_token_codes_tag_each_text_token_with_a_fixed_code_of_its_id(folder):
+    plain, coded = make_encoder(folder), make_encoder(folder, token_codes=True)
+    ps = prompts()
+    (c0, _), (c1, _) = plain.encode(ps), coded.encode(ps)
+    codes = c1 - c0                                                  # the same projection: only the codes differ
+    toks = plain.tokenize(ps)
+    image = plain.llava.config.image_token_id
+    seen: dict[int, torch.Tensor] = {}
+    for i, t in enumerate(toks):
+        for j, tid in enumerate(t.ids):
+            if tid == image:
+                assert torch.all(codes[i, j] == 0)
+            else:
+                assert codes[i, j].abs().sum() > 0
+                torch.testing.assert_close(codes[i, j], seen.setdefault(tid, codes[i, j]))   # one code per id
+        assert torch.all(codes[i, len(t.ids):] == 0)                 # padding stays zero
+    again = make_encoder(folder, token_codes=True)                   # drawn from (seed, id): reproducible
+    torch.testing.assert_close(again.encode(ps)[0], c1)

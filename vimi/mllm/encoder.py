@@ -56,10 +56,13 @@ class MLLMConfig:
     dtype: str = "float32"       # MLLM weights: float32 | bfloat16 | float16 (the projection stays float32)
     cache_prompts: int = 8192    # frozen MLLM: hidden states of this many distinct prompts kept in memory (0 = off)
     refiner_layers: int = 0      # trainable bidirectional transformer layers over the projected states (0 = off)
-    # C opens with one extra token, the mean of the caption's states, for a backbone's pooled summary
+    # C opens with one extra token, the mean of the caption's C tokens, for a backbone's pooled summary
     # (UNetConfig.cond_pool = "first"): a plain mean over a VIMI prompt is mostly instruction and
     # retrieved pictures, and diluting it costs half the learning (docs/learning.md).
     caption_summary: bool = False
+    # Beside each text token's state, a fixed random code of its id (no state at all: the generator's
+    # own "word embedding"), for a frozen MLLM whose word states are hard to tell apart (docs/learning.md).
+    token_codes: bool = False
     refiner_heads: int = 4
 
 
@@ -210,6 +213,7 @@ class MLLMEncoder(nn.Module):
         )
         self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt key -> (L, H) states (frozen only)
+        self._codes: dict[int, torch.Tensor] = {}   # token id -> its fixed random code (cfg.token_codes)
 
     # ------------------------------------------------------------------ setup
     def _setup_tuning(self) -> None:
@@ -291,26 +295,51 @@ class MLLMEncoder(nn.Module):
             out = self.llava.model(
                 input_ids=ids, pixel_values=pixels, attention_mask=mask.long(), output_hidden_states=True
             )
-        h = out.hidden_states[self.cfg.layer]                                            # (B, L, H)
-        if self.cfg.caption_summary:
-            caption = torch.zeros_like(mask)
-            for i, t in enumerate(toks):
-                caption[i, : len(t.roles)] = torch.tensor([r == "caption" for r in t.roles])
-            w = caption.unsqueeze(-1).to(h.dtype)
-            summary = (h * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)   # (B, 1, H)
-            h, mask = torch.cat([summary, h], 1), torch.cat([mask[:, :1], mask], 1)
-        return h, mask  # (B, L(+1), H), (B, L(+1))
+        return out.hidden_states[self.cfg.layer], mask  # (B, L, H), (B, L)
 
-    def project(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, H) hidden states -> (C (B, L, out_dim) float32, zero at padding, mask)."""
+    def project(self, hidden: torch.Tensor, mask: torch.Tensor,
+                toks: Sequence[TokenizedPrompt] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, H) hidden states (+ the prompts' tokens, for token codes and the caption summary)
+        -> (C (B, L(+1), out_dim) float32, zero at padding, mask)."""
         c = self.proj(self.norm(hidden.to(self.proj.weight.dtype)))
+        if self.cfg.token_codes:
+            c = c + self._token_codes(toks, c.shape[1])
         for block in self.refiner:
             c = block(c, mask)
-        return c * mask.unsqueeze(-1).to(c.dtype), mask
+        c = c * mask.unsqueeze(-1).to(c.dtype)
+        if self.cfg.caption_summary:
+            w = self._per_token(toks, c.shape[1], lambda t: [float(r == "caption") for r in t.roles])[..., None]
+            summary = (c * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)     # (B, 1, D)
+            c, mask = torch.cat([summary, c], 1), torch.cat([mask[:, :1], mask], 1)
+        return c, mask
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (C (B, L, out_dim), mask (B, L) bool True=valid)."""
-        return self.project(*self.hidden(prompts))
+        toks = self.tokenize(prompts) if (self.cfg.token_codes or self.cfg.caption_summary) else ()
+        return self.project(*self.hidden(prompts), toks)
+
+    def _per_token(self, toks: Sequence[TokenizedPrompt], length: int, values) -> torch.Tensor:
+        """(B, length) float: ``values(t)`` per token of each prompt, zero-padded on the right."""
+        out = torch.zeros(len(toks), length, device=self.device)
+        for i, t in enumerate(toks):
+            out[i, : len(t.ids)] = torch.tensor(values(t), device=self.device)
+        return out
+
+    def _token_codes(self, toks: Sequence[TokenizedPrompt], length: int) -> torch.Tensor:
+        """(B, length, out_dim): each text token's fixed random code, zero at image tokens and padding.
+
+        Codes are drawn from (seed, token id) when a token is first seen, so nothing is stored and a
+        real LLaVA's 32k-word vocabulary costs only the tokens its prompts use."""
+        image = self.llava.config.image_token_id
+        out = torch.zeros(len(toks), length, self.out_dim, device=self.device)
+        for i, t in enumerate(toks):
+            text = [j for j, tid in enumerate(t.ids) if tid != image]
+            for tid in {t.ids[j] for j in text} - self._codes.keys():
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + tid)
+                self._codes[tid] = torch.randn(self.out_dim, generator=g).to(self.device)
+            if text:
+                out[i, text] = torch.stack([self._codes[t.ids[j]] for j in text])
+        return out
 
     forward = encode
 
