@@ -50,12 +50,13 @@ class MLLMConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # LM modules only
     image_size: int = 32  # vision input of the built-in tiny default (path=""); a real folder's processor decides
-    seed: int = 0                # weights of the built-in tiny default
+    seed: int = 0                # weights of the built-in tiny default; the token codes
     null_tokens: int = 1         # length of the learned null condition (classifier-free guidance)
     normalize: bool = True       # LayerNorm (no affine) before the projection; LLM states have outlier channels
     dtype: str = "float32"       # MLLM weights: float32 | bfloat16 | float16 (the projection stays float32)
     cache_prompts: int = 8192    # frozen MLLM: hidden states of this many distinct prompts kept in memory (0 = off)
     refiner_layers: int = 0      # trainable bidirectional transformer layers over the projected states (0 = off)
+    refiner_heads: int = 4
     # C opens with one extra token, the mean of the caption's C tokens, for a backbone's pooled summary
     # (UNetConfig.cond_pool = "first"): a plain mean over a VIMI prompt is mostly instruction and
     # retrieved pictures, and diluting it costs half the learning (docs/learning.md).
@@ -63,7 +64,6 @@ class MLLMConfig:
     # Beside each text token's state, a fixed random code of its id (no state at all: the generator's
     # own "word embedding"), for a frozen MLLM whose word states are hard to tell apart (docs/learning.md).
     token_codes: bool = False
-    refiner_heads: int = 4
 
 
 def load_llava(path: str | Path, dtype: str = "float32"):
@@ -308,7 +308,9 @@ class MLLMEncoder(nn.Module):
             c = block(c, mask)
         c = c * mask.unsqueeze(-1).to(c.dtype)
         if self.cfg.caption_summary:
-            w = self._per_token(toks, c.shape[1], lambda t: [float(r == "caption") for r in t.roles])[..., None]
+            w = c.new_zeros(c.shape[0], c.shape[1], 1)
+            for i, t in enumerate(toks):
+                w[i, : len(t.roles), 0] = torch.tensor([r == "caption" for r in t.roles], dtype=c.dtype)
             summary = (c * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)     # (B, 1, D)
             c, mask = torch.cat([summary, c], 1), torch.cat([mask[:, :1], mask], 1)
         return c, mask
@@ -317,13 +319,6 @@ class MLLMEncoder(nn.Module):
         """Prompts -> (C (B, L, out_dim), mask (B, L) bool True=valid)."""
         toks = self.tokenize(prompts) if (self.cfg.token_codes or self.cfg.caption_summary) else ()
         return self.project(*self.hidden(prompts), toks)
-
-    def _per_token(self, toks: Sequence[TokenizedPrompt], length: int, values) -> torch.Tensor:
-        """(B, length) float: ``values(t)`` per token of each prompt, zero-padded on the right."""
-        out = torch.zeros(len(toks), length, device=self.device)
-        for i, t in enumerate(toks):
-            out[i, : len(t.ids)] = torch.tensor(values(t), device=self.device)
-        return out
 
     def _token_codes(self, toks: Sequence[TokenizedPrompt], length: int) -> torch.Tensor:
         """(B, length, out_dim): each text token's fixed random code, zero at image tokens and padding.
