@@ -299,6 +299,13 @@ class LeanTrainer:
             report["denoising"] = self.denoising_gain(rows=rows)
         return report
 
+    def _fixed_t2v_clips(self, rows: int) -> tuple[list[str], Tensor, Tensor]:
+        """The first ``rows`` t2v-seen eval clips: captions, clips in the diffusion's space, frame condition."""
+        params = [eval_params(self.world, "t2v-seen", i) for i in range(rows)]
+        x = self.to_latent(to_model_video(np.stack([render_clip(p) for p in params])))
+        zeros = torch.zeros(rows, dtype=torch.long)                                      # t2v: no given frame
+        return [video_caption(p) for p in params], x, frame_condition(x, zeros, self.cfg.hold_given_frame)
+
     @torch.no_grad()
     def heldout_loss(self, sigmas: tuple[float, ...] = (1.0, 3.0), rows: int = 64) -> dict[str, float]:
         """The EMA denoiser's error on fixed t2v-seen eval clips noised to each σ (fixed noise), given the
@@ -310,10 +317,8 @@ class LeanTrainer:
         where the clip's content is still to be decided, can it be well above 1.
         """
         net, cond = self.ema
-        params = [eval_params(self.world, "t2v-seen", i) for i in range(rows)]
-        x = self.to_latent(to_model_video(np.stack([render_clip(p) for p in params])))
-        frame_cond = frame_condition(x, torch.zeros(rows, dtype=torch.long), self.cfg.hold_given_frame)
-        conds = {"caption": cond([video_caption(p) for p in params]), "null": cond([None] * rows)}
+        captions, x, frame_cond = self._fixed_t2v_clips(rows)
+        conds = {"caption": cond(captions), "null": cond([None] * rows)}
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5_000))
         out = {}
         for sigma in sigmas:
@@ -336,11 +341,9 @@ class LeanTrainer:
         background reached ~20 (docs/learning.md), so this reads a recipe's progress directly.
         """
         net, cond = self.ema
-        params = [eval_params(self.world, "t2v-seen", i) for i in range(rows)]
-        y = to_model_video(np.stack([render_clip(p) for p in params]))                  # (B, 3, T, H, W)
+        captions, y, frame_cond = self._fixed_t2v_clips(rows)                          # pixels: (B, 3, T, H, W)
         obj = off_median_mask(y).expand_as(y)                                           # the object's pixels
-        c, mask = cond([video_caption(p) for p in params])
-        frame_cond = frame_condition(y, torch.zeros(rows, dtype=torch.long), self.cfg.hold_given_frame)
+        c, mask = cond(captions)
         gen = torch.Generator().manual_seed(1234)
         out = {}
         for sigma in sigmas:
