@@ -104,8 +104,10 @@ def config_of(name: str, mllm: str | None, autoencoder: str | None = None) -> Le
 
 
 def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int,
-        mllm: str | None = None, samplers: list[str] | None = None, autoencoder: str | None = None) -> list[dict]:
-    """Train each recipe through ``budgets``; at each, score once per sampler variant (default: the recipe's)."""
+        mllm: str | None = None, samplers: list[str] | None = None, autoencoder: str | None = None,
+        reuse_ema: bool = False) -> list[dict]:
+    """Train each recipe through ``budgets``; at each, score once per sampler variant (default: the recipe's).
+    ``reuse_ema``: load each point's saved EMA weights instead of training (to score new sampler variants)."""
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
     done = {(r["config"], r["clips"], r["rows"], sampler_of(r)) for r in read_results(results_file)}
@@ -118,7 +120,16 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
         trainer = LeanTrainer(cfg)
         n_params = sum(p.numel() for p in trainer.net.parameters())
         for budget in budgets:
-            trainer.train_to(budget, progress=_progress(name, budget))
+            saved = out / f"ema_{name}_{budget}.safetensors"
+            if reuse_ema:   # score the saved point again (other samplers), no training
+                if not saved.exists():
+                    raise ValueError(f"--reuse-ema: {saved} does not exist (train that point without --reuse-ema)")
+                trainer.load_ema(saved)
+                trainer.clips = budget
+                trainer.cpu_seconds = next((r["cpu_s"] for r in read_results(results_file)
+                                            if r["config"] == name and r["clips"] == budget), float("nan"))
+            else:
+                trainer.train_to(budget, progress=_progress(name, budget))
             for v in variants:
                 if (name, budget, rows, v) in done:
                     continue
@@ -131,7 +142,8 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
                 with open(results_file, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(f"\r{format_row(row)}", flush=True)
-            trainer.save_ema(out / f"ema_{name}_{trainer.clips}.safetensors")   # after the rows: they are kept first
+            if not reuse_ema:
+                trainer.save_ema(out / f"ema_{name}_{trainer.clips}.safetensors")   # after the rows: kept first
     return read_results(results_file)
 
 
@@ -248,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                     "'recipe' or SamplerConfig overrides 'KEY=V,KEY=V' (e.g. 'recipe;guidance_scale=1')")
     ap.add_argument("--autoencoder", default=None, help="autoencoder folder for latent recipes "
                     "(python -m vimi.training.autoencoder; default outputs/ae)")
+    ap.add_argument("--reuse-ema", action="store_true", help="score the EMA weights saved in OUT at each budget "
+                    "instead of training (e.g. new --samplers on an earlier run)")
     ap.add_argument("--list", action="store_true", help="print the configuration names and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -268,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, samplers, args.autoencoder)
-               if r["config"] in names]
+    results = [r for r in run(names, budgets, args.rows, args.out, args.threads, args.mllm, samplers, args.autoencoder,
+                              args.reuse_ema) if r["config"] in names]
     print("\nlearning benchmark (NAME: caption words → embeddings; NAME+mllm: the frozen MLLM; "
           "cpu_s = training CPU-seconds)")
     print(table(results))

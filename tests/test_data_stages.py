@@ -1,6 +1,7 @@
 """Training data stages: split, shuffle, frame sampling, task formatting, error policy, exact resume."""
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -226,3 +227,28 @@ def test_corrupt_and_truncated_shards_are_skipped_and_counted(tmp_path):
     assert counts["ok"] >= 8 and not any("00000001_" in k or "00000004_" in k for k in seen)
     skipped = {k: v for k, v in counts.items() if k.startswith("skipped/")}
     assert sum(skipped.values()) >= 3 and any("video_" in k for k in skipped) and "skipped/tar" in skipped
+
+
+def test_resumed_epoch_whose_tail_is_all_bad_moves_on_to_the_next_epoch(tmp_path):
+    # Regression: resuming mid-epoch skips (does not decode) the replayed samples, so a tail holding
+    # only corrupt samples is not "a whole epoch with nothing decodable" and must not raise.
+    fmt = TaskFormat(stage="pretrain")
+    write_shard(tmp_path / "probe" / "shard-000000.tar", 4, 0)
+    raw = stream([str(tmp_path / "probe")])._raw(0, 1, SkipCounter())  # bytes only: order is content-blind
+    order = [r["__key__"] for r in islice(raw, 4)]                       # epoch 0's sample order
+    last = int(order[-1].split("_")[0])
+    write_shard(tmp_path / "data" / "shard-000000.tar", 4, 0, corrupt={last})
+    state = StreamState(world_size=1, num_workers=0, workers={0: [0, 3]})  # resume before the last sample
+    batch = next(DataFeed(stream([str(tmp_path / "data")], fmt=fmt, resume=state)))
+    assert batch["pos"][0] == 1 and len(batch["keys"]) == 2           # batches from the next epoch
+    assert batch["counts"]["skipped/video_corrupt"] >= 1 and order[-1] not in batch["keys"]
+
+
+def test_stream_where_nothing_decodes_raises(tmp_path):
+    write_shard(tmp_path / "shard-000000.tar", 3, 0, corrupt={0, 1, 2})
+    with pytest.raises(DataError, match="nothing decodable"):
+        next(DataFeed(stream([str(tmp_path)], fmt=TaskFormat(stage="pretrain"))))
+    # resumed mid-epoch: the partial epoch is let go, the next (whole) one still errors, no endless loop
+    state = StreamState(world_size=1, num_workers=0, workers={0: [0, 1]})
+    with pytest.raises(DataError, match="a whole epoch of 3 samples had nothing decodable"):
+        next(DataFeed(stream([str(tmp_path)], fmt=TaskFormat(stage="pretrain"), resume=state)))

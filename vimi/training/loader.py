@@ -104,7 +104,10 @@ class ShardStream(IterableDataset):
             if seen == 0:
                 raise DataError(f"rank {self.rank} worker {logical}: no samples in {len(urls)} shard(s) "
                                 f"(fewer samples than ranks x data.workers = {consumers}?)")
-            if seen > skip and counter.ok == ok_before:
+            # Only an epoch decoded from its start proves the data undecodable: a resumed epoch
+            # (skip > 0) decodes just its tail, which may hold only bad samples by chance. Moving on
+            # is safe: the next epoch starts at 0, so a truly undecodable dataset still errors here.
+            if skip == 0 and counter.ok == ok_before:
                 raise DataError(f"rank {self.rank} worker {logical}: a whole epoch of {seen} samples had nothing "
                                 f"decodable; skipped: {dict(counter.skipped)}")
             epoch, skip = epoch + 1, 0
