@@ -79,6 +79,11 @@ CONFIGS: dict[str, LeanConfig] = {
                                    batch=4, autoencoder="outputs/ae"),
     "unet-lat-b4-hi": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.2, P_std=1.2), lr=2e-3,
                                  batch=4, autoencoder="outputs/ae"),
+    # ... and PYoCo's mixed noise (EDMConfig.frame_noise_share): frames share half their noise's variance
+    # (α = 1 in Ge et al. 2023), so an object's place and look are noised alike in every frame.
+    "unet-lat-b4-edm2-fn5": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=-0.4, P_std=1.0,
+                                                                        frame_noise_share=0.5),
+                                       lr=2e-3, batch=4, autoencoder="outputs/ae"),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),

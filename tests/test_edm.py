@@ -23,6 +23,7 @@ from vimi.diffusion import (
     karras_sigmas,
     video_input_scale,
 )
+from vimi.diffusion.rng import share_across_frames
 from vimi.models.fit import FIT, FITConfig
 
 MICRO = FITConfig(patch_size=2, group_size=(2, 2), patch_dim=16, latents_per_group=2, latent_dim=16,
@@ -223,6 +224,44 @@ def test_sampler_is_per_sample_deterministic_across_batch_sizes():
     assert not torch.allclose(big[0], big[1])
     with pytest.raises(ValueError):
         edm_sampler(precond, shape=(2, 3), seeds=[1])
+
+
+def _frame_correlation(v: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> the (T, T) correlation of its frames over every other axis."""
+    return torch.corrcoef(v.transpose(0, 2).reshape(v.shape[2], -1))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_shared_frame_noise_has_unit_variance_and_the_asked_correlation(share):
+    noise = torch.randn(2000, 2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = share_across_frames(noise, share)
+    assert abs(out.var().item() - 1) < 0.02
+    off_diagonal = _frame_correlation(out)[~torch.eye(4, dtype=torch.bool)]
+    assert (off_diagonal - share).abs().max() < 0.03
+    if share == 0:
+        assert torch.equal(out, noise)                        # the default draws exactly what it drew before
+    with pytest.raises(ValueError, match="frame noise share"):
+        share_across_frames(noise, 1.0)
+
+
+def test_sampler_and_loss_draw_the_noise_training_used():
+    def first_input(**share) -> torch.Tensor:   # the sampler's first denoiser input: σ_max · its initial noise
+        seen = []
+        edm_sampler(lambda x, s, sigma_in: seen.append(x) or torch.zeros_like(x), shape=(64, 2, 8, 4, 4),
+                    seeds=list(range(64)), num_steps=2, dtype=torch.float32, **share)
+        return seen[0]
+
+    off = ~torch.eye(8, dtype=torch.bool)
+    assert _frame_correlation(first_input())[off].abs().max() < 0.15
+    assert (_frame_correlation(first_input(frame_noise_share=0.6))[off] - 0.6).abs().max() < 0.1
+    # The loss noises clean zeros: the network's input is σ·ε, one σ per clip (normalised away here).
+    seen = []
+    loss = EDMLoss(sigma_data=0.5, sigma_in=1.0, frame_noise_share=0.6)
+    loss(lambda x, s, sigma_in: seen.append(x) or torch.zeros_like(x), torch.zeros(64, 2, 8, 4, 4))
+    eps = seen[0] / seen[0].flatten(1).std(1)[:, None, None, None, None]
+    assert (_frame_correlation(eps)[off] - 0.6).abs().max() < 0.1
+    with pytest.raises(ValueError, match="frame_noise_share"):
+        EDMLoss(frame_noise_share=1.0)
 
 
 # ---------------------------------------------------------------- loss

@@ -77,6 +77,10 @@ def test_the_learning_benchmark_names_a_bad_sampler_variant_or_autoencoder_and_e
     layer = subprocess.run([sys.executable, "benchmarks/learning.py", "--configs", "unet-xs+mllm@top"],
                            cwd=root, capture_output=True, text=True, timeout=120)
     assert layer.returncode == 2 and "unknown configuration(s) ['unet-xs+mllm@top']" in layer.stderr
+    reuse = subprocess.run([sys.executable, "benchmarks/learning.py", "--configs", "unet-xs", "--budgets", "8",
+                            "--reuse-ema", "--out", str(tmp_path / "r")], cwd=root, capture_output=True, text=True,
+                           timeout=120)
+    assert reuse.returncode == 2 and "ema_unet-xs_8.safetensors does not exist" in reuse.stderr
 
 
 def test_a_benchmark_name_picks_the_mllm_layer_the_generator_reads():

@@ -346,6 +346,7 @@ class VimiPipeline:
         sigma_in = cfg.input_scale(T)
         kw = sc.step_kwargs() | {"num_steps": steps}
         out = edm_sampler(denoiser, shape=shape, seeds=seeds, sigma_in=sigma_in, device=device,
+                          frame_noise_share=cfg.edm.frame_noise_share,
                           progress=progress, **kw)
         # 6. Decode: given frames are known exactly, so they are pasted back.
         video = model.from_latent(out.samples.float()).cpu()

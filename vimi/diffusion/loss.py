@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from vimi.diffusion.precond import EDMConfig, per_sample, resolve_sigma_in
-from vimi.diffusion.rng import randn_per_sample
+from vimi.diffusion.rng import randn_per_sample, share_across_frames
 
 
 class EDMLoss:
@@ -29,9 +29,13 @@ class EDMLoss:
         sigma_data: float = 1.0,  # σ_d, std of the clean data
         sigma_in: float = 1.0,    # default input scale σ_in (Snap Video); override per call for other T
         foreground_weight: float = 0.0,  # extra weight α on pixels off their frame's dominant colour (see below)
+        frame_noise_share: float = 0.0,  # ρ: noise correlation between a video's frames (rng.share_across_frames)
     ):
         if P_std <= 0 or sigma_data <= 0 or sigma_in <= 0 or foreground_weight < 0:
             raise ValueError("P_std, sigma_data and sigma_in must be > 0, foreground_weight >= 0")
+        if not 0.0 <= frame_noise_share < 1.0:
+            raise ValueError(f"frame_noise_share must be in [0, 1), got {frame_noise_share}")
+        self.frame_noise_share = float(frame_noise_share)
         self.P_mean, self.P_std = float(P_mean), float(P_std)
         self.sigma_data, self.sigma_in = float(sigma_data), float(sigma_in)
         self.foreground_weight = float(foreground_weight)
@@ -39,7 +43,8 @@ class EDMLoss:
     @classmethod
     def from_config(cls, cfg: EDMConfig, sigma_in: float | None = None) -> "EDMLoss":
         """``sigma_in`` overrides ``cfg.sigma_in``; one of them must be set (e.g. cfg.input_scale(T, H, W))."""
-        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in), cfg.foreground_weight)
+        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in), cfg.foreground_weight,
+                   cfg.frame_noise_share)
 
     def __call__(self, net: Callable[..., Tensor], x: Tensor, *, sigma_in: Tensor | float | None = None,
                  generators: Sequence[torch.Generator] | None = None, **cond) -> Tensor:
@@ -49,7 +54,7 @@ class EDMLoss:
         # Noise level first, then ε, from the same per-sample stream: fixed order keeps runs exact.
         ln_sigma = randn_per_sample((B,), generators, x.device, x.dtype) * self.P_std + self.P_mean
         sigma = ln_sigma.exp().reshape(B, *([1] * (nd - 1)))                            # (B, 1, ..., 1)
-        eps = randn_per_sample(x.shape, generators, x.device, x.dtype)                  # (B, ...)
+        eps = share_across_frames(randn_per_sample(x.shape, generators, x.device, x.dtype), self.frame_noise_share)
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
         D = net(x / s_in + sigma * eps, sigma.reshape(B), sigma_in=s_in.reshape(B), **cond)
         if self.foreground_weight:

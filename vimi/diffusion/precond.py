@@ -32,6 +32,7 @@ class EDMConfig:
     P_std: float = 1.2
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
     foreground_weight: float = 0.0  # α: loss weight 1 + α on pixels off their frame's dominant colour (loss.py)
+    frame_noise_share: float = 0.0  # ρ: correlation of the noise between frames, training and sampling (rng.py)
     sigma_in: float | None = None  # fixed input scale σ_in; None -> s·√T from the clip shape (Snap Video)
     base_height: int = 32          # resolution at which the spatial upscaling factor s is 1
     base_width: int = 32

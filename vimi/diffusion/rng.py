@@ -28,3 +28,23 @@ def randn_per_sample(shape: Sequence[int], generators: Sequence[torch.Generator]
     # Draw in float32 then cast, so a float64 sampler sees the same noise as a float32 one.
     rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def share_across_frames(noise: Tensor, share: float) -> Tensor:
+    """Video noise (B, C, T, H, W) whose frames correlate by ``share`` (PYoCo's mixed noise).
+
+    Ge et al. ("Preserve Your Own Correlation", ICCV 2023) give video frames noise with a component
+    shared by all frames. Here the frames' own draws are split into their mean over T and the rest,
+    and the two are rescaled so that every element stays N(0, 1) and any two frames correlate by ρ:
+    no extra random numbers, and ρ = 0 returns the noise unchanged. The probability-flow ODE in D is
+    the same for any fixed noise covariance, so the sampler only has to start from (and churn with)
+    noise of the covariance that training used.
+    """
+    if not share or noise.ndim != 5 or noise.shape[2] < 2:
+        return noise
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"frame noise share must be in [0, 1), got {share}")
+    T = noise.shape[2]
+    mean = noise.mean(dim=2, keepdim=True)
+    # var(a·mean + b·rest) = (a² + b²(T−1))/T = 1 and cov between frames (a² − b²)/T = ρ.
+    return (1.0 + share * (T - 1)) ** 0.5 * mean + (1.0 - share) ** 0.5 * (noise - mean)

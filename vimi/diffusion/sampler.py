@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vimi.diffusion.precond import per_sample
-from vimi.diffusion.rng import make_generators, randn_per_sample
+from vimi.diffusion.rng import make_generators, randn_per_sample, share_across_frames
 
 
 @dataclass
@@ -72,7 +72,7 @@ def heun_nfe(num_steps: int) -> int:
 @torch.no_grad()
 def edm_sampler(
     denoise: Callable[..., Tensor],       # denoise(x_noisy, sigma (B,), sigma_in=...) -> clean-x estimate
-    noise: Tensor | None = None,          # (B, ...) standard normal initial noise, or None to draw from seeds
+    noise: Tensor | None = None,          # (B, ...) initial noise (with the frame correlation), or None: from seeds
     *,
     shape: Sequence[int] | None = None,   # (B, ...) when drawing the initial noise from seeds
     seeds: Sequence[int] | None = None,   # one seed per sample: initial noise and churn noise
@@ -85,6 +85,7 @@ def edm_sampler(
     S_max: float = math.inf,
     S_noise: float = 1.0,
     sigma_in: Tensor | float = 1.0,       # Snap Video input scale (scalar or (B,))
+    frame_noise_share: float = 0.0,       # the noise correlation between frames that training used (EDMConfig)
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,   # integration dtype (EDM integrates in float64)
     progress: bool = False,
@@ -98,7 +99,7 @@ def edm_sampler(
             raise ValueError(f"{len(seeds)} seeds for a batch of {shape[0]}")
         dev = torch.device(device) if device is not None else torch.device("cpu")
         generators = make_generators(seeds, dev)
-        noise = randn_per_sample(shape, generators, dev, dtype)
+        noise = share_across_frames(randn_per_sample(shape, generators, dev, dtype), frame_noise_share)
     else:
         if seeds is not None:
             if len(seeds) != noise.shape[0]:
@@ -125,7 +126,7 @@ def edm_sampler(
         gamma = min(S_churn / num_steps, math.sqrt(2.0) - 1.0) if S_min <= float(t_cur) <= S_max else 0.0
         t_hat = t_cur + gamma * t_cur
         if gamma > 0:
-            eps = randn_per_sample(y_cur.shape, generators, y_cur.device, dtype)
+            eps = share_across_frames(randn_per_sample(y_cur.shape, generators, y_cur.device, dtype), frame_noise_share)
             y_hat = y_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * eps
         else:
             y_hat = y_cur

@@ -34,6 +34,7 @@ from data_pipelines.shapeworld.render import ClipParams, render_clip
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
 from vimi.diffusion.loss import off_median_mask
+from vimi.diffusion.rng import share_across_frames
 from vimi.eval.shapeworld import analyze, score
 from vimi.models import backbone_config, build_backbone, frame_condition
 from vimi.models.autoencoder import load_autoencoder
@@ -260,6 +261,7 @@ class LeanTrainer:
                              {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond},
                              sampler.guidance_scale, sampler.dynamic_threshold, sampler.threshold_floor)
         out = edm_sampler(den, shape=tuple(x_given.shape), seeds=seeds, sigma_in=net.sigma_in,
+                          frame_noise_share=cfg.edm.frame_noise_share,
                           **sampler.step_kwargs()).samples.float()
         if self.ae is not None:
             out = self.ae.decode_video(out).clamp(-1, 1)
@@ -319,7 +321,8 @@ class LeanTrainer:
         net, cond = self.ema
         captions, x, frame_cond = self._fixed_t2v_clips(rows)
         conds = {"caption": cond(captions), "null": cond([None] * rows)}
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5_000))
+        noise = share_across_frames(torch.randn(x.shape, generator=torch.Generator().manual_seed(5_000)),
+                                    self.cfg.edm.frame_noise_share)
         out = {}
         for sigma in sigmas:
             err = {}
