@@ -12,7 +12,7 @@ from data_pipelines.shapeworld import ClipParams, render_clip, sampling, spec
 from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.shapeworld.world import EVAL_SPLITS
 from data_pipelines.video_io import read_video, write_video
-from vimi.eval.shapeworld import PSNR_CAP, analyze, score, score_folder
+from vimi.eval.shapeworld import PSNR_CAP, analyze, held_frame_psnr, score, score_folder
 from vimi.eval.shapeworld import main as score_main
 
 OBJECT_ATTRIBUTES = ("color", "shape", "motion", "subject")
@@ -114,6 +114,7 @@ def test_prediction_psnr_on_the_continuation():
     result = score(frozen, record, gt)
     assert 5 < result["psnr"] < 30 and not result["motion"]
     assert score(gt[:4], record, gt)["psnr"] is None
+    assert held_frame_psnr(gt, 1) == result["psnr"]         # the reference is exactly that copy's reading
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,7 @@ def test_ground_truth_eval_files_score_100_percent(world, tmp_path):
         assert rep["count"] == 12 and rep["missing"] == 0 and rep["unreadable"] == 0
         assert all(v == 1.0 for v in rep["accuracy"].values()), (split, rep)
     assert report["prediction"]["psnr"] == PSNR_CAP and report["prediction"]["psnr_count"] == 12
+    assert 5 < report["prediction"]["psnr_held_frame"] < PSNR_CAP      # the moving clips are not copies
     assert set(report["t2v-novel-composition"]["accuracy"]) == {"scene", "color", "shape", "motion", "all_correct"}
     assert set(report["subject"]["accuracy"]) == {"scene", "motion", "subject", "all_correct"}
 
