@@ -33,6 +33,33 @@ def test_a_tiny_recipe_learns_to_draw_the_captions_scene():
     assert after["heldout"]["gain@3"] > 1.1, after["heldout"]
 
 
+def test_motion_word_reading_tells_a_model_that_follows_the_word_from_one_that_ignores_it():
+    """LeanTrainer.motion_words on two oracles: one draws each caption's true clip, one moves every object
+    right whatever the word (a model that ignores the word, as the 8,000-clip recipes did)."""
+    from base.pixels import to_model_video
+    from data_pipelines.shapeworld import spec
+    from data_pipelines.shapeworld.render import ClipParams, render_clip
+
+    def oracle(ignore_word: bool):
+        def sample(captions, given, k, seeds, sampler=None):
+            clips = []
+            for cap in captions:
+                motion = "moves right" if ignore_word else next(m for m in spec.MOTIONS if f" {m} " in f" {cap} ")
+                dx, dy = LeanTrainer.DIRECTIONS[motion]           # a path centred on the canvas: never clipped
+                clips.append(render_clip(ClipParams("on grass", motion, 16 - 7 * dx, 16 - 7 * dy, color="red",
+                                                    shape="square", size="small")))
+            return to_model_video(np.stack(clips))
+        return sample
+
+    from dataclasses import replace
+
+    trainer = LeanTrainer(replace(TINY, frames=8))
+    trainer.sample = oracle(ignore_word=False)
+    assert trainer.motion_words(rows=3) == {"along": pytest.approx(2.0), "follow": 1.0}
+    trainer.sample = oracle(ignore_word=True)
+    assert trainer.motion_words(rows=3) == {"along": pytest.approx(0.0), "follow": 0.25}
+
+
 def test_word_conditioner_covers_every_caption_word_and_marks_the_null_condition():
     vocab = set(shapeworld_vocabulary())
     for caption in ("a big red circle moves left on sand", "Kiki stays still in a dark room"):

@@ -67,6 +67,9 @@ def test_analysis_reads_back_every_word():
         "moves up",
     )
     assert found["object"] and found["subject"] is None and found["radius"] == pytest.approx(7, abs=0.5)
+    right = analyze(render_clip(ClipParams("on sand", "moves right", 8.0, 16.0, color="blue", shape="cross",
+                                           size="big")))
+    assert right["velocity"] == pytest.approx([2.0, 0.0])      # 2 px per frame, as the spec moves it
     found = analyze(render_clip(ClipParams("in a dark room", "stays still", 16.0, 16.0, subject="Fifi")))
     assert found["subject"] == "Fifi" and found["shape"] == "diamond" and set(found["colors"]) == {"white", "purple"}
 

@@ -67,6 +67,28 @@ def test_frames_are_mixed_only_by_temporal_layers_and_attention():
     torch.testing.assert_close(a[1], b[1])                   # sample 1 does not see sample 0
 
 
+@pytest.mark.parametrize("option", ["frame_embedding", "cross_attention_positions"])
+def test_frame_aware_options_let_identical_frames_differ(option):
+    """A clip of one repeated frame: with self-attention and temporal layers switched off, a plain U-Net
+    gives every frame the same output (nothing tells frame 0 from frame 2); each option tells them apart."""
+    from dataclasses import replace
+
+    def outputs(cfg):
+        net = make(cfg)
+        for name, p in net.named_parameters():   # no path across frames but the option under test
+            if name.endswith(("temporal.conv.weight", "self_attn.proj.weight")):
+                nn.init.zeros_(p)
+        x, c, cond, mask = inputs(T=3, cfg=cfg)
+        x = x[:, :, :1].expand_as(x).contiguous()
+        with torch.no_grad():
+            return net(x, c, cond, mask)
+
+    plain = outputs(MICRO)
+    torch.testing.assert_close(plain[:, :, 0], plain[:, :, 2])
+    aware = outputs(replace(MICRO, **{option: True}))
+    assert not torch.allclose(aware[:, :, 0], aware[:, :, 2], atol=1e-4)
+
+
 def test_condition_and_mask_are_read():
     net = make()
     x, c, cond, mask = inputs()

@@ -126,7 +126,8 @@ def analyze(frames: np.ndarray) -> dict:
 
     frames: uint8 (T, H, W, 3). Returns {scene, object (bool), color, shape, motion, subject,
     colors (palette names over SUBJECT_MIN_SHARE of the mask, most frequent first), radius
-    (32-px scale), shape_iou}; the object fields are None when no object is found.
+    (32-px scale), shape_iou, velocity: the centroid's (dx, dy) per frame from the first frame to the
+    last, 32-px scale}; the object fields are None when no object is found.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or 0 in frames.shape:
@@ -134,7 +135,7 @@ def analyze(frames: np.ndarray) -> dict:
     scale = frames.shape[2] / spec.BASE_SIZE
     scene = _scene_of(frames)
     out = {"scene": _SCENE_NAMES[scene], "object": False, "color": None, "shape": None, "motion": None,
-           "subject": None, "colors": [], "radius": None, "shape_iou": 0.0}
+           "subject": None, "colors": [], "radius": None, "shape_iou": 0.0, "velocity": None}
 
     pix = frames.astype(np.float64)
     mask = np.sqrt(((pix - _SCENE_RGB[scene]) ** 2).sum(-1)) > OBJECT_THRESHOLD  # (T, H, W)
@@ -166,6 +167,7 @@ def analyze(frames: np.ndarray) -> dict:
         motion=_motion_of(centroids, areas[lit], scale),
         colors=[_COLOR_NAMES[i] for i in order],
         radius=float(radii[0, best]),
+        velocity=[float(v) for v in (centroids[-1] - centroids[0]) / max(len(centroids) - 1, 1) / scale],
     )
     if len(order) >= 2:
         out["subject"] = _SUBJECT_BY_LOOK.get((shape, frozenset(out["colors"][:2])))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vimi.models.layers import Attention, FeedForward, NoiseEmbedding, check_inputs, sincos_3d
+from vimi.models.layers import Attention, FeedForward, NoiseEmbedding, check_inputs, sincos_1d, sincos_3d
 
 
 class UNetInputError(ValueError):
@@ -44,6 +44,13 @@ class UNetConfig:
     groups: int = 8                               # GroupNorm groups (each level's width must divide)
     cond_pool: str = "mean"      # C's summary for FiLM: "mean" | "attention" (a learned query) | "first" token
                                  # (MLLMConfig.caption_summary puts the caption's mean there)
+    # Where a frame sits in the clip, for the layers that read the caption. Per-frame convolutions and a
+    # clip-wide FiLM cannot tell frame 0 from frame 7, so "moves left" has nowhere to act but the
+    # self-attention (docs/learning.md, "Motion words"). frame_embedding: each frame's FiLM input adds an
+    # embedding of its index (as the σ embedding is added); cross_attention_positions: cross-attention
+    # queries carry the (t, h, w) embedding that self-attention's already do.
+    frame_embedding: bool = False
+    cross_attention_positions: bool = False
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
 
     def __post_init__(self) -> None:
@@ -138,6 +145,7 @@ class SpaceTimeAttention(nn.Module):
 
     def __init__(self, channels: int, context_dim: int, cfg: UNetConfig):
         super().__init__()
+        self.cross_positions = cfg.cross_attention_positions
         self.norm_self, self.norm_cross, self.norm_ff = (nn.LayerNorm(channels) for _ in range(3))
         self.self_attn = Attention(channels, channels, channels, cfg.num_heads, qk_norm=True)
         self.cross_attn = Attention(channels, context_dim, channels, cfg.num_heads, qk_norm=True)
@@ -153,7 +161,8 @@ class SpaceTimeAttention(nn.Module):
         pos = sincos_3d(frames, H, W, C, x.device).to(x.dtype)                               # (T·h·w, C)
         h = self.norm_self(tokens) + pos
         tokens = tokens + self.self_attn(h, h)
-        tokens = tokens + self.cross_attn(self.norm_cross(tokens), cond, cond_mask)
+        q = self.norm_cross(tokens) + pos if self.cross_positions else self.norm_cross(tokens)
+        tokens = tokens + self.cross_attn(q, cond, cond_mask)
         tokens = tokens + self.ff(self.norm_ff(tokens))
         return tokens.view(B, frames, H * W, C).transpose(2, 3).reshape(BT, C, H, W)
 
@@ -194,6 +203,10 @@ class UNet(nn.Module):
         # pictures (K = 4 pairs of 64 image tokens around a 10-token caption), so their plain mean says
         # little about the caption. The query starts at zero, where the weights are uniform: the mean.
         self.pool_query = nn.Parameter(torch.zeros(ch[-1])) if cfg.cond_pool == "attention" else None
+        self.frame_embed = nn.Linear(cfg.emb_dim, cfg.emb_dim) if cfg.frame_embedding else None
+        if self.frame_embed is not None:   # zero: starts as the clip-wide FiLM
+            nn.init.zeros_(self.frame_embed.weight)
+            nn.init.zeros_(self.frame_embed.bias)
         p2 = cfg.patch_size ** 2
         self.stem = nn.Conv2d((cfg.in_channels + cfg.frame_cond_channels) * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg.blocks_per_level, i in attn, cfg)
@@ -253,8 +266,11 @@ class UNet(nn.Module):
         ctx = torch.cat([sigma_tok.new_zeros((B, 1, c.shape[-1])), c], dim=1)           # (B, 1+L, Ctop)
         ctx_mask = torch.cat([torch.ones((B, 1), dtype=torch.bool, device=c.device), cond_mask.to(c.device)], 1)
         pooled = self._pool(c, cond_mask.to(c.device))                                 # (B, Ctop)
-        emb = F.silu(sigma_tok[:, 0] + self.cond_pool(pooled))                         # (B, E)
-        emb = emb.repeat_interleave(T, dim=0)                                          # (B·T, E)
+        emb = (sigma_tok[:, 0] + self.cond_pool(pooled))[:, None]                       # (B, 1, E)
+        if self.frame_embed is not None:
+            index = sincos_1d(torch.arange(T, device=emb.device), cfg.emb_dim).to(emb.dtype)
+            emb = emb + self.frame_embed(index)[None]                                  # (B, T, E)
+        emb = F.silu(emb.expand(B, T, -1)).reshape(B * T, -1)                          # (B·T, E)
 
         # 2. Frames as images: clean conditioning frames and mask ride along as input channels.
         if cfg.frame_cond_channels:
