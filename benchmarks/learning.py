@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from base.io import atomic_path
-from vimi.diffusion import EDMConfig, SamplerConfig
-from vimi.training.lean import LeanConfig, LeanTrainer, loss_ema
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's packages, not an installed copy
+
+from base.io import atomic_path  # noqa: E402
+from vimi.diffusion import EDMConfig, SamplerConfig  # noqa: E402
+from vimi.training.lean import LeanConfig, LeanTrainer, loss_ema  # noqa: E402
 
 PLAIN = EDMConfig(sigma_data=0.5, sigma_in=1.0)  # EDM's own settings (σ_in = 1: no Snap Video scaling)
 

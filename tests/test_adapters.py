@@ -266,6 +266,21 @@ def test_tuned_weights_for_another_backbone_or_size_are_refused_in_one_line(stag
         small.load_tuned(tuned)
     same = VimiPipeline.from_config(load_config(VimiConfig, None, TINY_UNET + ["tuning=adapters"]))
     same.load_tuned(tuned)                                          # same base and options: loads
+    # Weights written before a backbone option existed were made with its default: they load where the
+    # option is at its default, and are refused where it is not.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tuned / "model.safetensors"), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    older = json.loads(meta["backbone_resolved"])
+    del older["frame_embedding"]
+    save_file(state, str(tuned / "model.safetensors"), metadata=meta | {"backbone_resolved": json.dumps(older)})
+    same.load_tuned(tuned)
+    aware = VimiPipeline.from_config(load_config(VimiConfig, None, TINY_UNET + ["tuning=adapters",
+                                                                                "backbone_args.frame_embedding=true"]))
+    with pytest.raises(PipelineLoadError, match="backbone_resolved.frame_embedding False there, True here"):
+        aware.load_tuned(tuned)
     meta = json.loads((tuned / "config.json").read_text())
     meta["model"]["backbone"] = "fit-tiny"
     meta["model"]["backbone_args"] = {"cond_dim": 16}

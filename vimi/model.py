@@ -202,27 +202,32 @@ class VimiModel(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters()
                 if n not in tuned and not n.startswith("encoder.llava.")}
 
-    def tuning_signature(self) -> dict[str, str]:
+    def tuning_signature(self, defaults: bool = False) -> dict[str, str]:
         """What tuned weights were made for (stored in their file's metadata): the backbone, its
-        resolved size and the tuning options. Tuned weights load only where all of it matches."""
+        resolved size and the tuning options. Tuned weights load only where all of it matches.
+        ``defaults``: every option at its default value instead (see :meth:`check_tuning_signature`)."""
         c = self.cfg
+        pick = (lambda x: type(x)()) if defaults else (lambda x: x)
         return {"tuning": c.tuning, "backbone": c.backbone,
-                "backbone_resolved": json.dumps(to_dict(c.backbone_config()), sort_keys=True),
-                "tuning_options": json.dumps({"adapters": to_dict(c.adapters), "lora": to_dict(c.lora),
-                                              "frame_cond": to_dict(c.frame_cond)}, sort_keys=True)}
+                "backbone_resolved": json.dumps(to_dict(pick(c.backbone_config())), sort_keys=True),
+                "tuning_options": json.dumps({"adapters": to_dict(pick(c.adapters)), "lora": to_dict(pick(c.lora)),
+                                              "frame_cond": to_dict(pick(c.frame_cond))}, sort_keys=True)}
 
     def check_tuning_signature(self, saved: dict[str, str], source: str) -> None:
         """One line naming each mismatch between tuned weights' metadata and this model."""
         mine = self.tuning_signature()
         if "tuning" not in saved:
             return  # weights written before signatures existed (full tuning): names and shapes decide
+        defaults = self.tuning_signature(defaults=True)
         bad = []
         for key, value in mine.items():
             there = saved.get(key, "<absent>")
             if there == value:
                 continue
             if key in ("backbone_resolved", "tuning_options"):
-                a, b = _flat(json.loads(there)) if there != "<absent>" else {}, _flat(json.loads(value))
+                # An option absent there was added after the weights were written: they were made with its default.
+                a = _flat(json.loads(defaults[key])) | (_flat(json.loads(there)) if there != "<absent>" else {})
+                b = _flat(json.loads(value))
                 bad += [f"{key}.{k} {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b))
                         if a.get(k) != b.get(k)]
             else:
