@@ -31,6 +31,7 @@ from vimi.diffusion import EDMConfig, SamplerConfig  # noqa: E402
 from vimi.training.lean import LeanConfig, LeanTrainer, loss_ema  # noqa: E402
 
 PLAIN = EDMConfig(sigma_data=0.5, sigma_in=1.0)  # EDM's own settings (σ_in = 1: no Snap Video scaling)
+EDM2 = replace(PLAIN, P_mean=-0.4, P_std=1.0)     # ... with EDM2's training σ for latents (configs/shapeworld)
 
 # name -> recipe. Every row of the closing note's table is one of these; losing rows stay listed.
 CONFIGS: dict[str, LeanConfig] = {
@@ -77,21 +78,18 @@ CONFIGS: dict[str, LeanConfig] = {
     # Training σ for latent mode: where an object's place, shape and path are decided (σ ≳ 1 at σ_d 0.5),
     # EDM's ln σ ~ N(-1.2, 1.2²) draws 16% of its samples; EDM2's latent setting N(-0.4, 1.0²) draws 34%,
     # N(0.2, 1.2²) 57%. The latent decoder draws the fine detail that low σ is for in pixel space.
-    "unet-lat-b4-edm2": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=-0.4, P_std=1.0), lr=2e-3,
-                                   batch=4, autoencoder="outputs/ae"),
+    "unet-lat-b4-edm2": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae"),
     "unet-lat-b4-hi": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.2, P_std=1.2), lr=2e-3,
                                  batch=4, autoencoder="outputs/ae"),
     # ... and PYoCo's mixed noise (EDMConfig.frame_noise_share): frames share half their noise's variance
     # (α = 1 in Ge et al. 2023), so an object's place and look are noised alike in every frame.
-    "unet-lat-b4-edm2-fn5": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=-0.4, P_std=1.0,
-                                                                        frame_noise_share=0.5),
-                                       lr=2e-3, batch=4, autoencoder="outputs/ae"),
+    "unet-lat-b4-edm2-fn5": LeanConfig(backbone="unet-lat", edm=replace(EDM2, frame_noise_share=0.5), lr=2e-3,
+                                       batch=4, autoencoder="outputs/ae"),
     # Frame-aware caption reading (UNetConfig.frame_embedding / cross_attention_positions): at 8,000 clips
     # unet-lat-b4-edm2 draws the same path from a seed whatever the motion word (motion_words along -0.01).
-    "unet-lat-b4-edm2-temb": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=-0.4, P_std=1.0), lr=2e-3,
-                                        batch=4, autoencoder="outputs/ae", backbone_args={"frame_embedding": True}),
-    "unet-lat-b4-edm2-xpos": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=-0.4, P_std=1.0), lr=2e-3,
-                                        batch=4, autoencoder="outputs/ae",
+    "unet-lat-b4-edm2-temb": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                        backbone_args={"frame_embedding": True}),
+    "unet-lat-b4-edm2-xpos": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                         backbone_args={"cross_attention_positions": True}),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
