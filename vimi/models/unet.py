@@ -46,9 +46,10 @@ class UNetConfig:
                                  # (MLLMConfig.caption_summary puts the caption's mean there)
     # Where a frame sits in the clip, for the layers that read the caption. Per-frame convolutions and a
     # clip-wide FiLM cannot tell frame 0 from frame 7, so "moves left" has nowhere to act but the
-    # self-attention (docs/learning.md, "Motion words"). frame_embedding: each frame's FiLM input adds an
-    # embedding of its index (as the σ embedding is added); cross_attention_positions: cross-attention
-    # queries carry the (t, h, w) embedding that self-attention's already do.
+    # self-attention. frame_embedding: each frame's FiLM input adds an embedding of its index (as the σ
+    # embedding is added); cross_attention_positions: cross-attention queries carry the (t, h, w)
+    # embedding that self-attention's already do. Neither made the motion word steer the samples at
+    # 8,000 clips (docs/learning.md, "Motion words"), so both are off.
     frame_embedding: bool = False
     cross_attention_positions: bool = False
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
