@@ -297,7 +297,7 @@ class LeanTrainer:
                              for key in keys if any(r.get(key) is not None for r in results)}
             report[split]["rows"] = len(results)
         report["heldout"] = self.heldout_loss()
-        report["motion_words"] = self.motion_words()
+        report["motion_words"] = self.motion_words(sampler=sampler)
         if self.ae is None:   # a pixel-space reading
             report["denoising"] = self.denoising_gain(rows=rows)
         return report
@@ -339,7 +339,7 @@ class LeanTrainer:
                   "moves down": (0.0, 1.0)}
 
     @torch.no_grad()
-    def motion_words(self, rows: int = 6) -> dict[str, float]:
+    def motion_words(self, rows: int = 6, sampler: SamplerConfig | None = None) -> dict[str, float]:
         """Does the motion word steer the sample? Paired: each of ``rows`` t2v-seen object captions is drawn
         with each of the four directions from the same seed, so only the word differs.
 
@@ -354,7 +354,8 @@ class LeanTrainer:
         n = len(captions)
         given = torch.zeros((n, 3, self.cfg.frames, self.cfg.size, self.cfg.size))
         videos = to_uint8_video(self.sample(captions, given, torch.zeros(n, dtype=torch.long),
-                                            seeds=[20_000 + i for _ in words for i in range(len(params))]))
+                                            seeds=[20_000 + i for _ in words for i in range(len(params))],
+                                            sampler=sampler))
         found = [analyze(v) for v in videos]
         asked = [m for m in words for _ in params]
         along = [np.dot(f["velocity"], self.DIRECTIONS[m]) if f["velocity"] else 0.0 for f, m in zip(found, asked)]
