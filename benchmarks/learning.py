@@ -122,7 +122,8 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
     ``reuse_ema``: load each point's saved EMA weights instead of training (to score new sampler variants)."""
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {(r["config"], r["clips"], r["rows"], sampler_of(r)) for r in read_results(results_file)}
+    earlier = read_results(results_file)
+    done = {(r["config"], r["clips"], r["rows"], sampler_of(r)) for r in earlier}
     variants = samplers or [DEFAULT_SAMPLER]
     torch.set_num_threads(threads)
     for name in names:
@@ -138,7 +139,7 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
                     raise ValueError(f"--reuse-ema: {saved} does not exist (train that point without --reuse-ema)")
                 trainer.load_ema(saved)
                 trainer.clips = budget
-                trainer.cpu_seconds = next((r["cpu_s"] for r in read_results(results_file)
+                trainer.cpu_seconds = next((r["cpu_s"] for r in earlier
                                             if r["config"] == name and r["clips"] == budget), float("nan"))
             else:
                 trainer.train_to(budget, progress=_progress(name, budget))
