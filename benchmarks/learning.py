@@ -91,6 +91,14 @@ CONFIGS: dict[str, LeanConfig] = {
                                         backbone_args={"frame_embedding": True}),
     "unet-lat-b4-edm2-xpos": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                         backbone_args={"cross_attention_positions": True}),
+    # Space-time temporal convolutions (UNetConfig.temporal_spatial_kernel = 3: 3×3×3, direction-selective
+    # in one layer) against the factorised 3×1×1, for the motion word that no recipe above reads.
+    "unet-lat-b4-edm2-st3": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                       backbone_args={"temporal_spatial_kernel": 3}),
+    # One object ("a ... red square ..."): only motion, size and scene are left to learn. Reads whether the
+    # motion word is out of the recipe's reach or merely learned last in the full world.
+    "unet-lat-b4-edm2-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                       compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),

@@ -7,6 +7,8 @@ Measured on this 2-core machine: 1,200 clips (58 CPU-seconds) read 0.88 of the s
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,15 @@ def test_latent_mode_learns_to_draw_the_captions_scene(tmp_path):
     assert before["scene"] <= 0.5, before
     assert after["scene"] >= 0.6, after                           # a margin below the measured 0.75
     assert last < 0.85 * first, (first, last)
+
+
+def test_a_narrowed_world_trains_and_scores_only_its_compositions():
+    """LeanConfig.compositions: training clips, t2v-seen and the motion-word reading are all of the named
+    objects, and a pair that is not 'colour shape' is one clear error."""
+    trainer = LeanTrainer(replace(TINY, compositions=("red square", "blue ring")))
+    drawn = [trainer.clip_params(stream, i) for stream in ("videos", "t2v-seen", "prediction") for i in range(40)]
+    assert {(p.color, p.shape) for p in drawn} == {("red", "square"), ("blue", "ring")}
+    assert len({p.motion for p in drawn}) > 3 and all(p.subject is None for p in drawn)
+    assert trainer.clip_params("t2v-novel-subject", 0).subject is not None     # other splits as usual
+    with pytest.raises(ValueError, match="'red'.*not 'colour shape'"):
+        LeanTrainer(replace(TINY, compositions=("red",)))

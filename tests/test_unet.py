@@ -214,3 +214,28 @@ def test_frame_condition_holds_the_last_given_frame_and_masks_only_given_ones():
     assert held[2, 3].sum() == 2 * 16 and held[1, 3].sum() == 16            # mask: only the given frames
     zeros = frame_condition(video, k, hold=False)
     assert torch.equal(zeros[1, :3, 1:], torch.zeros_like(zeros[1, :3, 1:]))
+
+
+def test_space_time_temporal_convolution_is_the_k_by_3_by_3_conv3d():
+    """temporal_spatial_kernel = 3 sums over each frame's 3×3 neighbourhood in the frames around it, exactly as a
+    Conv3d with the same weights: so one layer can tell an object moving left from one moving right."""
+    from vimi.models.unet import TemporalConv
+    torch.manual_seed(0)
+    layer = TemporalConv(channels=8, kernel=3, groups=4, spatial=3)
+    nn.init.normal_(layer.conv.weight)
+    B, T = 2, 5
+    x = torch.randn(B * T, 8, 6, 6)
+    with torch.no_grad():
+        out = layer(x, T) - x
+        h = torch.nn.functional.silu(layer.norm(x)).view(B, T, 8, 6, 6).transpose(1, 2)   # (B, C, T, H, W)
+        weight = layer.conv.weight.view(8, 3, 8, 3, 3).transpose(1, 2)                    # (out, in, kt, kh, kw)
+        ref = torch.nn.functional.conv3d(h, weight, layer.conv.bias, padding=1).transpose(1, 2).reshape(B * T, 8, 6, 6)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    cfg = UNetConfig(channels=(8, 16), attention_levels=(), num_heads=2, emb_dim=16, cond_dim=8, groups=4,
+                     temporal_spatial_kernel=3)
+    net = make(cfg)
+    x, c, cond, mask = inputs(T=4, cfg=cfg)
+    with torch.no_grad():
+        assert net(x, c, cond, mask).shape == x.shape
+    with pytest.raises(ValueError, match="temporal_spatial_kernel"):
+        UNetConfig(temporal_spatial_kernel=2)

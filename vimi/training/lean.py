@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from base.io import atomic_path
 from base.pixels import to_model_video, to_uint8_video
-from data_pipelines.shapeworld import spec
+from data_pipelines.shapeworld import sampling, spec
 from data_pipelines.shapeworld.captions import video_caption
 from data_pipelines.shapeworld.render import ClipParams, render_clip
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
@@ -66,6 +66,11 @@ class LeanConfig:
     mllm: str = ""                    # MLLM folder for conditioning="mllm" ("" = the untrained tiny default)
     mllm_args: dict[str, Any] = field(default_factory=dict)   # MLLMConfig overrides (layer, refiner_layers, ...)
     autoencoder: str = ""             # latent mode: a trained vimi.models.autoencoder folder ("" = pixels)
+    # A narrowed world for ablations: when set, every training and t2v-seen/prediction eval clip is an object
+    # of one of these "colour shape" pairs (no subjects), motion, size, place and scene drawn as usual. With
+    # one pair, only the motion word (and size, scene) is left to learn: "cannot learn motion" or "learns it
+    # last"? (docs/learning.md, "Motion words").
+    compositions: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,13 +177,25 @@ class LeanTrainer:
         self.world = WorldConfig(out="unused", videos=10**9, memory=0, frames=cfg.frames, size=cfg.size,
                                  seed=cfg.seed, num_cond_frames=cfg.given_frames)
         self.rng = np.random.default_rng(cfg.seed)
+        self.compositions = [tuple(pair.split()) for pair in cfg.compositions]
+        for pair in self.compositions:
+            if len(pair) != 2 or pair[0] not in spec.COLORS or pair[1] not in spec.SHAPES:
+                raise ValueError(f"LeanConfig.compositions: {' '.join(pair)!r} is not 'colour shape' "
+                                 f"(colours {sorted(spec.COLORS)}, shapes {sorted(spec.SHAPES)})")
         self.clips = 0            # clips seen
         self.cpu_seconds = 0.0    # process CPU time spent training (not scoring)
         self.losses: list[tuple[int, float]] = []
 
+    def clip_params(self, stream: str, i: int) -> ClipParams:
+        """Clip i of a stream ("videos" = training, or an eval split), from the narrowed world when one is set."""
+        if self.compositions and stream in ("videos", "t2v-seen", "prediction"):
+            rng = np.random.default_rng([self.cfg.seed, len(sampling.STREAMS), sampling.STREAMS.index(stream), i])
+            return sampling.sample_object_clip(rng, self.compositions, self.cfg.frames, self.cfg.size)
+        return train_video_params(self.world, i) if stream == "videos" else eval_params(self.world, stream, i)
+
     def batch(self) -> tuple[Tensor, list[str], Tensor]:
         cfg = self.cfg
-        params = [train_video_params(self.world, self.clips + i) for i in range(cfg.batch)]
+        params = [self.clip_params("videos", self.clips + i) for i in range(cfg.batch)]
         video = to_model_video(np.stack([render_clip(p) for p in params]))                # (B, 3, T, H, W)
         k = torch.from_numpy((self.rng.random(cfg.batch) < cfg.pred_fraction) * cfg.given_frames)
         return video, [video_caption(p) for p in params], k
@@ -280,7 +297,7 @@ class LeanTrainer:
             results = []
             self.last_videos[split] = []
             for start in range(0, rows, batch):
-                params = [eval_params(self.world, split, i) for i in range(start, min(start + batch, rows))]
+                params = [self.clip_params(split, i) for i in range(start, min(start + batch, rows))]
                 gts = [render_clip(p) for p in params]
                 k = cfg.given_frames if split == "prediction" else 0
                 given = to_model_video(np.stack(gts))
@@ -304,7 +321,7 @@ class LeanTrainer:
 
     def _fixed_t2v_clips(self, rows: int) -> tuple[list[str], Tensor, Tensor]:
         """The first ``rows`` t2v-seen eval clips: captions, clips in the diffusion's space, frame condition."""
-        params = [eval_params(self.world, "t2v-seen", i) for i in range(rows)]
+        params = [self.clip_params("t2v-seen", i) for i in range(rows)]
         x = self.to_latent(to_model_video(np.stack([render_clip(p) for p in params])))
         zeros = torch.zeros(rows, dtype=torch.long)                                      # t2v: no given frame
         return [video_caption(p) for p in params], x, frame_condition(x, zeros, self.cfg.hold_given_frame)
@@ -348,7 +365,7 @@ class LeanTrainer:
         share the scorer reads as the asked motion. The t2v ``motion`` score at 16 rows cannot tell a
         model that ignores the word from one that moves objects badly; this can.
         """
-        params = [p for p in (eval_params(self.world, "t2v-seen", i) for i in range(4 * rows)) if not p.subject][:rows]
+        params = [p for p in (self.clip_params("t2v-seen", i) for i in range(4 * rows)) if not p.subject][:rows]
         words = list(self.DIRECTIONS)
         captions = [video_caption(replace(p, motion=m)) for m in words for p in params]
         n = len(captions)
