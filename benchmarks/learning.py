@@ -99,6 +99,14 @@ CONFIGS: dict[str, LeanConfig] = {
     # motion word is out of the recipe's reach or merely learned last in the full world.
     "unet-lat-b4-edm2-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                        compositions=("red square",)),
+    # The one-object world's samples follow the noise, not the motion word, and its denoiser at σ = 3–10
+    # draws a blob per frame wherever the noise suggests (benchmarks/diag: docs/learning.md, "Motion words"):
+    # EDM2's N(-0.4, 1.0²) puts 4% of its samples above σ = 3, where the sampler's first half of steps run and
+    # the path is decided. A wider N(0, 1.6²) puts 30% in σ ∈ [2, 20].
+    "unet-lat-b4-wide-one": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.0, P_std=1.6), lr=2e-3,
+                                       batch=4, autoencoder="outputs/ae", compositions=("red square",)),
+    "unet-lat-b4-wide": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.0, P_std=1.6), lr=2e-3,
+                                   batch=4, autoencoder="outputs/ae"),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),
