@@ -224,14 +224,15 @@ def read_results(path: Path) -> list[dict]:
 
 # obj and iou are graded readings (vimi.training.lean.object_reading); dO/dB are the denoiser's noise
 # removal on object / background pixels at σ = 0.1 and 0.3 (LeanTrainer.denoising_gain); mse1 is the
-# denoiser's error on fixed held-out clips at σ = 1, gn1 / gn3 the null / caption ratio of it at σ = 1 and 3
-# (LeanTrainer.heldout_loss).
+# denoiser's error on fixed held-out clips at σ = 1, gn1 / gn3 / gn10 the null / caption ratio of it at σ = 1,
+# 3 and 10 (LeanTrainer.heldout_loss).
 COLUMNS = [("t2v-seen", "object", "obj"), ("t2v-seen", "shape_iou", "iou"), ("t2v-seen", "all_correct", "seen"),
            ("t2v-seen", "color", "col"), ("t2v-seen", "shape", "shp"), ("t2v-seen", "motion", "mot"),
            ("t2v-seen", "scene", "scn"), ("t2v-seen", "subject", "subj"),
            ("t2v-novel-composition", "all_correct", "novel"), ("prediction", "all_correct", "pred"),
            ("prediction", "psnr", "psnr"), ("heldout", "mse@1", "mse1"), ("heldout", "gain@1", "gn1"),
-           ("heldout", "gain@3", "gn3"), ("motion_words", "along", "mw"), ("motion_words", "follow", "mwf"),
+           ("heldout", "gain@3", "gn3"), ("heldout", "gain@10", "gn10"), ("motion_words", "along", "mw"),
+           ("motion_words", "follow", "mwf"),
            ("denoising", "object@0.1", "dO.1"), ("denoising", "object@0.3", "dO.3"),
            ("denoising", "background@0.1", "dB.1")]
 

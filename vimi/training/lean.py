@@ -327,14 +327,16 @@ class LeanTrainer:
         return [video_caption(p) for p in params], x, frame_condition(x, zeros, self.cfg.hold_given_frame)
 
     @torch.no_grad()
-    def heldout_loss(self, sigmas: tuple[float, ...] = (1.0, 3.0), rows: int = 64) -> dict[str, float]:
+    def heldout_loss(self, sigmas: tuple[float, ...] = (1.0, 3.0, 10.0), rows: int = 64) -> dict[str, float]:
         """The EMA denoiser's error on fixed t2v-seen eval clips noised to each σ (fixed noise), given the
         caption and given the null condition.
 
         Scores move a clip at a time (1/16 per clip at 16 rows); this reading is paired across recipes
         (the same clips and noise for every one) and reads the conditioning directly: ``gain@σ`` =
         null / caption error is how much the caption helps denoise (1 = not at all). Only at high σ,
-        where the clip's content is still to be decided, can it be well above 1.
+        where the clip's content is still to be decided, can it be well above 1. σ = 10 is where the
+        sampler's first steps decide an object's place and path: a denoiser never trained there draws
+        its objects where the noise suggests, whatever the caption says (docs/learning.md).
         """
         net, cond = self.ema
         captions, x, frame_cond = self._fixed_t2v_clips(rows)
