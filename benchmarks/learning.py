@@ -107,6 +107,13 @@ CONFIGS: dict[str, LeanConfig] = {
                                        batch=4, autoencoder="outputs/ae", compositions=("red square",)),
     "unet-lat-b4-wide": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.0, P_std=1.6), lr=2e-3,
                                    batch=4, autoencoder="outputs/ae"),
+    # Every motion-oriented option at once, in the one-object world: direction-selective 3×3×3 temporal
+    # convolutions, steered by the caption (temporal_film), the frame index in FiLM and in cross-attention.
+    "unet-lat-b4-edm2-motion-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4,
+                                              autoencoder="outputs/ae", compositions=("red square",),
+                                              backbone_args={"temporal_spatial_kernel": 3, "temporal_film": True,
+                                                             "frame_embedding": True,
+                                                             "cross_attention_positions": True}),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),

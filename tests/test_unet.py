@@ -239,3 +239,24 @@ def test_space_time_temporal_convolution_is_the_k_by_3_by_3_conv3d():
         assert net(x, c, cond, mask).shape == x.shape
     with pytest.raises(ValueError, match="temporal_spatial_kernel"):
         UNetConfig(temporal_spatial_kernel=2)
+
+
+def test_temporal_film_lets_the_condition_steer_the_temporal_convolution():
+    """temporal_film: the temporal layer's output depends on the embedding (σ + caption), and starts as the
+    unmodulated layer (zero-initialised)."""
+    from vimi.models.unet import TemporalConv
+    torch.manual_seed(0)
+    plain, filmed = TemporalConv(8, 3, 4, spatial=3), TemporalConv(8, 3, 4, spatial=3, film_dim=6)
+    filmed.load_state_dict(plain.state_dict(), strict=False)
+    nn.init.normal_(plain.conv.weight)
+    filmed.conv.weight.data.copy_(plain.conv.weight)
+    x, emb = torch.randn(2 * 4, 8, 5, 5), torch.randn(2, 6).repeat_interleave(4, dim=0)
+    with torch.no_grad():
+        torch.testing.assert_close(filmed(x, 4, emb), plain(x, 4))      # zero FiLM: the plain layer
+        nn.init.normal_(filmed.film.weight)
+        assert not torch.allclose(filmed(x, 4, emb), filmed(x, 4, torch.randn_like(emb)))
+    cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4,
+                     temporal_film=True)
+    x, c, cond, mask = inputs(cfg=cfg)
+    with torch.no_grad():
+        assert make(cfg)(x, c, cond, mask).shape == x.shape
