@@ -114,6 +114,11 @@ CONFIGS: dict[str, LeanConfig] = {
                                               backbone_args={"temporal_spatial_kernel": 3, "temporal_film": True,
                                                              "frame_embedding": True,
                                                              "cross_attention_positions": True}),
+    # Coordinate channels (UNetConfig.coordinate_channels) in the one-object world: at high σ the mean clip of
+    # "moves right" has its object on the left in frame 0 and on the right in frame 7; neither recipe above
+    # draws any word-dependent layout there (docs/learning.md, "Motion words").
+    "unet-lat-b4-edm2-coord-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                             compositions=("red square",), backbone_args={"coordinate_channels": True}),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),

@@ -260,3 +260,24 @@ def test_temporal_film_lets_the_condition_steer_the_temporal_convolution():
     x, c, cond, mask = inputs(cfg=cfg)
     with torch.no_grad():
         assert make(cfg)(x, c, cond, mask).shape == x.shape
+
+
+def test_coordinate_channels_give_the_stem_each_pixels_frame_row_and_column():
+    """coordinate_channels: the stem sees (t, y, x) in [-1, 1] beside the clip, so pure noise at high σ can
+    still be mapped to a place and frame; with their stem weights at zero it is the plain U-Net."""
+    base = dict(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4)
+    plain, coord = make(UNetConfig(**base)), make(UNetConfig(**base, coordinate_channels=True))
+    seen = []
+    coord.stem.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    x, c, cond, mask = inputs(T=4, H=8, W=8)
+    with torch.no_grad():
+        coord(x, c, cond, mask)
+        t, y, xx = seen[0][:, -3:].view(2, 4, 3, 8, 8).unbind(2)                    # (B, T, H, W) each
+        assert torch.equal(t[0, :, 0, 0], torch.linspace(-1, 1, 4))
+        assert torch.equal(y[0, 1, :, 5], torch.linspace(-1, 1, 8))
+        assert torch.equal(xx[1, 2, 3], torch.linspace(-1, 1, 8))
+        state = dict(coord.state_dict())
+        state["stem.weight"] = state["stem.weight"][:, :-3]
+        plain.load_state_dict(state)
+        coord.stem.weight[:, -3:] = 0
+        torch.testing.assert_close(coord(x, c, cond, mask), plain(x, c, cond, mask))

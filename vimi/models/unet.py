@@ -59,6 +59,10 @@ class UNetConfig:
     # 8,000 clips (docs/learning.md, "Motion words"), so both are off.
     frame_embedding: bool = False
     cross_attention_positions: bool = False
+    # Coordinate channels (CoordConv, Liu et al. 2018): t, y and x in [-1, 1] enter the stem beside the noisy
+    # clip. At high σ the input is noise, and the caption's layout (a big object moving right starts on the
+    # left) must be drawn from position alone; convolutions see position only through their zero padding.
+    coordinate_channels: bool = False
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
 
     def __post_init__(self) -> None:
@@ -239,7 +243,8 @@ class UNet(nn.Module):
             nn.init.zeros_(self.frame_embed.weight)
             nn.init.zeros_(self.frame_embed.bias)
         p2 = cfg.patch_size ** 2
-        self.stem = nn.Conv2d((cfg.in_channels + cfg.frame_cond_channels) * p2, ch[0], 3, padding=1)
+        coords = 3 if cfg.coordinate_channels else 0
+        self.stem = nn.Conv2d((cfg.in_channels + cfg.frame_cond_channels + coords) * p2, ch[0], 3, padding=1)
         self.down = nn.ModuleList(Level(ch[max(i - 1, 0)], ch[i], cfg.blocks_per_level, i in attn, cfg)
                                   for i in range(n))
         self.downsample = nn.ModuleList(nn.Conv2d(ch[i], ch[i], 3, stride=2, padding=1) for i in range(n - 1))
@@ -308,6 +313,10 @@ class UNet(nn.Module):
             if frame_cond is None:
                 frame_cond = x.new_zeros((B, cfg.frame_cond_channels, T, H, W))
             x = torch.cat([x, frame_cond.to(x.dtype)], dim=1)                                  # (B, C+E, T, H, W)
+        if cfg.coordinate_channels:
+            axes = [torch.linspace(-1, 1, n, device=x.device, dtype=x.dtype) for n in (T, H, W)]
+            grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))                            # (3, T, H, W)
+            x = torch.cat([x, grid.expand(B, -1, -1, -1, -1)], dim=1)
         frames = x.transpose(1, 2).reshape(B * T, -1, H, W)                             # (B·T, C+E, H, W)
         h = self.stem(F.pixel_unshuffle(frames, cfg.patch_size))                        # (B·T, ch0, H/p, W/p)
 
