@@ -244,7 +244,7 @@ COLUMNS = [("t2v-seen", "object", "obj"), ("t2v-seen", "shape_iou", "iou"), ("t2
            ("t2v-novel-composition", "all_correct", "novel"), ("prediction", "all_correct", "pred"),
            ("prediction", "psnr", "psnr"), ("heldout", "mse@1", "mse1"), ("heldout", "gain@1", "gn1"),
            ("heldout", "gain@3", "gn3"), ("heldout", "gain@10", "gn10"), ("motion_words", "along", "mw"),
-           ("motion_words", "follow", "mwf"),
+           ("motion_words", "follow", "mwf"), ("motion_words", "prior", "mwp"),
            ("denoising", "object@0.1", "dO.1"), ("denoising", "object@0.3", "dO.3"),
            ("denoising", "background@0.1", "dB.1")]
 
@@ -254,7 +254,7 @@ def format_row(r: dict) -> str:
              f"{r['loss']:>6.3f}"]
     for split, key, _ in COLUMNS:
         v = r["scores"].get(split, {}).get(key)
-        digits = 1 if key in ("psnr", "along") or split == "denoising" else 3 if split == "heldout" else 2
+        digits = 1 if key in ("psnr", "along", "prior") or split == "denoising" else 3 if split == "heldout" else 2
         cells.append(f"{'-' if v is None else f'{v:.{digits}f}':>5}")
     return " ".join(cells)
 

@@ -358,7 +358,8 @@ class LeanTrainer:
                   "moves down": (0.0, 1.0)}
 
     @torch.no_grad()
-    def motion_words(self, rows: int = 6, sampler: SamplerConfig | None = None) -> dict[str, float]:
+    def motion_words(self, rows: int = 6, sampler: SamplerConfig | None = None,
+                     prior_sigma: float = 10.0, prior_noises: int = 4) -> dict[str, float]:
         """Does the motion word steer the sample? Paired: each of ``rows`` t2v-seen object captions is drawn
         with each of the four directions from the same seed, so only the word differs.
 
@@ -366,6 +367,11 @@ class LeanTrainer:
         model that ignores the word gets ~0, its paths cancelling over opposite words); ``follow``: the
         share the scorer reads as the asked motion. The t2v ``motion`` score at 16 rows cannot tell a
         model that ignores the word from one that moves objects badly; this can.
+
+        ``prior``: the same along-velocity of the denoiser's mean at σ = ``prior_sigma`` (decoded, averaged
+        over ``prior_noises`` noises), where the sampler's first steps place the object. There D should be
+        E[clip | caption], whose object smear moves 2 px/frame with the word (a start is drawn so the whole
+        path stays inside); ~0 means the caption's layout is not learned where the path is decided.
         """
         params = [p for p in (self.clip_params("t2v-seen", i) for i in range(4 * rows)) if not p.subject][:rows]
         words = list(self.DIRECTIONS)
@@ -379,7 +385,29 @@ class LeanTrainer:
         asked = [m for m in words for _ in params]
         along = [np.dot(f["velocity"], self.DIRECTIONS[m]) if f["velocity"] else 0.0 for f, m in zip(found, asked)]
         follow = [f["motion"] == m for f, m in zip(found, asked)]
-        return {"along": float(np.mean(along)), "follow": float(np.mean(follow))}
+        scenes = [to_model_video(np.array(spec.SCENES[p.scene], np.uint8)[None, None, None])[:, 0, 0, 0]
+                  for _ in words for p in params]                                         # (3,) each, in [-1, 1]
+        mean = self._mean_denoised(captions, prior_sigma, prior_noises)                   # (n, 3, T, H, W)
+        prior = [np.dot(_centroid_velocity(v, bg), self.DIRECTIONS[m]) for v, bg, m in zip(mean, scenes, asked)]
+        return {"along": float(np.mean(along)), "follow": float(np.mean(follow)), "prior": float(np.mean(prior))}
+
+    @torch.no_grad()
+    def _mean_denoised(self, captions: list[str], sigma: float, noises: int) -> Tensor:
+        """The EMA denoiser's output at ``sigma`` on pure noise, decoded to pixels, averaged over ``noises`` draws."""
+        net, cond = self.ema
+        c, mask = cond(captions)
+        side = self.cfg.size // (self.ae.config.factor if self.ae is not None else 1)
+        channels = self.ae.config.latent_channels if self.ae is not None else 3
+        shape = (len(captions), channels, self.cfg.frames, side, side)
+        frame_cond = frame_condition(torch.zeros(shape), torch.zeros(len(captions), dtype=torch.long),
+                                     self.cfg.hold_given_frame)
+        gen = torch.Generator().manual_seed(30_000)
+        total = 0.0
+        for _ in range(noises):
+            D = net(sigma * torch.randn(shape, generator=gen), torch.full((len(captions),), sigma), cond=c,
+                    cond_mask=mask, frame_cond=frame_cond)
+            total = total + (D if self.ae is None else self.ae.decode_video(D)).clamp(-1, 1)
+        return total / noises
 
     @torch.no_grad()
     def denoising_gain(self, sigmas: tuple[float, ...] = (0.1, 0.3, 1.0), rows: int = 16) -> dict[str, float]:
@@ -403,6 +431,17 @@ class LeanTrainer:
             for name, where in (("object", obj), ("background", ~obj)):
                 out[f"{name}@{sigma:g}"] = float(err_in[where].mean() / err_out[where].mean().clamp(min=1e-12))
         return out
+
+
+def _centroid_velocity(video: Tensor, background: Tensor) -> np.ndarray:
+    """(3, T, H, W) in [-1, 1] -> the least-squares velocity (dx, dy) in px/frame of the centroid of each frame's
+    weight ||pixel - background||: for a mean clip, how its smear of objects travels."""
+    w = (video - background[:, None, None, None]).square().sum(0).sqrt().numpy()     # (T, H, W)
+    coords = np.arange(video.shape[-1]) + 0.5
+    mass = w.sum((1, 2)).clip(min=1e-8)
+    cx, cy = (w.sum(1) * coords).sum(1) / mass, (w.sum(2) * coords).sum(1) / mass
+    t = np.arange(len(cx)) - (len(cx) - 1) / 2
+    return np.array([np.dot(t, cx), np.dot(t, cy)]) / max(float(np.dot(t, t)), 1e-8)
 
 
 def object_reading(video: np.ndarray) -> dict[str, float]:
