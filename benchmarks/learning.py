@@ -119,6 +119,8 @@ CONFIGS: dict[str, LeanConfig] = {
     # draws any word-dependent layout there (docs/learning.md, "Motion words").
     "unet-lat-b4-edm2-coord-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                              compositions=("red square",), backbone_args={"coordinate_channels": True}),
+    # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
+    "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                     backbone_args={"cond_pool": "attention"}),
     "unet-xs-b4-zeros": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, hold_given_frame=False),
