@@ -119,6 +119,10 @@ CONFIGS: dict[str, LeanConfig] = {
     # draws any word-dependent layout there (docs/learning.md, "Motion words").
     "unet-lat-b4-edm2-coord-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                              compositions=("red square",), backbone_args={"coordinate_channels": True}),
+    # ... trained on the prediction task alone: the first frame is given, so where the object goes next is
+    # all that is left, and the word decides it at every σ.
+    "unet-lat-b4-edm2-one-pred": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                            compositions=("red square",), pred_fraction=1.0),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
     "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
