@@ -123,6 +123,12 @@ CONFIGS: dict[str, LeanConfig] = {
     # all that is left, and the word decides it at every σ.
     "unet-lat-b4-edm2-one-pred": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
                                             compositions=("red square",), pred_fraction=1.0),
+    # A caption-chosen velocity in space-time self-attention (UNetConfig.velocity_attention): the word can make
+    # attention look along leftward paths directly, where no recipe above reads the direction at all.
+    "unet-lat-b4-edm2-vel-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                           compositions=("red square",), backbone_args={"velocity_attention": True}),
+    "unet-lat-b4-edm2-vel": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
+                                       backbone_args={"velocity_attention": True}),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
     "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",

@@ -281,3 +281,27 @@ def test_coordinate_channels_give_the_stem_each_pixels_frame_row_and_column():
         plain.load_state_dict(state)
         coord.stem.weight[:, -3:] = 0
         torch.testing.assert_close(coord(x, c, cond, mask), plain(x, c, cond, mask))
+
+
+def test_velocity_attention_favours_keys_along_the_embeddings_velocity():
+    """VelocityBias: a head whose v is (+1, 0) cells/frame puts its largest logit bias (0) on the key one frame
+    later and one cell right; at init v = 0, a weak locality prior, and the U-Net option runs."""
+    from vimi.models.unet import VelocityBias
+    vb = VelocityBias(emb_dim=4, heads=2)
+    T, H, W = 3, 4, 4
+    index = lambda t, y, x: (t * H + y) * W + x   # noqa: E731
+    with torch.no_grad():
+        init = vb(torch.randn(1, 4), T, H, W)                                   # (1, 2, L, L)
+        assert init[0, 0, index(0, 1, 1), index(0, 1, 1)] == 0 and init[0, 0, index(0, 1, 1), index(1, 1, 1)] == 0
+        assert init[0, 0, index(0, 1, 1), index(0, 1, 2)] < 0
+        vb.proj.bias[0] = 1.0                                                   # head 0: v_x = +1
+        bias = vb(torch.zeros(1, 4), T, H, W)
+    q = index(0, 1, 1)
+    assert bias[0, 0, q, index(1, 1, 2)] == 0 and bias[0, 0, q, index(2, 1, 3)] == 0
+    assert bias[0, 0, q, index(1, 1, 1)] < 0 and bias[0, 0, q, index(1, 1, 0)] < bias[0, 0, q, index(1, 1, 1)]
+    assert bias[0, 1, q, index(1, 1, 1)] == 0                                   # head 1 keeps v = 0
+    cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4,
+                     velocity_attention=True)
+    x, c, cond, mask = inputs(T=3, cfg=cfg)
+    with torch.no_grad():
+        assert make(cfg)(x, c, cond, mask).shape == x.shape

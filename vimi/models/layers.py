@@ -60,13 +60,16 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(inner_dim, query_dim)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """``mask`` (N, Lk) True = attend; ``bias`` (N, h, Lq, Lk) added to the attention logits."""
         N, Lq, _ = x.shape
         Lk = context.shape[1]
         q = self.to_q(x).view(N, Lq, self.heads, self.head_dim).transpose(1, 2)            # (N, h, Lq, d)
         k, v = self.to_kv(context).view(N, Lk, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, h, Lk, d)
         q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if mask is None else mask[:, None, None, :]                       # (N, 1, 1, Lk) True=attend
+        if bias is not None:
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)                  # (N, h, Lq, d)
         return self.proj(out.transpose(1, 2).reshape(N, Lq, self.heads * self.head_dim))
 

@@ -14,6 +14,7 @@ configs/shapeworld/pretrain.yaml).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,11 @@ class UNetConfig:
     # clip. At high σ the input is noise, and the caption's layout (a big object moving right starts on the
     # left) must be drawn from position alone; convolutions see position only through their zero padding.
     coordinate_channels: bool = False
+    # A caption-chosen velocity for space-time self-attention (VelocityBias): each head's logits get
+    # -w ||Δp - v Δt||², with v and w read from the σ + caption embedding, so "moves left" can make attention
+    # look along leftward paths: a direct word × (relative place, time) interaction, where the other layers
+    # can only combine the word with positions through several nonlinear steps.
+    velocity_attention: bool = False
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
 
     def __post_init__(self) -> None:
@@ -172,7 +178,31 @@ class ResBlock(nn.Module):
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(F.silu(h))
-        return self.temporal(self.skip(x) + h, frames, emb)
+        return self.temporal(self.skip(x) + h, frames, emb=emb)   # frames last: adapter hooks read it there
+
+
+class VelocityBias(nn.Module):
+    """Attention logits bias -w_h ||(p_k - p_q) - v_h (t_k - t_q)||² per head h, v_h and w_h from the embedding.
+
+    Positions are in this level's grid cells and frames. v starts at 0 and w at 0.1 (a weak locality
+    prior; at w = 0 no gradient could reach v)."""
+
+    def __init__(self, emb_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.proj = nn.Linear(emb_dim, 3 * heads)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        with torch.no_grad():
+            self.proj.bias[2 * heads:] = math.log(math.expm1(0.1))    # softplus⁻¹(0.1)
+
+    def forward(self, emb: Tensor, frames: int, H: int, W: int) -> Tensor:
+        """emb (B, E) -> (B, heads, L, L) with L = frames·H·W in (t, h, w) order."""
+        vx, vy, raw_w = self.proj(emb).view(-1, 3, self.heads, 1, 1).unbind(1)        # (B, heads, 1, 1) each
+        t, y, x = (g.reshape(-1).to(emb.dtype) for g in torch.meshgrid(
+            *(torch.arange(n, device=emb.device) for n in (frames, H, W)), indexing="ij"))
+        dt, dy, dx = (a[None, :] - a[:, None] for a in (t, y, x))                      # (L, L): key - query
+        return -F.softplus(raw_w) * ((dx - vx * dt) ** 2 + (dy - vy * dt) ** 2)
 
 
 class SpaceTimeAttention(nn.Module):
@@ -181,6 +211,7 @@ class SpaceTimeAttention(nn.Module):
     def __init__(self, channels: int, context_dim: int, cfg: UNetConfig):
         super().__init__()
         self.cross_positions = cfg.cross_attention_positions
+        self.velocity = VelocityBias(cfg.emb_dim, cfg.num_heads) if cfg.velocity_attention else None
         self.norm_self, self.norm_cross, self.norm_ff = (nn.LayerNorm(channels) for _ in range(3))
         self.self_attn = Attention(channels, channels, channels, cfg.num_heads, qk_norm=True)
         self.cross_attn = Attention(channels, context_dim, channels, cfg.num_heads, qk_norm=True)
@@ -189,13 +220,14 @@ class SpaceTimeAttention(nn.Module):
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
 
-    def forward(self, x: Tensor, cond: Tensor, cond_mask: Tensor, frames: int) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor, cond_mask: Tensor, frames: int, emb: Tensor | None = None) -> Tensor:
         BT, C, H, W = x.shape
         B = BT // frames
         tokens = x.view(B, frames, C, H * W).transpose(2, 3).reshape(B, frames * H * W, C)   # (B, T·h·w, C)
         pos = sincos_3d(frames, H, W, C, x.device).to(x.dtype)                               # (T·h·w, C)
         h = self.norm_self(tokens) + pos
-        tokens = tokens + self.self_attn(h, h)
+        bias = None if self.velocity is None else self.velocity(emb.view(B, frames, -1)[:, 0], frames, H, W)
+        tokens = tokens + self.self_attn(h, h, bias=bias)
         q = self.norm_cross(tokens) + pos if self.cross_positions else self.norm_cross(tokens)
         tokens = tokens + self.cross_attn(q, cond, cond_mask)
         tokens = tokens + self.ff(self.norm_ff(tokens))
@@ -214,7 +246,7 @@ class Level(nn.Module):
         for block in self.blocks:
             x = block(x, emb, frames)
         if self.attn is not None:
-            x = self.attn(x, cond, cond_mask, frames)
+            x = self.attn(x, cond, cond_mask, frames, emb=emb)   # frames last: adapter hooks read it there
         return x
 
 
