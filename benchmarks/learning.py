@@ -126,9 +126,15 @@ CONFIGS: dict[str, LeanConfig] = {
     # A caption-chosen velocity in space-time self-attention (UNetConfig.velocity_attention): the word can make
     # attention look along leftward paths directly, where no recipe above reads the direction at all.
     "unet-lat-b4-edm2-vel-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                           compositions=("red square",), backbone_args={"velocity_attention": True}),
+                                           compositions=("red square",),
+                                           backbone_args={"velocity_attention": "embedding"}),
     "unet-lat-b4-edm2-vel": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                       backbone_args={"velocity_attention": True}),
+                                       backbone_args={"velocity_attention": "embedding"}),
+    # ... each head reading the caption's tokens through its own query: the embedding version learned one
+    # velocity for every motion word (a direction word is an eighth of the pooled mean, beside a larger σ token).
+    "unet-lat-b4-edm2-velt-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4,
+                                            autoencoder="outputs/ae", compositions=("red square",),
+                                            backbone_args={"velocity_attention": "tokens"}),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
     "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",

@@ -287,7 +287,7 @@ def test_velocity_attention_favours_keys_along_the_embeddings_velocity():
     """VelocityBias: a head whose v is (+1, 0) cells/frame puts its largest logit bias (0) on the key one frame
     later and one cell right; at init v = 0, a weak locality prior, and the U-Net option runs."""
     from vimi.models.unet import VelocityBias
-    vb = VelocityBias(emb_dim=4, heads=2)
+    vb = VelocityBias(4, heads=2, from_tokens=False)
     T, H, W = 3, 4, 4
     index = lambda t, y, x: (t * H + y) * W + x   # noqa: E731
     with torch.no_grad():
@@ -300,8 +300,19 @@ def test_velocity_attention_favours_keys_along_the_embeddings_velocity():
     assert bias[0, 0, q, index(1, 1, 2)] == 0 and bias[0, 0, q, index(2, 1, 3)] == 0
     assert bias[0, 0, q, index(1, 1, 1)] < 0 and bias[0, 0, q, index(1, 1, 0)] < bias[0, 0, q, index(1, 1, 1)]
     assert bias[0, 1, q, index(1, 1, 1)] == 0                                   # head 1 keeps v = 0
-    cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4,
-                     velocity_attention=True)
-    x, c, cond, mask = inputs(T=3, cfg=cfg)
+    # reading the tokens: head 0's query picks token 1, whose first feature sets its v_x
+    vt = VelocityBias(4, heads=2, from_tokens=True)
+    tokens, mask = torch.zeros(1, 3, 4), torch.tensor([[True, True, False]])
+    tokens[0, 1, 0], tokens[0, 2, 0] = 1.0, 50.0                                  # token 2 is padding
     with torch.no_grad():
-        assert make(cfg)(x, c, cond, mask).shape == x.shape
+        torch.testing.assert_close(vt(tokens, T, H, W, mask), init)                # starts as the locality prior
+        vt.query[0, 0] = 100.0
+        vt.proj.weight[0, 0] = 2.0                                                 # v_x of head 0 = 2 · feature 0
+        bias = vt(tokens, T, H, W, mask)
+    assert bias[0, 0, q, index(1, 1, 3)] == 0 and bias[0, 1, q, index(1, 1, 1)] == 0
+    for mode in ("embedding", "tokens"):
+        cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4,
+                         velocity_attention=mode)
+        x, c, cond, mask = inputs(T=3, cfg=cfg)
+        with torch.no_grad():
+            assert make(cfg)(x, c, cond, mask).shape == x.shape

@@ -65,10 +65,12 @@ class UNetConfig:
     # left) must be drawn from position alone; convolutions see position only through their zero padding.
     coordinate_channels: bool = False
     # A caption-chosen velocity for space-time self-attention (VelocityBias): each head's logits get
-    # -w ||Δp - v Δt||², with v and w read from the σ + caption embedding, so "moves left" can make attention
-    # look along leftward paths: a direct word × (relative place, time) interaction, where the other layers
-    # can only combine the word with positions through several nonlinear steps.
-    velocity_attention: bool = False
+    # -w ||Δp - v Δt||², so "moves left" can make attention look along leftward paths: a direct word ×
+    # (relative place, time) interaction, where the other layers can only combine the word with positions
+    # through several nonlinear steps. "" = off; "embedding": v and w read from the σ + pooled-caption
+    # embedding (there a direction word is an eighth of a mean beside a σ token 3-5× larger: it learned one
+    # velocity for every word); "tokens": each head reads the caption's tokens through its own attention query.
+    velocity_attention: str = ""
     gradient_checkpointing: bool = False          # recompute each block in backward to save activation memory
 
     def __post_init__(self) -> None:
@@ -83,6 +85,9 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.cond_pool must be 'mean', 'attention' or 'first', got {self.cond_pool!r}")
         if self.frame_cond_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
             raise ValueError("UNetConfig: frame_cond_channels must be >= 0 and temporal_kernel odd and >= 1")
+        if self.velocity_attention not in ("", "embedding", "tokens"):
+            raise ValueError(f"UNetConfig.velocity_attention must be '', 'embedding' or 'tokens', "
+                             f"got {self.velocity_attention!r}")
         if self.temporal_spatial_kernel < 1 or self.temporal_spatial_kernel % 2 == 0:
             raise ValueError(f"UNetConfig.temporal_spatial_kernel must be odd and >= 1, got "
                              f"{self.temporal_spatial_kernel}")
@@ -182,26 +187,35 @@ class ResBlock(nn.Module):
 
 
 class VelocityBias(nn.Module):
-    """Attention logits bias -w_h ||(p_k - p_q) - v_h (t_k - t_q)||² per head h, v_h and w_h from the embedding.
+    """Attention logits bias -w_h ||(p_k - p_q) - v_h (t_k - t_q)||² per head h, v_h and w_h read from a vector
+    (the embedding) or, per head, from an attention-weighted mean of the caption's tokens.
 
     Positions are in this level's grid cells and frames. v starts at 0 and w at 0.1 (a weak locality
-    prior; at w = 0 no gradient could reach v)."""
+    prior; at w = 0 no gradient could reach v); a token query starts at 0, the tokens' plain mean."""
 
-    def __init__(self, emb_dim: int, heads: int):
+    def __init__(self, in_dim: int, heads: int, from_tokens: bool):
         super().__init__()
         self.heads = heads
-        self.proj = nn.Linear(emb_dim, 3 * heads)
+        self.query = nn.Parameter(torch.zeros(heads, in_dim)) if from_tokens else None
+        self.proj = nn.Linear(in_dim, 3 * heads)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         with torch.no_grad():
             self.proj.bias[2 * heads:] = math.log(math.expm1(0.1))    # softplus⁻¹(0.1)
 
-    def forward(self, emb: Tensor, frames: int, H: int, W: int) -> Tensor:
-        """emb (B, E) -> (B, heads, L, L) with L = frames·H·W in (t, h, w) order."""
-        vx, vy, raw_w = self.proj(emb).view(-1, 3, self.heads, 1, 1).unbind(1)        # (B, heads, 1, 1) each
-        t, y, x = (g.reshape(-1).to(emb.dtype) for g in torch.meshgrid(
-            *(torch.arange(n, device=emb.device) for n in (frames, H, W)), indexing="ij"))
-        dt, dy, dx = (a[None, :] - a[:, None] for a in (t, y, x))                      # (L, L): key - query
+    def forward(self, source: Tensor, frames: int, H: int, W: int, mask: Tensor | None = None) -> Tensor:
+        """source (B, E) embedding, or (B, L, E) tokens with ``mask`` (B, L) -> (B, heads, L', L'), L' = frames·H·W."""
+        if self.query is None:
+            vx, vy, raw_w = self.proj(source).view(-1, 3, self.heads, 1, 1).unbind(1)   # (B, heads, 1, 1) each
+        else:
+            scores = (source @ self.query.T / source.shape[-1] ** 0.5).masked_fill(~mask[..., None], float("-inf"))
+            pooled = torch.einsum("blh,ble->bhe", torch.softmax(scores, dim=1).nan_to_num(0.0), source)
+            weight = self.proj.weight.view(3, self.heads, -1)                              # head h reads pooled h
+            out = torch.einsum("bhe,khe->bkh", pooled, weight) + self.proj.bias.view(3, self.heads)
+            vx, vy, raw_w = out[..., None, None].unbind(1)
+        t, y, x = (g.reshape(-1).to(source.dtype) for g in torch.meshgrid(
+            *(torch.arange(n, device=source.device) for n in (frames, H, W)), indexing="ij"))
+        dt, dy, dx = (a[None, :] - a[:, None] for a in (t, y, x))                      # (L', L'): key - query
         return -F.softplus(raw_w) * ((dx - vx * dt) ** 2 + (dy - vy * dt) ** 2)
 
 
@@ -211,7 +225,9 @@ class SpaceTimeAttention(nn.Module):
     def __init__(self, channels: int, context_dim: int, cfg: UNetConfig):
         super().__init__()
         self.cross_positions = cfg.cross_attention_positions
-        self.velocity = VelocityBias(cfg.emb_dim, cfg.num_heads) if cfg.velocity_attention else None
+        self.velocity = None if not cfg.velocity_attention else (
+            VelocityBias(context_dim, cfg.num_heads, from_tokens=True) if cfg.velocity_attention == "tokens"
+            else VelocityBias(cfg.emb_dim, cfg.num_heads, from_tokens=False))
         self.norm_self, self.norm_cross, self.norm_ff = (nn.LayerNorm(channels) for _ in range(3))
         self.self_attn = Attention(channels, channels, channels, cfg.num_heads, qk_norm=True)
         self.cross_attn = Attention(channels, context_dim, channels, cfg.num_heads, qk_norm=True)
@@ -226,7 +242,12 @@ class SpaceTimeAttention(nn.Module):
         tokens = x.view(B, frames, C, H * W).transpose(2, 3).reshape(B, frames * H * W, C)   # (B, T·h·w, C)
         pos = sincos_3d(frames, H, W, C, x.device).to(x.dtype)                               # (T·h·w, C)
         h = self.norm_self(tokens) + pos
-        bias = None if self.velocity is None else self.velocity(emb.view(B, frames, -1)[:, 0], frames, H, W)
+        if self.velocity is None:
+            bias = None
+        elif self.velocity.query is None:
+            bias = self.velocity(emb.view(B, frames, -1)[:, 0], frames, H, W)
+        else:
+            bias = self.velocity(cond, frames, H, W, cond_mask)
         tokens = tokens + self.self_attn(h, h, bias=bias)
         q = self.norm_cross(tokens) + pos if self.cross_positions else self.norm_cross(tokens)
         tokens = tokens + self.cross_attn(q, cond, cond_mask)
