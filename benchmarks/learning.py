@@ -32,6 +32,8 @@ from vimi.training.lean import LeanConfig, LeanTrainer, loss_ema  # noqa: E402
 
 PLAIN = EDMConfig(sigma_data=0.5, sigma_in=1.0)  # EDM's own settings (σ_in = 1: no Snap Video scaling)
 EDM2 = replace(PLAIN, P_mean=-0.4, P_std=1.0)     # ... with EDM2's training σ for latents (configs/shapeworld)
+LAT_EDM2 = LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae")   # the default recipe
+ONE = replace(LAT_EDM2, compositions=("red square",))   # ... in a world of one object (LeanConfig.compositions)
 
 # name -> recipe. Every row of the closing note's table is one of these; losing rows stay listed.
 CONFIGS: dict[str, LeanConfig] = {
@@ -93,48 +95,35 @@ CONFIGS: dict[str, LeanConfig] = {
                                         backbone_args={"cross_attention_positions": True}),
     # Space-time temporal convolutions (UNetConfig.temporal_spatial_kernel = 3: 3×3×3, direction-selective
     # in one layer) against the factorised 3×1×1, for the motion word that no recipe above reads.
-    "unet-lat-b4-edm2-st3": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                       backbone_args={"temporal_spatial_kernel": 3}),
+    "unet-lat-b4-edm2-st3": replace(LAT_EDM2, backbone_args={"temporal_spatial_kernel": 3}),
     # One object ("a ... red square ..."): only motion, size and scene are left to learn. Reads whether the
     # motion word is out of the recipe's reach or merely learned last in the full world.
-    "unet-lat-b4-edm2-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                       compositions=("red square",)),
+    "unet-lat-b4-edm2-one": ONE,
     # The one-object world's samples follow the noise, not the motion word, and its denoiser at σ = 3–10
     # draws a blob per frame wherever the noise suggests (benchmarks/diag: docs/learning.md, "Motion words"):
     # EDM2's N(-0.4, 1.0²) puts 4% of its samples above σ = 3, where the sampler's first half of steps run and
     # the path is decided. A wider N(0, 1.6²) puts 30% in σ ∈ [2, 20].
-    "unet-lat-b4-wide-one": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.0, P_std=1.6), lr=2e-3,
-                                       batch=4, autoencoder="outputs/ae", compositions=("red square",)),
-    "unet-lat-b4-wide": LeanConfig(backbone="unet-lat", edm=replace(PLAIN, P_mean=0.0, P_std=1.6), lr=2e-3,
-                                   batch=4, autoencoder="outputs/ae"),
+    "unet-lat-b4-wide-one": replace(ONE, edm=replace(PLAIN, P_mean=0.0, P_std=1.6)),
+    "unet-lat-b4-wide": replace(LAT_EDM2, edm=replace(PLAIN, P_mean=0.0, P_std=1.6)),
     # Every motion-oriented option at once, in the one-object world: direction-selective 3×3×3 temporal
     # convolutions, steered by the caption (temporal_film), the frame index in FiLM and in cross-attention.
-    "unet-lat-b4-edm2-motion-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4,
-                                              autoencoder="outputs/ae", compositions=("red square",),
-                                              backbone_args={"temporal_spatial_kernel": 3, "temporal_film": True,
-                                                             "frame_embedding": True,
-                                                             "cross_attention_positions": True}),
+    "unet-lat-b4-edm2-motion-one": replace(ONE, backbone_args={"temporal_spatial_kernel": 3, "temporal_film": True,
+                                                               "frame_embedding": True,
+                                                               "cross_attention_positions": True}),
     # Coordinate channels (UNetConfig.coordinate_channels) in the one-object world: at high σ the mean clip of
     # "moves right" has its object on the left in frame 0 and on the right in frame 7; neither recipe above
     # draws any word-dependent layout there (docs/learning.md, "Motion words").
-    "unet-lat-b4-edm2-coord-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                             compositions=("red square",), backbone_args={"coordinate_channels": True}),
+    "unet-lat-b4-edm2-coord-one": replace(ONE, backbone_args={"coordinate_channels": True}),
     # ... trained on the prediction task alone: the first frame is given, so where the object goes next is
     # all that is left, and the word decides it at every σ.
-    "unet-lat-b4-edm2-one-pred": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                            compositions=("red square",), pred_fraction=1.0),
+    "unet-lat-b4-edm2-one-pred": replace(ONE, pred_fraction=1.0),
     # A caption-chosen velocity in space-time self-attention (UNetConfig.velocity_attention): the word can make
     # attention look along leftward paths directly, where no recipe above reads the direction at all.
-    "unet-lat-b4-edm2-vel-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                           compositions=("red square",),
-                                           backbone_args={"velocity_attention": "embedding"}),
-    "unet-lat-b4-edm2-vel": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae",
-                                       backbone_args={"velocity_attention": "embedding"}),
+    "unet-lat-b4-edm2-vel-one": replace(ONE, backbone_args={"velocity_attention": "embedding"}),
+    "unet-lat-b4-edm2-vel": replace(LAT_EDM2, backbone_args={"velocity_attention": "embedding"}),
     # ... each head reading the caption's tokens through its own query: the embedding version learned one
     # velocity for every motion word (a direction word is an eighth of the pooled mean, beside a larger σ token).
-    "unet-lat-b4-edm2-velt-one": LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4,
-                                            autoencoder="outputs/ae", compositions=("red square",),
-                                            backbone_args={"velocity_attention": "tokens"}),
+    "unet-lat-b4-edm2-velt-one": replace(ONE, backbone_args={"velocity_attention": "tokens"}),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
     "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",

@@ -290,12 +290,13 @@ def test_velocity_attention_favours_keys_along_the_embeddings_velocity():
     vb = VelocityBias(4, heads=2, from_tokens=False)
     T, H, W = 3, 4, 4
     index = lambda t, y, x: (t * H + y) * W + x   # noqa: E731
+    none = (torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.bool))              # tokens it does not read
     with torch.no_grad():
-        init = vb(torch.randn(1, 4), T, H, W)                                   # (1, 2, L, L)
+        init = vb(torch.randn(1, 4), *none, T, H, W)                            # (1, 2, L, L)
         assert init[0, 0, index(0, 1, 1), index(0, 1, 1)] == 0 and init[0, 0, index(0, 1, 1), index(1, 1, 1)] == 0
         assert init[0, 0, index(0, 1, 1), index(0, 1, 2)] < 0
         vb.proj.bias[0] = 1.0                                                   # head 0: v_x = +1
-        bias = vb(torch.zeros(1, 4), T, H, W)
+        bias = vb(torch.zeros(1, 4), *none, T, H, W)
     q = index(0, 1, 1)
     assert bias[0, 0, q, index(1, 1, 2)] == 0 and bias[0, 0, q, index(2, 1, 3)] == 0
     assert bias[0, 0, q, index(1, 1, 1)] < 0 and bias[0, 0, q, index(1, 1, 0)] < bias[0, 0, q, index(1, 1, 1)]
@@ -305,10 +306,10 @@ def test_velocity_attention_favours_keys_along_the_embeddings_velocity():
     tokens, mask = torch.zeros(1, 3, 4), torch.tensor([[True, True, False]])
     tokens[0, 1, 0], tokens[0, 2, 0] = 1.0, 50.0                                  # token 2 is padding
     with torch.no_grad():
-        torch.testing.assert_close(vt(tokens, T, H, W, mask), init)                # starts as the locality prior
+        torch.testing.assert_close(vt(torch.randn(1, 4), tokens, mask, T, H, W), init)   # the locality prior
         vt.query[0, 0] = 100.0
         vt.proj.weight[0, 0] = 2.0                                                 # v_x of head 0 = 2 · feature 0
-        bias = vt(tokens, T, H, W, mask)
+        bias = vt(torch.randn(1, 4), tokens, mask, T, H, W)
     assert bias[0, 0, q, index(1, 1, 3)] == 0 and bias[0, 1, q, index(1, 1, 1)] == 0
     for mode in ("embedding", "tokens"):
         cfg = UNetConfig(channels=(8, 16), attention_levels=(1,), num_heads=2, emb_dim=16, cond_dim=8, groups=4,

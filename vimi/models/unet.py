@@ -203,18 +203,19 @@ class VelocityBias(nn.Module):
         with torch.no_grad():
             self.proj.bias[2 * heads:] = math.log(math.expm1(0.1))    # softplus⁻¹(0.1)
 
-    def forward(self, source: Tensor, frames: int, H: int, W: int, mask: Tensor | None = None) -> Tensor:
-        """source (B, E) embedding, or (B, L, E) tokens with ``mask`` (B, L) -> (B, heads, L', L'), L' = frames·H·W."""
+    def forward(self, emb: Tensor, tokens: Tensor, mask: Tensor, frames: int, H: int, W: int) -> Tensor:
+        """emb (B, E) or tokens (B, L, E) with ``mask`` (B, L), whichever this bias reads -> (B, heads, L', L'),
+        L' = frames·H·W."""
         if self.query is None:
-            vx, vy, raw_w = self.proj(source).view(-1, 3, self.heads, 1, 1).unbind(1)   # (B, heads, 1, 1) each
+            vx, vy, raw_w = self.proj(emb).view(-1, 3, self.heads, 1, 1).unbind(1)      # (B, heads, 1, 1) each
         else:
-            scores = (source @ self.query.T / source.shape[-1] ** 0.5).masked_fill(~mask[..., None], float("-inf"))
-            pooled = torch.einsum("blh,ble->bhe", torch.softmax(scores, dim=1).nan_to_num(0.0), source)
+            scores = (tokens @ self.query.T / tokens.shape[-1] ** 0.5).masked_fill(~mask[..., None], float("-inf"))
+            pooled = torch.einsum("blh,ble->bhe", torch.softmax(scores, dim=1).nan_to_num(0.0), tokens)
             weight = self.proj.weight.view(3, self.heads, -1)                              # head h reads pooled h
             out = torch.einsum("bhe,khe->bkh", pooled, weight) + self.proj.bias.view(3, self.heads)
             vx, vy, raw_w = out[..., None, None].unbind(1)
-        t, y, x = (g.reshape(-1).to(source.dtype) for g in torch.meshgrid(
-            *(torch.arange(n, device=source.device) for n in (frames, H, W)), indexing="ij"))
+        t, y, x = (g.reshape(-1).to(tokens.dtype) for g in torch.meshgrid(
+            *(torch.arange(n, device=tokens.device) for n in (frames, H, W)), indexing="ij"))
         dt, dy, dx = (a[None, :] - a[:, None] for a in (t, y, x))                      # (L', L'): key - query
         return -F.softplus(raw_w) * ((dx - vx * dt) ** 2 + (dy - vy * dt) ** 2)
 
@@ -242,12 +243,8 @@ class SpaceTimeAttention(nn.Module):
         tokens = x.view(B, frames, C, H * W).transpose(2, 3).reshape(B, frames * H * W, C)   # (B, T·h·w, C)
         pos = sincos_3d(frames, H, W, C, x.device).to(x.dtype)                               # (T·h·w, C)
         h = self.norm_self(tokens) + pos
-        if self.velocity is None:
-            bias = None
-        elif self.velocity.query is None:
-            bias = self.velocity(emb.view(B, frames, -1)[:, 0], frames, H, W)
-        else:
-            bias = self.velocity(cond, frames, H, W, cond_mask)
+        bias = None if self.velocity is None else self.velocity(emb.view(B, frames, -1)[:, 0], cond, cond_mask,
+                                                                 frames, H, W)
         tokens = tokens + self.self_attn(h, h, bias=bias)
         q = self.norm_cross(tokens) + pos if self.cross_positions else self.norm_cross(tokens)
         tokens = tokens + self.cross_attn(q, cond, cond_mask)

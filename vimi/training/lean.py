@@ -189,6 +189,7 @@ class LeanTrainer:
     def clip_params(self, stream: str, i: int) -> ClipParams:
         """Clip i of a stream ("videos" = training, or an eval split), from the narrowed world when one is set."""
         if self.compositions and stream in ("videos", "t2v-seen", "prediction"):
+            # a stream of its own (len(STREAMS) as a tag), apart from the world's item_rng streams
             rng = np.random.default_rng([self.cfg.seed, len(sampling.STREAMS), sampling.STREAMS.index(stream), i])
             return sampling.sample_object_clip(rng, self.compositions, self.cfg.frames, self.cfg.size)
         return train_video_params(self.world, i) if stream == "videos" else eval_params(self.world, stream, i)
@@ -385,10 +386,11 @@ class LeanTrainer:
         asked = [m for m in words for _ in params]
         along = [np.dot(f["velocity"], self.DIRECTIONS[m]) if f["velocity"] else 0.0 for f, m in zip(found, asked)]
         follow = [f["motion"] == m for f, m in zip(found, asked)]
-        scenes = [to_model_video(np.array(spec.SCENES[p.scene], np.uint8)[None, None, None])[:, 0, 0, 0]
-                  for _ in words for p in params]                                         # (3,) each, in [-1, 1]
+        # each row's scene colour in [-1, 1]: a (T=1, H=rows, W=1) video -> (3, rows)
+        scene_rgb = to_model_video(np.array([[[spec.SCENES[p.scene]] for p in params]], np.uint8))[:, 0, :, 0]
         mean = self._mean_denoised(captions, prior_sigma, prior_noises)                   # (n, 3, T, H, W)
-        prior = [np.dot(_centroid_velocity(v, bg), self.DIRECTIONS[m]) for v, bg, m in zip(mean, scenes, asked)]
+        prior = [np.dot(_centroid_velocity(v, scene_rgb[:, i % len(params)]), self.DIRECTIONS[m])
+                 for i, (v, m) in enumerate(zip(mean, asked))]
         return {"along": float(np.mean(along)), "follow": float(np.mean(follow)), "prior": float(np.mean(prior))}
 
     @torch.no_grad()
@@ -396,16 +398,15 @@ class LeanTrainer:
         """The EMA denoiser's output at ``sigma`` on pure noise, decoded to pixels, averaged over ``noises`` draws."""
         net, cond = self.ema
         c, mask = cond(captions)
-        side = self.cfg.size // (self.ae.config.factor if self.ae is not None else 1)
-        channels = self.ae.config.latent_channels if self.ae is not None else 3
-        shape = (len(captions), channels, self.cfg.frames, side, side)
-        frame_cond = frame_condition(torch.zeros(shape), torch.zeros(len(captions), dtype=torch.long),
-                                     self.cfg.hold_given_frame)
+        n = len(captions)
+        shape = self.to_latent(torch.zeros((1, 3, self.cfg.frames, self.cfg.size, self.cfg.size))).shape[1:]
+        shape = (n, *shape)                                                         # the diffusion's space
+        frame_cond = frame_condition(torch.zeros(shape), torch.zeros(n, dtype=torch.long), self.cfg.hold_given_frame)
         gen = torch.Generator().manual_seed(30_000)
         total = 0.0
         for _ in range(noises):
-            D = net(sigma * torch.randn(shape, generator=gen), torch.full((len(captions),), sigma), cond=c,
-                    cond_mask=mask, frame_cond=frame_cond)
+            D = net(sigma * torch.randn(shape, generator=gen), torch.full((n,), sigma), cond=c, cond_mask=mask,
+                    frame_cond=frame_cond)
             total = total + (D if self.ae is None else self.ae.decode_video(D)).clamp(-1, 1)
         return total / noises
 
