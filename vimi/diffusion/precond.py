@@ -30,6 +30,12 @@ class EDMConfig:
     sigma_data: float = 1.0        # σ_d, std of the clean data; Snap Video uses 1 (EDM's images: 0.5)
     P_mean: float = -1.2           # training ln σ ~ N(P_mean, P_std²) (EDM Table 1, "Training")
     P_std: float = 1.2
+    # A second mode of the training σ: this share of samples draws ln σ ~ N(P_high_mean, P_high_std²) instead.
+    # The caption's layout and an object's path are decided at high σ, where a log-normal fitted to detail
+    # trains almost never; there the motion word is the only way to lower the loss (docs/learning.md).
+    P_high_share: float = 0.0
+    P_high_mean: float = 2.3       # ln 10
+    P_high_std: float = 0.5
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
     foreground_weight: float = 0.0  # α: loss weight 1 + α on pixels off their frame's dominant colour (loss.py)
     frame_noise_share: float = 0.0  # ρ: correlation of the noise between frames, training and sampling (rng.py)
