@@ -318,6 +318,24 @@ def test_foreground_weights_raise_the_pixels_off_the_frames_colour_and_keep_the_
     assert torch.equal(w[1], torch.ones_like(w[1]))  # no object: uniform, the plain EDM loss
 
 
+def test_high_sigma_mode_trains_the_asked_share_there_and_is_off_by_default():
+    seen = []
+
+    def net(x_noisy, sigma, sigma_in=None):
+        seen.append(sigma.log())
+        return torch.zeros_like(x_noisy)
+
+    x = torch.zeros(8000, 1)
+    EDMLoss(P_mean=-0.4, P_std=1.0, high=(0.3, 2.3, 0.2))(net, x)
+    EDMLoss(P_mean=-0.4, P_std=1.0)(net, x)
+    mixed, plain = seen
+    assert abs((mixed > 1.8).float().mean().item() - 0.3) < 0.03        # the high mode's share, around ln 10
+    assert abs(mixed[mixed > 1.8].mean().item() - 2.3) < 0.05
+    assert (plain > 1.8).float().mean().item() < 0.03                  # N(-0.4, 1): 1.4% above ln σ = 1.8
+    with pytest.raises(ValueError, match="high-σ mode"):
+        EDMLoss(high=(1.5, 2.3, 0.5))
+
+
 def test_loss_generators_make_it_reproducible():
     precond = EDMPrecond(micro_fit(), sigma_in=2.0)
     loss_fn = EDMLoss(sigma_in=2.0)

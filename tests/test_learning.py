@@ -126,6 +126,10 @@ def test_a_benchmark_name_picks_the_mllm_layer_the_generator_reads():
     assert learning.config_of("unet-xs+mllm", "m").mllm_args == {"layer": -2}
     cfg = learning.config_of("unet-lat-b4-ref2+mllm@0", "m")
     assert (cfg.conditioning, cfg.mllm, cfg.mllm_args) == ("mllm", "m", {"refiner_layers": 2, "layer": 0})
+    variant = learning.sampler_variant(SamplerConfig(), "factorized=true,num_steps=8,guidance_scale=2")
+    assert (variant.factorized, variant.num_steps, variant.guidance_scale) == (True, 8, 2.0)
+    with pytest.raises(ValueError, match="factorized is true or false"):
+        learning.sampler_variant(SamplerConfig(), "factorized=1")
 
 
 def test_latent_mode_learns_to_draw_the_captions_scene(tmp_path):

@@ -116,3 +116,27 @@ def test_t2v_retrieves_from_the_bundled_index(pipe, tmp_path):
     assert len(pairs) == pipe.cfg.retrieval_k
     assert all("photo" in caption and image.size == (32, 32) for caption, image in pairs)
     assert loaded._retrieve([None]) == [[]]  # prediction / subject prompts retrieve nothing
+
+
+def test_factorized_t2v_is_the_prediction_task_from_the_first_draws_frame(pipe, monkeypatch):
+    from dataclasses import replace
+
+    from vimi.pipeline import VimiPipeline
+
+    draws = []
+    sample = VimiPipeline._sample
+
+    def spy(self, reqs, seeds, T, *a):
+        out = sample(self, reqs, seeds, T, *a)
+        draws.append(([(r.task, r.prompt, r.first_frames) for r in reqs], out))
+        return out
+
+    monkeypatch.setattr(VimiPipeline, "_sample", spy)
+    monkeypatch.setattr(pipe.cfg, "sampler", replace(pipe.cfg.sampler, factorized=True))
+    videos = pipe.generate_batch(REQUESTS, seeds=[0, 1, 2], steps=STEPS)
+    (_, first), (again, second) = draws
+    assert [(task, prompt) for task, prompt, _ in again] == [("prediction", REQUESTS[0][1]["prompt"])]  # t2v only
+    np.testing.assert_array_equal(again[0][2], first[0][:1])     # ... from its own first frame
+    np.testing.assert_array_equal(videos[0], second[0])
+    for i in (1, 2):                                              # the other tasks are drawn once
+        np.testing.assert_array_equal(videos[i], first[i])

@@ -284,7 +284,17 @@ class VimiPipeline:
                 raise InputError(f"num_frames {T} is shorter than the {len(r.first_frames)} first frame(s) given")
         if T > T0 and any(TASKS[r.task].given_frames for r in reqs):
             return self._extend(reqs, seeds, T, steps, guidance, progress)
-        return self._sample(reqs, seeds, T, steps, guidance, progress)
+        videos = self._sample(reqs, seeds, T, steps, guidance, progress)
+        t2v = [i for i, r in enumerate(reqs) if r.task == "t2v"]
+        if cfg.sampler.factorized and t2v:
+            # Emu Video's factorisation (SamplerConfig.factorized): each t2v clip again, as the prediction task
+            # from its own first frame, so the path is drawn by the task that learned the motion words.
+            nfe = self.last_nfe or 0
+            again = [Request.given("prediction", reqs[i].prompt, videos[i][:1].copy()) for i in t2v]
+            for i, v in zip(t2v, self._sample(again, [seeds[i] for i in t2v], T, steps, guidance, progress)):
+                videos[i] = v
+            self.last_nfe = nfe + (self.last_nfe or 0)
+        return videos
 
     def _extend(self, reqs: list[Request], seeds: list[int], N: int, steps, guidance, progress) -> list[np.ndarray]:
         """Long videos by autoregressive extension (AID; Open-Sora's video extension): a chunk of the

@@ -38,6 +38,10 @@ class SamplerConfig:
     guidance_scale: float = 3.0        # classifier-free guidance w; 1 = conditional only (one pass)
     dynamic_threshold: float | None = None  # Imagen percentile (e.g. 0.995) to clamp x0; None = off
     threshold_floor: float = 1.0       # the clamp never goes below the data range [-1, 1]
+    # Text-to-video in two draws (Emu Video's factorisation, Girdhar et al. 2023): a t2v clip, then the
+    # prediction task from its first frame. The path is the prediction task's, which reads the motion word
+    # where t2v's loss barely does (docs/learning.md, "Where the word can be learned").
+    factorized: bool = False
 
     def step_kwargs(self) -> dict:
         """The keyword arguments of :func:`edm_sampler` that this config sets."""

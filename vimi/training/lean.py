@@ -268,8 +268,18 @@ class LeanTrainer:
     @torch.no_grad()
     def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int],
                sampler: SamplerConfig | None = None) -> Tensor:
+        """Pixel clips (B, 3, T, H, W): the first k[i] frames of ``given`` kept, the rest drawn."""
+        sampler = sampler or self.cfg.sampler
+        out = self._draw(captions, given, k, seeds, sampler)
+        t2v = (k == 0).nonzero()[:, 0]
+        if sampler.factorized and len(t2v):   # Emu Video: the t2v clips again, predicted from their frame 0
+            out[t2v] = self._draw([captions[i] for i in t2v], out[t2v], torch.ones(len(t2v), dtype=k.dtype),
+                                  [seeds[i] for i in t2v], sampler)
+        return out
+
+    def _draw(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int], sampler: SamplerConfig
+              ) -> Tensor:
         cfg = self.cfg
-        sampler = sampler or cfg.sampler
         net, cond = self.ema
         c, mask = cond(captions, first_frames(given, k))
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
