@@ -31,6 +31,7 @@ class EDMLoss:
         foreground_weight: float = 0.0,  # extra weight α on pixels off their frame's dominant colour (see below)
         frame_noise_share: float = 0.0,  # ρ: noise correlation between a video's frames (rng.share_across_frames)
         high: tuple[float, float, float] = (0.0, 2.3, 0.5),  # (share, mean, std) of a second ln σ mode
+        high_given_only: bool = False,   # ... drawn only by the samples the caller marks as given frames
     ):
         if P_std <= 0 or sigma_data <= 0 or sigma_in <= 0 or foreground_weight < 0:
             raise ValueError("P_std, sigma_data and sigma_in must be > 0, foreground_weight >= 0")
@@ -39,6 +40,7 @@ class EDMLoss:
         if not 0.0 <= high[0] <= 1.0 or high[2] <= 0:
             raise ValueError(f"the high-σ mode needs a share in [0, 1] and a std > 0, got {high}")
         self.high = tuple(float(v) for v in high)
+        self.high_given_only = bool(high_given_only)
         self.frame_noise_share = float(frame_noise_share)
         self.P_mean, self.P_std = float(P_mean), float(P_std)
         self.sigma_data, self.sigma_in = float(sigma_data), float(sigma_in)
@@ -48,11 +50,13 @@ class EDMLoss:
     def from_config(cls, cfg: EDMConfig, sigma_in: float | None = None) -> "EDMLoss":
         """``sigma_in`` overrides ``cfg.sigma_in``; one of them must be set (e.g. cfg.input_scale(T, H, W))."""
         return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in), cfg.foreground_weight,
-                   cfg.frame_noise_share, (cfg.P_high_share, cfg.P_high_mean, cfg.P_high_std))
+                   cfg.frame_noise_share, (cfg.P_high_share, cfg.P_high_mean, cfg.P_high_std), cfg.P_high_given_only)
 
     def __call__(self, net: Callable[..., Tensor], x: Tensor, *, sigma_in: Tensor | float | None = None,
-                 generators: Sequence[torch.Generator] | None = None, **cond) -> Tensor:
-        """x: clean batch (B, ...) -> loss (B,), the weighted squared error averaged per sample."""
+                 generators: Sequence[torch.Generator] | None = None, given: Tensor | None = None,
+                 **cond) -> Tensor:
+        """x: clean batch (B, ...) -> loss (B,), the weighted squared error averaged per sample. ``given`` (B,)
+        bool marks the samples given frames, for ``high_given_only`` (None: every sample may draw the high mode)."""
         B, nd = x.shape[0], x.ndim
         s_in = per_sample(self.sigma_in if sigma_in is None else sigma_in, B, nd, x)   # (B, 1, ..., 1)
         # Noise level first, then ε, from the same per-sample stream: fixed order keeps runs exact.
@@ -61,6 +65,8 @@ class EDMLoss:
         share, high_mean, high_std = self.high
         if share > 0:   # which mode, from the same stream (drawn only when there is a second mode)
             pick = torch.special.ndtr(randn_per_sample((B,), generators, x.device, x.dtype)) < share
+            if self.high_given_only and given is not None:
+                pick = pick & given.to(pick.device)
             ln_sigma = torch.where(pick, z * high_std + high_mean, ln_sigma)
         sigma = ln_sigma.exp().reshape(B, *([1] * (nd - 1)))                            # (B, 1, ..., 1)
         eps = share_across_frames(randn_per_sample(x.shape, generators, x.device, x.dtype), self.frame_noise_share)

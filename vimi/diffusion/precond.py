@@ -36,6 +36,7 @@ class EDMConfig:
     P_high_share: float = 0.0
     P_high_mean: float = 2.3       # ln 10
     P_high_std: float = 0.5
+    P_high_given_only: bool = False  # the high mode only for clips given frames (prediction), where it pays
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
     foreground_weight: float = 0.0  # α: loss weight 1 + α on pixels off their frame's dominant colour (loss.py)
     frame_noise_share: float = 0.0  # ρ: correlation of the noise between frames, training and sampling (rng.py)

@@ -216,7 +216,7 @@ class LeanTrainer:
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss = self.loss(self.net, video, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
+        loss = self.loss(self.net, video, given=k > 0, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)

@@ -52,4 +52,5 @@ class TrainStep(nn.Module):
             # EDMPrecond casts x to the backbone dtype itself; the side inputs are cast here.
             return model(x_noisy, sigma, C.to(dtype), mask, frame_cond.to(dtype), sigma_in=sigma_in)
 
-        return self.loss(denoise, video, sigma_in=self.sigma_in, generators=generators)  # (B,)
+        return self.loss(denoise, video, sigma_in=self.sigma_in, generators=generators,
+                         given=given_frames > 0)  # (B,)
