@@ -252,14 +252,16 @@ def read_results(path: Path) -> list[dict]:
 # obj and iou are graded readings (vimi.training.lean.object_reading); dO/dB are the denoiser's noise
 # removal on object / background pixels at σ = 0.1 and 0.3 (LeanTrainer.denoising_gain); mse1 is the
 # denoiser's error on fixed held-out clips at σ = 1, gn1 / gn3 / gn10 the null / caption ratio of it at σ = 1,
-# 3 and 10 (LeanTrainer.heldout_loss).
+# 3 and 10 (LeanTrainer.heldout_loss); wgt2 / wgp2 / wgp10 the wrong / right motion word ratio of the denoiser's
+# error as t2v at σ = 2 and as prediction at σ = 2 and 10 (LeanTrainer.motion_word_gain).
 COLUMNS = [("t2v-seen", "object", "obj"), ("t2v-seen", "shape_iou", "iou"), ("t2v-seen", "all_correct", "seen"),
            ("t2v-seen", "color", "col"), ("t2v-seen", "shape", "shp"), ("t2v-seen", "motion", "mot"),
            ("t2v-seen", "scene", "scn"), ("t2v-seen", "subject", "subj"),
            ("t2v-novel-composition", "all_correct", "novel"), ("prediction", "all_correct", "pred"),
            ("prediction", "psnr", "psnr"), ("heldout", "mse@1", "mse1"), ("heldout", "gain@1", "gn1"),
            ("heldout", "gain@3", "gn3"), ("heldout", "gain@10", "gn10"), ("motion_words", "along", "mw"),
-           ("motion_words", "follow", "mwf"), ("motion_words", "prior", "mwp"),
+           ("motion_words", "follow", "mwf"), ("motion_words", "prior", "mwp"), ("prediction", "motion", "pmot"),
+           ("word_gain", "t2v@2", "wgt2"), ("word_gain", "prediction@2", "wgp2"), ("word_gain", "prediction@10", "wgp10"),
            ("denoising", "object@0.1", "dO.1"), ("denoising", "object@0.3", "dO.3"),
            ("denoising", "background@0.1", "dB.1")]
 
@@ -270,6 +272,7 @@ def format_row(r: dict) -> str:
     for split, key, _ in COLUMNS:
         v = r["scores"].get(split, {}).get(key)
         digits = 1 if key in ("psnr", "along", "prior") or split == "denoising" else 3 if split == "heldout" else 2
+        digits = 2 if split == "word_gain" else digits
         cells.append(f"{'-' if v is None else f'{v:.{digits}f}':>5}")
     return " ".join(cells)
 

@@ -326,6 +326,7 @@ class LeanTrainer:
             report[split]["rows"] = len(results)
         report["heldout"] = self.heldout_loss()
         report["motion_words"] = self.motion_words(sampler=sampler)
+        report["word_gain"] = self.motion_word_gain()
         if self.ae is None:   # a pixel-space reading
             report["denoising"] = self.denoising_gain(rows=rows)
         return report
@@ -367,6 +368,32 @@ class LeanTrainer:
 
     DIRECTIONS = {"moves left": (-1.0, 0.0), "moves right": (1.0, 0.0), "moves up": (0.0, -1.0),
                   "moves down": (0.0, 1.0)}
+
+    @torch.no_grad()
+    def motion_word_gain(self, sigmas: tuple[float, ...] = (2.0, 10.0), rows: int = 24) -> dict[str, float]:
+        """Does the denoiser read the motion word? On fixed t2v-seen clips that translate, noised to each σ (fixed
+        noise): its error on the frames it is not given under a wrong direction word / under the right one, as
+        t2v (no frame given) and as prediction (frame 0 given). 1 = the word is not read.
+
+        Paired and cheap, it moves long before a sample's path does: trained on prediction at σ = 10 alone the
+        prediction reading passes 8 by 2,000 clips, where the scorer still reads chance (docs/learning.md)."""
+        net, cond = self.ema
+        words = list(self.DIRECTIONS)
+        params = [p for p in (self.clip_params("t2v-seen", i) for i in range(20 * rows)) if p.motion in words][:rows]
+        wrong = [replace(p, motion=words[(words.index(p.motion) + 1 + i % 3) % 4]) for i, p in enumerate(params)]
+        x = self.to_latent(to_model_video(np.stack([render_clip(p) for p in params])))
+        n = len(params)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7_000))
+        conds = [cond([video_caption(p) for p in ps]) for ps in (params, wrong)]
+        out = {}
+        for task, k in (("t2v", 0), ("prediction", 1)):
+            frame_cond = frame_condition(x, torch.full((n,), k), self.cfg.hold_given_frame)
+            for sigma in sigmas:
+                right, bad = (float((net(x / net.sigma_in + sigma * noise, torch.full((n,), sigma), cond=c,
+                                         cond_mask=mask, frame_cond=frame_cond) - x)[:, :, k:].square().mean())
+                              for c, mask in conds)
+                out[f"{task}@{sigma:g}"] = bad / right
+        return out
 
     @torch.no_grad()
     def motion_words(self, rows: int = 6, sampler: SamplerConfig | None = None,
