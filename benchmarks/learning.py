@@ -34,6 +34,7 @@ PLAIN = EDMConfig(sigma_data=0.5, sigma_in=1.0)  # EDM's own settings (σ_in = 1
 EDM2 = replace(PLAIN, P_mean=-0.4, P_std=1.0)     # ... with EDM2's training σ for latents (configs/shapeworld)
 LAT_EDM2 = LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae")   # the default recipe
 ONE = replace(LAT_EDM2, compositions=("red square",))   # ... in a world of one object (LeanConfig.compositions)
+HIGH = replace(EDM2, P_high_share=1.0, P_high_given_only=True)   # clips given frames train around σ = 10
 
 # name -> recipe. Every row of the closing note's table is one of these; losing rows stay listed.
 CONFIGS: dict[str, LeanConfig] = {
@@ -124,11 +125,11 @@ CONFIGS: dict[str, LeanConfig] = {
     # ... each head reading the caption's tokens through its own query: the embedding version learned one
     # velocity for every motion word (a direction word is an eighth of the pooled mean, beside a larger σ token).
     "unet-lat-b4-edm2-velt-one": replace(ONE, backbone_args={"velocity_attention": "tokens"}),
-    # Half the training σ from a second mode around σ = 10 (EDMConfig.P_high_share) and half the clips given
-    # their first frame. Trained on prediction at σ = 10 alone the motion word cuts the error 35× by 4,000
+    # Half the clips given their first frame, and those trained around σ = 10 (EDMConfig.P_high_share,
+    # P_high_given_only). Trained on prediction at σ = 10 alone the motion word cuts the error 35× by 4,000
     # clips; under EDM2's σ alone, 1.00× (docs/learning.md, "Where the word can be learned").
-    "unet-lat-b4-edm2-high-one": replace(ONE, edm=replace(EDM2, P_high_share=0.5), pred_fraction=0.5),
-    "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=replace(EDM2, P_high_share=0.5), pred_fraction=0.5),
+    "unet-lat-b4-edm2-high-one": replace(ONE, edm=HIGH, pred_fraction=0.5),
+    "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
     "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",
