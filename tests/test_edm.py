@@ -332,6 +332,10 @@ def test_high_sigma_mode_trains_the_asked_share_there_and_is_off_by_default():
     assert abs((mixed > 1.8).float().mean().item() - 0.3) < 0.03        # the high mode's share, around ln 10
     assert abs(mixed[mixed > 1.8].mean().item() - 2.3) < 0.05
     assert (plain > 1.8).float().mean().item() < 0.03                  # N(-0.4, 1): 1.4% above ln σ = 1.8
+    given = torch.arange(8000) % 2 == 0                                    # P_high_given_only: clips given frames
+    EDMLoss(P_mean=-0.4, P_std=1.0, high=(1.0, 2.3, 0.2), high_given_only=True)(net, x, given=given)
+    only = seen[-1]
+    assert (only[given] > 1.8).float().mean().item() > 0.97 and (only[~given] > 1.8).float().mean().item() < 0.03
     with pytest.raises(ValueError, match="high-σ mode"):
         EDMLoss(high=(1.5, 2.3, 0.5))
 
