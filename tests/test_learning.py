@@ -164,3 +164,18 @@ def test_a_narrowed_world_trains_and_scores_only_its_compositions():
     assert trainer.clip_params("t2v-novel-subject", 0).subject is not None     # other splits as usual
     with pytest.raises(ValueError, match="'red'.*not 'colour shape'"):
         LeanTrainer(replace(TINY, compositions=("red",)))
+
+
+def test_factorized_t2v_keeps_the_plain_draws_first_frame_and_redraws_the_rest():
+    import torch
+
+    trainer = LeanTrainer(replace(TINY, sampler=SamplerConfig(num_steps=2, guidance_scale=2.0)))
+    trainer.train_to(8)
+    captions = ["a big red circle moves left on sand", "a small blue ring moves up on grass"]
+    given = torch.rand(2, 3, 4, 32, 32) * 2 - 1
+    k = torch.tensor([0, 1])                                             # one t2v row, one prediction row
+    plain = trainer.sample(captions, given, k, seeds=[1, 2])
+    two = trainer.sample(captions, given, k, seeds=[1, 2], sampler=replace(trainer.cfg.sampler, factorized=True))
+    torch.testing.assert_close(two[:, :, :1], plain[:, :, :1])           # t2v's frame 0 is the plain draw's
+    assert not torch.allclose(two[0, :, 1:], plain[0, :, 1:])            # ... and the rest is drawn again
+    torch.testing.assert_close(two[1], plain[1])                         # prediction rows are drawn once
