@@ -262,7 +262,8 @@ COLUMNS = [("t2v-seen", "object", "obj"), ("t2v-seen", "shape_iou", "iou"), ("t2
            ("prediction", "psnr", "psnr"), ("heldout", "mse@1", "mse1"), ("heldout", "gain@1", "gn1"),
            ("heldout", "gain@3", "gn3"), ("heldout", "gain@10", "gn10"), ("motion_words", "along", "mw"),
            ("motion_words", "follow", "mwf"), ("motion_words", "prior", "mwp"), ("prediction", "motion", "pmot"),
-           ("word_gain", "t2v@2", "wgt2"), ("word_gain", "prediction@2", "wgp2"), ("word_gain", "prediction@10", "wgp10"),
+           ("word_gain", "t2v@2", "wgt2"), ("word_gain", "prediction@2", "wgp2"),
+           ("word_gain", "prediction@10", "wgp10"),
            ("denoising", "object@0.1", "dO.1"), ("denoising", "object@0.3", "dO.3"),
            ("denoising", "background@0.1", "dB.1")]
 
