@@ -1,6 +1,6 @@
 """EDM's training loss (Karras et al. 2022, eq. 8 and Table 1 "Training"), with Snap Video's input scale.
 
-ln σ ~ N(P_mean, P_std²); the denoiser is trained to recover x from x/σ_in + σε with weight
+ln σ ~ N(P_mean, P_std²) (optionally a share from a second, high mode); the denoiser is trained to recover x from x/σ_in + σε with weight
 λ(σ) = (σ² + σ_d²) / (σ σ_d)². The loss only calls ``net(x_noisy, sigma, sigma_in=..., **cond)``
 and compares its output with x: it knows nothing of the preconditioning inside ``net``.
 

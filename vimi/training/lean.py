@@ -381,13 +381,14 @@ class LeanTrainer:
         words = list(self.DIRECTIONS)
         params = [p for p in (self.clip_params("t2v-seen", i) for i in range(20 * rows)) if p.motion in words][:rows]
         wrong = [replace(p, motion=words[(words.index(p.motion) + 1 + i % 3) % 4]) for i, p in enumerate(params)]
-        x = self.to_latent(to_model_video(np.stack([render_clip(p) for p in params])))
-        n = len(params)
+        video = to_model_video(np.stack([render_clip(p) for p in params]))
+        x, n = self.to_latent(video), len(params)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7_000))
-        conds = [cond([video_caption(p) for p in ps]) for ps in (params, wrong)]
         out = {}
         for task, k in (("t2v", 0), ("prediction", 1)):
-            frame_cond = frame_condition(x, torch.full((n,), k), self.cfg.hold_given_frame)
+            ks = torch.full((n,), k)
+            frame_cond = frame_condition(x, ks, self.cfg.hold_given_frame)
+            conds = [cond([video_caption(p) for p in ps], first_frames(video, ks)) for ps in (params, wrong)]
             for sigma in sigmas:
                 right, bad = (float((net(x / net.sigma_in + sigma * noise, torch.full((n,), sigma), cond=c,
                                          cond_mask=mask, frame_cond=frame_cond) - x)[:, :, k:].square().mean())
