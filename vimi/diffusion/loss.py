@@ -1,8 +1,9 @@
 """EDM's training loss (Karras et al. 2022, eq. 8 and Table 1 "Training"), with Snap Video's input scale.
 
-ln σ ~ N(P_mean, P_std²) (optionally a share from a second, high mode); the denoiser is trained to recover x from x/σ_in + σε with weight
-λ(σ) = (σ² + σ_d²) / (σ σ_d)². The loss only calls ``net(x_noisy, sigma, sigma_in=..., **cond)``
-and compares its output with x: it knows nothing of the preconditioning inside ``net``.
+ln σ ~ N(P_mean, P_std²) (optionally a share from a second, high mode); the denoiser is trained to recover
+x from x/σ_in + σε with weight λ(σ) = (σ² + σ_d²) / (σ σ_d)². The loss only calls
+``net(x_noisy, sigma, sigma_in=..., **cond)`` and compares its output with x: it knows nothing of the
+preconditioning inside ``net``.
 
 λ(σ) is EDM's weight on D, kept as docs/architecture.md (The model) specifies. With σ_in = 1 it equals 1/c_out², i.e. a
 unit-weight regression of F on its unit-variance target (EDM eq. 8 → Table 1). With σ_in ≠ 1 the
