@@ -184,10 +184,12 @@ def run(names: list[str], budgets: list[int], rows: int, out: Path, threads: int
                                             if r["config"] == name and r["clips"] == budget), float("nan"))
             else:
                 trainer.train_to(budget, progress=_progress(name, budget))
+            readings = None   # the denoiser's sampler-free readings: once per point
             for v in variants:
                 if (name, budget, rows, v) in done:
                     continue
-                report = trainer.evaluate(rows=rows, sampler=sampler_variant(cfg.sampler, v))
+                readings = readings or trainer.readings(rows)
+                report = trainer.evaluate(rows=rows, sampler=sampler_variant(cfg.sampler, v), readings=readings)
                 suffix = "" if v == DEFAULT_SAMPLER else "_" + v.replace(",", "_")
                 save_contact_sheet(trainer.last_videos, out / f"samples_{name}_{trainer.clips}{suffix}.png")
                 row = {"config": name, "clips": trainer.clips, "budget": budget, "rows": rows, "sampler": v,
@@ -274,7 +276,6 @@ def format_row(r: dict) -> str:
     for split, key, _ in COLUMNS:
         v = r["scores"].get(split, {}).get(key)
         digits = 1 if key in ("psnr", "along", "prior") or split == "denoising" else 3 if split == "heldout" else 2
-        digits = 2 if split == "word_gain" else digits
         cells.append(f"{'-' if v is None else f'{v:.{digits}f}':>5}")
     return " ".join(cells)
 

@@ -297,10 +297,11 @@ class LeanTrainer:
         return torch.where(known, given, out)
 
     def evaluate(self, splits: tuple[str, ...] = ("t2v-seen", "t2v-novel-composition", "prediction"),
-                 rows: int = 20, batch: int = 10, sampler: SamplerConfig | None = None
-                 ) -> dict[str, dict[str, float]]:
+                 rows: int = 20, batch: int = 10, sampler: SamplerConfig | None = None,
+                 readings: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
         """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips,
-        drawn with ``sampler`` (default: the recipe's)."""
+        drawn with ``sampler`` (default: the recipe's), and the denoiser's readings (:meth:`readings`; pass
+        them when scoring the same weights with another sampler: they do not depend on it)."""
         cfg = self.cfg
         report: dict[str, dict[str, float]] = {}
         self.last_videos: dict[str, list[np.ndarray]] = {}   # split -> generated (T, H, W, 3) uint8 clips
@@ -324,12 +325,16 @@ class LeanTrainer:
             report[split] = {key: float(np.mean([r[key] for r in results if r.get(key) is not None]))
                              for key in keys if any(r.get(key) is not None for r in results)}
             report[split]["rows"] = len(results)
-        report["heldout"] = self.heldout_loss()
         report["motion_words"] = self.motion_words(sampler=sampler)
-        report["word_gain"] = self.motion_word_gain()
-        if self.ae is None:   # a pixel-space reading
-            report["denoising"] = self.denoising_gain(rows=rows)
-        return report
+        return report | (readings or self.readings(rows))
+
+    def readings(self, rows: int = 20) -> dict[str, dict[str, float]]:
+        """The sampler-free readings of the EMA denoiser: held-out loss, motion-word gain, and in pixel space
+        its noise removal."""
+        out = {"heldout": self.heldout_loss(), "word_gain": self.motion_word_gain()}
+        if self.ae is None:
+            out["denoising"] = self.denoising_gain(rows=rows)
+        return out
 
     def _fixed_t2v_clips(self, rows: int) -> tuple[list[str], Tensor, Tensor]:
         """The first ``rows`` t2v-seen eval clips: captions, clips in the diffusion's space, frame condition."""
