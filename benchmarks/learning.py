@@ -130,6 +130,8 @@ CONFIGS: dict[str, LeanConfig] = {
     # clips; under EDM2's σ alone, 1.00× (docs/learning.md, "Where the word can be learned").
     "unet-lat-b4-edm2-high-one": replace(ONE, edm=HIGH, pred_fraction=0.5),
     "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5),
+    # ... on f = 2 latents (16×16, an autoencoder trained with --channels 16): a 2-px step is a whole latent cell.
+    "unet-lat2-b4-edm2-high": replace(LAT_EDM2, backbone="unet-lat2", edm=HIGH, pred_fraction=0.5),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
     "unet-xs-b4-one": LeanConfig(backbone="unet-xs", edm=PLAIN, lr=2e-3, batch=4, compositions=("red square",)),
     "unet-lat-b4-apool": LeanConfig(backbone="unet-lat", edm=PLAIN, lr=2e-3, batch=4, autoencoder="outputs/ae",

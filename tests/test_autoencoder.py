@@ -97,6 +97,8 @@ def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_
 
     assert main(["--out", str(tmp_path / "ae"), "--channels", "8,x"]) == 2
     assert "--channels must be comma-separated integers" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "ae"), "--foreground-dilation", "-1"]) == 2
+    assert "--foreground-dilation must be >= 0, got -1" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "ae"), "--steps", "2", "--clips", "1", "--pictures", "1",
                  "--channels", "8,16", "--latent-channels", "4", "--foreground-weight", "4", "--threads", "1"]) == 0
     report = json.loads((tmp_path / "ae" / "report.json").read_text())

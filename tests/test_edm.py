@@ -318,6 +318,20 @@ def test_foreground_weights_raise_the_pixels_off_the_frames_colour_and_keep_the_
     assert torch.equal(w[1], torch.ones_like(w[1]))  # no object: uniform, the plain EDM loss
 
 
+def test_dilated_foreground_weights_also_raise_the_background_around_and_inside_an_outline():
+    from vimi.diffusion.loss import foreground_weights
+
+    x = torch.full((1, 3, 2, 12, 12), -0.5)
+    x[..., 3:8, 3:8] = 0.9
+    x[..., 5, 5] = -0.5                             # a ring: one background pixel inside the object
+    w = foreground_weights(x, alpha=4.0, dilate=1)
+    heavy = w[0, 0, 0] > w[0, 0, 0, 0, 0]
+    assert heavy[2:9, 2:9].all() and heavy.sum() == 49   # the 5x5 object grown by one pixel each way, hole included
+    plain = foreground_weights(x, alpha=4.0)[0, 0, 0]
+    assert plain[5, 5] < plain[4, 4] and plain[2, 2] < plain[4, 4]     # undilated: hole and rim weigh as background
+    torch.testing.assert_close(w.flatten(1).mean(1), torch.ones(1))
+
+
 def test_high_sigma_mode_trains_the_asked_share_there_and_is_off_by_default():
     seen = []
 

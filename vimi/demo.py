@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     # Latent mode's per-frame autoencoder (configs/shapeworld/*.yaml: model.autoencoder).
     autoencoder = data / "autoencoder"
     run_step("autoencoder", [PY, "-m", "vimi.training.autoencoder", "--out", str(autoencoder),
-                             "--steps", str(int(2500 * s)), "--threads", "2"], autoencoder / "report.json", steps)
+                             "--steps", str(int(3600 * s)), "--threads", "2"], autoencoder / "report.json", steps)
 
     # Two BLAS threads: the U-Net step is compute-bound and the loader worker is idle most of the time
     # (data_wait_frac ~0.002 in metrics.jsonl).

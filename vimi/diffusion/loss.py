@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vimi.diffusion.precond import EDMConfig, per_sample, resolve_sigma_in
@@ -84,13 +85,19 @@ def off_median_mask(x: Tensor, threshold: float = 0.3) -> Tensor:
     return (x - median).square().sum(1, keepdim=True).sqrt() > threshold
 
 
-def foreground_weights(x: Tensor, alpha: float, threshold: float = 0.3) -> Tensor:
+def foreground_weights(x: Tensor, alpha: float, threshold: float = 0.3, dilate: int = 0) -> Tensor:
     """Per-pixel loss weights 1 + α·[pixel off its frame's median colour], normalised to mean 1 per sample.
 
     x (B, C, [T,] H, W) in [-1, 1]. On ShapeWorld the median colour is the scene's and the object covers
     7.6% of the pixels, so under a uniform loss the denoiser learns the background long before it learns
     to denoise objects (docs/learning.md). The mask needs no labels (only the clean clip), and where
-    most pixels are off the median, as in natural video, the weights tend to uniform.
+    most pixels are off the median, as in natural video, the weights tend to uniform. ``dilate`` grows the
+    mask by that many pixels each way, so the background an outline encloses or borders (a ring's hole, the
+    notches of a cross) weighs as much as the object: what tells one shape from another is there.
     """
-    w = 1.0 + alpha * off_median_mask(x, threshold).to(x.dtype)
+    mask = off_median_mask(x, threshold).to(x.dtype)
+    if dilate > 0:
+        flat = mask.reshape(-1, 1, *mask.shape[-2:])
+        mask = F.max_pool2d(flat, 2 * dilate + 1, stride=1, padding=dilate).reshape(mask.shape)
+    w = 1.0 + alpha * mask
     return w / w.flatten(1).mean(1).reshape(-1, *([1] * (x.ndim - 1)))

@@ -25,7 +25,9 @@ from torch import Tensor, nn
 @dataclass
 class AutoencoderConfig:
     in_channels: int = 3
-    channels: tuple[int, ...] = (32, 64)   # width per level; each level halves H and W (f = 2^levels)
+    # Width per level; each level halves H and W (f = 2^levels). (16, 32) at 3,600 steps beats (32, 64) at 2,500
+    # in half the time: 25.6 against 24.6 dB, shape 0.65 against 0.58 (docs/learning.md, "The autoencoder").
+    channels: tuple[int, ...] = (16, 32)
     latent_channels: int = 8
     groups: int = 8
     latent_scale: float = 1.0              # z_model = latent_scale · z_encoder (set after training: std → 0.5)

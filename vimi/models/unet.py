@@ -110,6 +110,10 @@ UNET_CONFIGS: dict[str, UNetConfig] = {
                           cond_dim=192),
     # For latent mode's 8×8 latents (vimi.models.autoencoder, f = 4): two levels, attention at both.
     "unet-lat": UNetConfig(channels=(64, 128), attention_levels=(0, 1), num_heads=4, emb_dim=128, cond_dim=192),
+    # For f = 2 latents (16×16): a convolution-only level above unet-lat's two. A 2-px step of ShapeWorld is
+    # then a whole-cell shift, which a translation-equivariant layer can copy (at f = 4 it is half a cell).
+    "unet-lat2": UNetConfig(channels=(32, 64, 128), attention_levels=(1, 2), num_heads=4, emb_dim=128,
+                            cond_dim=192),
     "unet-s": UNetConfig(channels=(32, 64, 128), attention_levels=(2,), num_heads=4, emb_dim=128, cond_dim=192),
     "unet-m": UNetConfig(channels=(64, 128, 256), blocks_per_level=2, attention_levels=(1, 2), num_heads=4,
                          emb_dim=256, cond_dim=384),
