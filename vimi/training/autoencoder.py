@@ -91,6 +91,17 @@ def scorer_agreement(originals: list[np.ndarray], reconstructions: list[np.ndarr
     return {attr: round(float(np.mean(hits)), 3) for attr, hits in agree.items() if hits}
 
 
+def shape_agreement(originals: list[np.ndarray], reconstructions: list[np.ndarray]) -> dict[str, float]:
+    """``scorer_agreement``'s shape reading split by the original's shape: which outlines the decoder loses
+    (with the object mask unweighted around it, every ring came back filled: docs/learning.md)."""
+    agree: dict[str, list[bool]] = {}
+    for orig, rec in zip(originals, reconstructions):
+        shape = analyze(orig)["shape"]
+        if shape is not None:
+            agree.setdefault(shape, []).append(analyze(rec)["shape"] == shape)
+    return {shape: round(float(np.mean(hits)), 3) for shape, hits in sorted(agree.items())}
+
+
 def train(cfg: AETrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -122,6 +133,7 @@ def train(cfg: AETrainConfig) -> dict:
               "final_loss": float(np.mean(losses[-50:])),
               "held_out_psnr_db": round(float(np.mean([psnr(r, t) for r, t in zip(rec, test)])), 2),
               "scorer_agreement": scorer_agreement(test, rec),
+              "shape_agreement": shape_agreement(test, rec),
               "latent_scale": ae.config.latent_scale, "factor": ae.config.factor,
               "latent_shape": [ae.config.latent_channels, *(2 * [world.size // ae.config.factor])]}
     ae.save(cfg.out)
