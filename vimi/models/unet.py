@@ -111,7 +111,8 @@ UNET_CONFIGS: dict[str, UNetConfig] = {
     # For latent mode's 8×8 latents (vimi.models.autoencoder, f = 4): two levels, attention at both.
     "unet-lat": UNetConfig(channels=(64, 128), attention_levels=(0, 1), num_heads=4, emb_dim=128, cond_dim=192),
     # For f = 2 latents (16×16): a convolution-only level above unet-lat's two. A 2-px step of ShapeWorld is
-    # then a whole-cell shift, which a translation-equivariant layer can copy (at f = 4 it is half a cell).
+    # then a whole-cell shift, which a translation-equivariant layer can copy (at f = 4 it is half a cell). It
+    # learned later than unet-lat on f = 4 at 8,000 clips (docs/learning.md, "The autoencoder, again").
     "unet-lat2": UNetConfig(channels=(32, 64, 128), attention_levels=(1, 2), num_heads=4, emb_dim=128,
                             cond_dim=192),
     "unet-s": UNetConfig(channels=(32, 64, 128), attention_levels=(2,), num_heads=4, emb_dim=128, cond_dim=192),

@@ -48,7 +48,7 @@ class AETrainConfig:
     # ... on the object mask grown by this many pixels: the background inside and around an outline (a ring's
     # hole, a cross's notches) is what tells shapes apart, and unweighted the decoder fills it in. Widths
     # (16, 32), 3,600 steps: shape 0.80 against 0.65 undilated (rings 0.59 against 0.00), 28.1 against 25.6 dB,
-    # subject 0.31 against 0.43 (docs/learning.md, "The autoencoder").
+    # subject 0.31 against 0.43 (docs/learning.md, "The autoencoder, again").
     foreground_dilation: int = 2
     seed: int = 0
     threads: int = 2
