@@ -75,7 +75,15 @@ def reconstruct(ae: FrameAutoencoder, clips: list[np.ndarray]) -> list[np.ndarra
     return list(to_uint8_video(ae.decode_video(ae.encode_video(video))))
 
 
-def scorer_agreement(originals: list[np.ndarray], reconstructions: list[np.ndarray]) -> dict[str, float]:
+Readings = list[tuple[dict, dict]]   # the scorer's analysis of each original clip and of its reconstruction
+
+
+def read_back(originals: list[np.ndarray], reconstructions: list[np.ndarray]) -> Readings:
+    """Each clip analysed by the scorer before and after the autoencoder (once, for both agreements below)."""
+    return [(analyze(orig), analyze(rec)) for orig, rec in zip(originals, reconstructions)]
+
+
+def scorer_agreement(readings: Readings) -> dict[str, float]:
     """Per attribute, the share of clips the scorer reads the same before and after the autoencoder.
 
     A latent recipe cannot score an attribute above what the decoder lets the scorer read back, so
@@ -83,22 +91,20 @@ def scorer_agreement(originals: list[np.ndarray], reconstructions: list[np.ndarr
     the attribute count (a subject only on subject clips).
     """
     agree: dict[str, list[bool]] = {a: [] for a in ("scene", "color", "shape", "motion", "subject")}
-    for orig, rec in zip(originals, reconstructions):
-        a, b = analyze(orig), analyze(rec)
+    for a, b in readings:
         for attr, hits in agree.items():
             if a[attr] is not None:
                 hits.append(a[attr] == b[attr])
     return {attr: round(float(np.mean(hits)), 3) for attr, hits in agree.items() if hits}
 
 
-def shape_agreement(originals: list[np.ndarray], reconstructions: list[np.ndarray]) -> dict[str, float]:
+def shape_agreement(readings: Readings) -> dict[str, float]:
     """``scorer_agreement``'s shape reading split by the original's shape: which outlines the decoder loses
     (with the object mask unweighted around it, every ring came back filled: docs/learning.md)."""
     agree: dict[str, list[bool]] = {}
-    for orig, rec in zip(originals, reconstructions):
-        shape = analyze(orig)["shape"]
-        if shape is not None:
-            agree.setdefault(shape, []).append(analyze(rec)["shape"] == shape)
+    for a, b in readings:
+        if a["shape"] is not None:
+            agree.setdefault(a["shape"], []).append(b["shape"] == a["shape"])
     return {shape: round(float(np.mean(hits)), 3) for shape, hits in sorted(agree.items())}
 
 
@@ -129,11 +135,12 @@ def train(cfg: AETrainConfig) -> dict:
         z = ae.encoder(_frames(world, cfg, 10**6))
         ae.config = replace(ae.config, latent_scale=LATENT_STD / float(z.std()))
     rec = reconstruct(ae, test)
+    readings = read_back(test, rec)
     report = {"steps": cfg.steps, "cpu_seconds": round(time.process_time() - t0, 1),
               "final_loss": float(np.mean(losses[-50:])),
               "held_out_psnr_db": round(float(np.mean([psnr(r, t) for r, t in zip(rec, test)])), 2),
-              "scorer_agreement": scorer_agreement(test, rec),
-              "shape_agreement": shape_agreement(test, rec),
+              "scorer_agreement": scorer_agreement(readings),
+              "shape_agreement": shape_agreement(readings),
               "latent_scale": ae.config.latent_scale, "factor": ae.config.factor,
               "latent_shape": [ae.config.latent_channels, *(2 * [world.size // ae.config.factor])]}
     ae.save(cfg.out)
