@@ -103,8 +103,32 @@ def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_
     assert "--channels must be comma-separated integers" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "ae"), "--foreground-dilation", "-1"]) == 2
     assert "--foreground-dilation must be >= 0, got -1" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "ae"), "--identity-weight", "-0.1"]) == 2
+    assert "--identity-weight must be >= 0, got -0.1" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "ae"), "--steps", "2", "--clips", "1", "--pictures", "1",
-                 "--channels", "8,16", "--latent-channels", "4", "--foreground-weight", "4", "--threads", "1"]) == 0
+                 "--channels", "8,16", "--latent-channels", "4", "--foreground-weight", "4", "--threads", "1",
+                 "--identity-weight", "0.1"]) == 0
     report = json.loads((tmp_path / "ae" / "report.json").read_text())
     assert set(report["scorer_agreement"]) == {"scene", "color", "shape", "motion", "subject"}
     assert report["factor"] == 4 and load_autoencoder(tmp_path / "ae").config.channels == (8, 16)
+
+
+def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_object_is():
+    from data_pipelines.shapeworld import spec
+    from data_pipelines.shapeworld.world import WorldConfig
+    from vimi.training.autoencoder import IDENTITIES, AETrainConfig, _frames, identity_loss
+
+    world = WorldConfig(out="unused", videos=10**9, memory=10**9)
+    frames, ids = _frames(world, AETrainConfig(clips=2, pictures=24), step=0)
+    assert len(frames) == len(ids) == 2 * world.frames + 24
+    assert set(ids[-24:].tolist()) & {IDENTITIES.index(s) for s in spec.SUBJECTS}   # memory subjects are classes too
+    head = torch.nn.Conv2d(len(IDENTITIES), len(IDENTITIES), 1, bias=False)
+    torch.nn.init.eye_(head.weight[:, :, 0, 0])
+    right = 10.0 * torch.nn.functional.one_hot(ids, len(IDENTITIES)).float()[:, :, None, None].expand(-1, -1, 8, 8)
+    wrong = right.roll(1, dims=1)
+    assert identity_loss(head, right, frames, ids) < 1e-3 < 9.0 < identity_loss(head, wrong, frames, ids)
+    # cells the object does not cover do not count: wrong there, right on the object, still ~0
+    cover = torch.nn.functional.avg_pool2d(
+        (frames - frames.flatten(2).median(-1).values[..., None, None]).norm(dim=1, keepdim=True).gt(0.3).float(), 4)
+    mixed = torch.where(cover > 0, right, wrong)
+    assert identity_loss(head, mixed, frames, ids) < 1e-3

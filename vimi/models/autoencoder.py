@@ -89,17 +89,19 @@ class FrameAutoencoder(nn.Module):
         x = self.decode(z.transpose(1, 2).reshape(B * T, C, h, w))
         return x.view(B, T, *x.shape[1:]).transpose(1, 2)
 
-    def loss(self, frames: Tensor, latent_noise: float = 0.1, weights: Tensor | None = None) -> Tensor:
+    def loss(self, frames: Tensor, latent_noise: float = 0.1, weights: Tensor | None = None
+             ) -> tuple[Tensor, Tensor]:
         """L1 + MSE reconstruction from latents jittered by ``latent_noise``·std: the decoder must draw
         clean frames from the slightly-off latents a diffusion sampler produces. ``weights`` (N, 1, H, W),
-        mean 1, weigh the pixels (e.g. more on objects than on the flat background)."""
+        mean 1, weigh the pixels (e.g. more on objects than on the flat background). Returns the loss and
+        the (unjittered, unscaled) latents, for a training-only loss on them."""
         z = self.encoder(frames)
-        z = z + latent_noise * z.detach().std() * torch.randn_like(z)
-        err = self.decoder(z) - frames
+        jittered = z + latent_noise * z.detach().std() * torch.randn_like(z)
+        err = self.decoder(jittered) - frames
         per_pixel = err.abs() + err.square()
         if weights is not None:
             per_pixel = per_pixel * weights
-        return per_pixel.mean() + 1e-4 * z.square().mean()
+        return per_pixel.mean() + 1e-4 * z.square().mean(), z
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file
