@@ -117,20 +117,18 @@ def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_
 def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_object_is():
     from data_pipelines.shapeworld import spec
     from data_pipelines.shapeworld.world import WorldConfig, train_video_params
-    from vimi.training.autoencoder import AETrainConfig, _frames, identities, identity_loss
+    from vimi.training.autoencoder import IDENTITIES, AETrainConfig, _frames, identity_loss
 
     world = WorldConfig(out="unused", videos=10**9, memory=10**9)
     frames, ids = _frames(world, AETrainConfig(clips=2, pictures=24), step=0)
     assert len(frames) == len(ids) == 2 * world.frames + 24
-    assert set(ids[-24:].tolist()) & {identities().index(s) for s in spec.SUBJECTS}   # memory subjects are classes too
-    _, by_colour = _frames(world, AETrainConfig(clips=2, pictures=24, identity_colour=True), step=0)
+    assert set(ids[-24:].tolist()) & {IDENTITIES.index(s) for s in spec.SUBJECTS}   # memory subjects are classes too
     for k in range(2):   # the first frame of each clip
-        p, i = train_video_params(world, k), k * world.frames
-        assert identities()[ids[i]] == (p.subject or p.shape)
-        assert identities(colour=True)[by_colour[i]] == (p.subject or f"{p.color} {p.shape}")
-    head = torch.nn.Conv2d(len(identities()), len(identities()), 1, bias=False)
+        p = train_video_params(world, k)
+        assert IDENTITIES[ids[k * world.frames]] == (p.subject or p.shape)
+    head = torch.nn.Conv2d(len(IDENTITIES), len(IDENTITIES), 1, bias=False)
     torch.nn.init.eye_(head.weight[:, :, 0, 0])
-    right = 10.0 * torch.nn.functional.one_hot(ids, len(identities())).float()[:, :, None, None].expand(-1, -1, 8, 8)
+    right = 10.0 * torch.nn.functional.one_hot(ids, len(IDENTITIES)).float()[:, :, None, None].expand(-1, -1, 8, 8)
     wrong = right.roll(1, dims=1)
     assert identity_loss(head, right, frames, ids) < 1e-3 < 9.0 < identity_loss(head, wrong, frames, ids)
     # cells the object does not cover do not count: wrong there, right on the object, still ~0
@@ -143,11 +141,11 @@ def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_ob
 def test_the_cell_probe_reads_identity_from_a_latent_that_says_it_and_not_from_noise():
     from data_pipelines.shapeworld.render import render_clip
     from data_pipelines.shapeworld.world import WorldConfig
-    from vimi.training.autoencoder import cell_identity_probe, held_out_params, identities, identity
+    from vimi.training.autoencoder import IDENTITIES, cell_identity_probe, held_out_params, identity
 
     params = held_out_params(WorldConfig(out="unused", videos=10**9, memory=10**9))
     clips = [render_clip(p) for p in params]
-    codes = torch.nn.functional.one_hot(torch.tensor([identity(p) for p in params]), len(identities())).float()
+    codes = torch.nn.functional.one_hot(torch.tensor([identity(p) for p in params]), len(IDENTITIES)).float()
 
     class Says:   # every cell of clip b carries its object's identity as a one-hot code
         def encode_video(self, video):
@@ -155,7 +153,7 @@ def test_the_cell_probe_reads_identity_from_a_latent_that_says_it_and_not_from_n
 
     class Noise:
         def encode_video(self, video):
-            return torch.randn(video.shape[0], len(identities()), video.shape[2], 8, 8)
+            return torch.randn(video.shape[0], len(IDENTITIES), video.shape[2], 8, 8)
 
     assert cell_identity_probe(Says(), clips, params) == 1.0
     assert cell_identity_probe(Noise(), clips, params) < 0.5

@@ -57,31 +57,24 @@ class AETrainConfig:
     # the t2v denoiser learns the colour word long before the shape word (docs/learning.md, "The shape
     # word"). The head is for training only; 0 = off.
     identity_weight: float = 0.0
-    # ... its classes the colour-shape compositions (54) instead of the shapes (6), subjects as before: the
-    # shape head alone made colour a small part of the latent (a mean squared latent distance between two
-    # colours of 0.21 of the latent variance, 0.68 without the head).
-    identity_colour: bool = False
     seed: int = 0
     threads: int = 2
     model: AutoencoderConfig = field(default_factory=AutoencoderConfig)
 
 
-def identities(colour: bool = False) -> tuple[str, ...]:
-    """The identity head's classes: an object's shape (or "colour shape"), or a subject."""
-    objects = [f"{c} {s}" for c in spec.COLORS for s in spec.SHAPES] if colour else spec.SHAPES
-    return (*objects, *spec.SUBJECTS)
+IDENTITIES = (*spec.SHAPES, *spec.SUBJECTS)   # the identity head's classes: an object's shape, or a subject
 
 
-def identity(p: ClipParams, colour: bool = False) -> int:
-    return identities(colour).index(p.subject or (f"{p.color} {p.shape}" if colour else p.shape))
+def identity(p: ClipParams) -> int:
+    return IDENTITIES.index(p.subject or p.shape)
 
 
 def _frames(world: WorldConfig, cfg: AETrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A step's frames (N, 3, H, W) and the identity of the object in each (N,), as the config's head reads it."""
+    """A step's frames (N, 3, H, W) and the identity of the object in each (N,)."""
     clips = [train_video_params(world, step * cfg.clips + i) for i in range(cfg.clips)]
     pics = [memory_params(world, step * cfg.pictures + i) for i in range(cfg.pictures)]
     frames = np.concatenate([*map(render_clip, clips), np.stack([render_image(p) for p in pics])])  # (N, H, W, 3)
-    ids = [identity(p, cfg.identity_colour) for p in [*(c for c in clips for _ in range(c.frames)), *pics]]
+    ids = [identity(p) for p in [*(c for c in clips for _ in range(c.frames)), *pics]]
     return to_model_video(frames[None])[0].transpose(0, 1), torch.tensor(ids)
 
 
@@ -121,7 +114,7 @@ def cell_identity_probe(ae: FrameAutoencoder, clips: list[np.ndarray], params: l
     feats, labels, test = z[b, :, y, x], ids[b], held[b]
     feats = (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6)
     with torch.enable_grad():
-        head = torch.nn.Linear(feats.shape[1], len(identities()))
+        head = torch.nn.Linear(feats.shape[1], len(IDENTITIES))
         opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
 
         def closure() -> torch.Tensor:
@@ -179,7 +172,7 @@ def train(cfg: AETrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     world = WorldConfig(out="unused", videos=10**9, memory=10**9, seed=cfg.seed)
     ae = FrameAutoencoder(cfg.model)
-    head = torch.nn.Conv2d(cfg.model.latent_channels, len(identities(cfg.identity_colour)), 1)
+    head = torch.nn.Conv2d(cfg.model.latent_channels, len(IDENTITIES), 1)
     opt = torch.optim.Adam([*ae.parameters(), *head.parameters()], lr=cfg.lr)
     test_params = held_out_params(world)
     test = [render_clip(p) for p in test_params]
@@ -234,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="grow the object mask of --foreground-weight by this many pixels (0 = the object only)")
     ap.add_argument("--identity-weight", type=float, default=AETrainConfig.identity_weight,
                     help="weight of a linear head reading each object's shape or subject from its latent cells")
-    ap.add_argument("--identity-colour", action="store_true",
-                    help="... the head reading the object's colour and shape (54 classes) instead of its shape")
     ap.add_argument("--channels", default=",".join(map(str, AutoencoderConfig.channels)),
                     help="width per level, comma-separated (each level halves H and W)")
     args = ap.parse_args(argv)
@@ -255,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AETrainConfig(out=str(args.out), steps=args.steps, threads=args.threads, latent_noise=args.latent_noise,
                         clips=args.clips, pictures=args.pictures, lr=args.lr,
                         foreground_weight=args.foreground_weight, foreground_dilation=args.foreground_dilation,
-                        identity_weight=args.identity_weight, identity_colour=args.identity_colour,
+                        identity_weight=args.identity_weight,
                         model=AutoencoderConfig(channels=channels, latent_channels=args.latent_channels))
     report = train(cfg)
     agree = ", ".join(f"{a} {v:.2f}" for a, v in report["scorer_agreement"].items())
