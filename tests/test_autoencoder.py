@@ -105,6 +105,8 @@ def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_
     assert "--foreground-dilation must be >= 0, got -1" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "ae"), "--identity-weight", "-0.1"]) == 2
     assert "--identity-weight must be >= 0, got -0.1" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path / "ae"), "--latent-noise", "-1"]) == 2
+    assert "--latent-noise must be >= 0, got -1.0" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "ae"), "--steps", "2", "--clips", "1", "--pictures", "1",
                  "--channels", "8,16", "--latent-channels", "4", "--foreground-weight", "4", "--threads", "1",
                  "--identity-weight", "0.1"]) == 0
@@ -117,6 +119,7 @@ def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_
 def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_object_is():
     from data_pipelines.shapeworld import spec
     from data_pipelines.shapeworld.world import WorldConfig, train_video_params
+    from vimi.diffusion.loss import off_median_mask
     from vimi.training.autoencoder import IDENTITIES, AETrainConfig, _frames, identity_loss
 
     world = WorldConfig(out="unused", videos=10**9, memory=10**9)
@@ -132,8 +135,7 @@ def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_ob
     wrong = right.roll(1, dims=1)
     assert identity_loss(head, right, frames, ids) < 1e-3 < 9.0 < identity_loss(head, wrong, frames, ids)
     # cells the object does not cover do not count: wrong there, right on the object, still ~0
-    cover = torch.nn.functional.avg_pool2d(
-        (frames - frames.flatten(2).median(-1).values[..., None, None]).norm(dim=1, keepdim=True).gt(0.3).float(), 4)
+    cover = torch.nn.functional.avg_pool2d(off_median_mask(frames).float(), 4)
     mixed = torch.where(cover > 0, right, wrong)
     assert identity_loss(head, mixed, frames, ids) < 1e-3
 

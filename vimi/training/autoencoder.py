@@ -8,6 +8,7 @@ from jittered latents (vimi.models.autoencoder). At the end ``latent_scale`` is 
 latents have standard deviation 0.5 (σ_d of the EDM settings), and the held-out reconstruction
 PSNR and the scorer's agreement on held-out reconstructions (per attribute: read the same as the
 original) are written to OUT/report.json: a latent recipe cannot score above what its decoder draws.
+The report also says how plainly one latent cell tells which object covers it (``cell_identity_probe``).
 """
 from __future__ import annotations
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
-    for name in ("foreground_dilation", "identity_weight"):
+    for name in ("foreground_dilation", "identity_weight", "latent_noise"):
         if getattr(args, name) < 0:
             print(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}", file=sys.stderr)
             return 2
