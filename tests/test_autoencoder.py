@@ -80,10 +80,11 @@ def test_a_latent_pipeline_generates_pixels_and_travels_with_its_autoencoder(tmp
 def test_scorer_agreement_is_the_share_of_clips_read_back_the_same():
     import numpy as np
 
+    from data_pipelines.shapeworld.render import render_clip
     from data_pipelines.shapeworld.world import WorldConfig
-    from vimi.training.autoencoder import held_out_clips, read_back, scorer_agreement, shape_agreement
+    from vimi.training.autoencoder import held_out_params, read_back, scorer_agreement, shape_agreement
 
-    clips = held_out_clips(WorldConfig(out="unused", videos=10**9, memory=10**9), n=8)
+    clips = [render_clip(p) for p in held_out_params(WorldConfig(out="unused", videos=10**9, memory=10**9), n=8)]
     same = read_back(clips, clips)
     assert scorer_agreement(same) == {"scene": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0, "subject": 1.0}
     flat = [np.broadcast_to(c[:, :1, :1], c.shape).copy() for c in clips]   # each clip's corner colour everywhere
@@ -119,8 +120,7 @@ def test_the_training_cli_reports_psnr_and_agreement_and_names_bad_channels(tmp_
 def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_object_is():
     from data_pipelines.shapeworld import spec
     from data_pipelines.shapeworld.world import WorldConfig, train_video_params
-    from vimi.diffusion.loss import off_median_mask
-    from vimi.training.autoencoder import IDENTITIES, AETrainConfig, _frames, identity_loss
+    from vimi.training.autoencoder import IDENTITIES, AETrainConfig, _frames, identity_loss, object_cover
 
     world = WorldConfig(out="unused", videos=10**9, memory=10**9)
     frames, ids = _frames(world, AETrainConfig(clips=2, pictures=24), step=0)
@@ -135,8 +135,7 @@ def test_each_frame_is_labelled_with_its_objects_identity_read_only_where_the_ob
     wrong = right.roll(1, dims=1)
     assert identity_loss(head, right, frames, ids) < 1e-3 < 9.0 < identity_loss(head, wrong, frames, ids)
     # cells the object does not cover do not count: wrong there, right on the object, still ~0
-    cover = torch.nn.functional.avg_pool2d(off_median_mask(frames).float(), 4)
-    mixed = torch.where(cover > 0, right, wrong)
+    mixed = torch.where(object_cover(frames, 4)[:, None] > 0, right, wrong)
     assert identity_loss(head, mixed, frames, ids) < 1e-3
 
 

@@ -5,7 +5,8 @@ import json
 
 import torch
 
-from vimi.mllm.probe import ATTRIBUTES, READOUTS, linear_probe, main
+from vimi.eval.linear_probe import linear_probe
+from vimi.mllm.probe import ATTRIBUTES, READOUTS, main
 
 
 def test_the_linear_probe_reads_a_separable_label_and_not_a_random_one():

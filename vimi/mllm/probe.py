@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from base.io import write_json_atomic
 from data_pipelines.shapeworld import spec
 from data_pipelines.shapeworld.render import render_image
 from data_pipelines.shapeworld.sampling import sample_object_image, sample_subject_image
+from vimi.eval.linear_probe import linear_probe
 from vimi.mllm.encoder import MLLMConfig, MLLMEncoder
 from vimi.mllm.prompt import Segment
 
@@ -60,31 +60,6 @@ def image_features(encoder: MLLMEncoder, images: list[np.ndarray], batch: int = 
         h, _ = encoder.hidden(prompts)                                                   # (B, L, H)
         feats.append(h[:, at_image].flatten(1).float())                                 # (B, n_image · H)
     return torch.cat(feats)
-
-
-def linear_probe(x: torch.Tensor, y: list[str], train_frac: float = 0.75, steps: int = 300, seed: int = 0) -> float:
-    """Held-out accuracy of a weight-decayed multinomial logistic regression on standardised x."""
-    classes = sorted(set(y))
-    target = torch.tensor([classes.index(v) for v in y])
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=g)
-    n_train = int(len(y) * train_frac)
-    tr, te = order[:n_train], order[n_train:]
-    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-    z = (x - mean) / std
-    w = torch.zeros(x.shape[1], len(classes), requires_grad=True)
-    b = torch.zeros(len(classes), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z[tr] @ w + b, target[tr]) + 1e-3 * w.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float(((z[te] @ w + b).argmax(1) == target[te]).float().mean())
 
 
 READOUTS = ("positions", "pooled")

@@ -29,6 +29,7 @@ from data_pipelines.shapeworld import spec
 from data_pipelines.shapeworld.render import ClipParams, render_clip, render_image
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, memory_params, train_video_params
 from vimi.diffusion.loss import foreground_weights, off_median_mask
+from vimi.eval.linear_probe import linear_probe
 from vimi.eval.shapeworld import analyze, psnr
 from vimi.models.autoencoder import AutoencoderConfig, FrameAutoencoder
 
@@ -85,11 +86,15 @@ def _frames(world: WorldConfig, cfg: AETrainConfig, step: int) -> tuple[torch.Te
     return to_model_video(frames[None])[0].transpose(0, 1), torch.tensor(ids)
 
 
+def object_cover(frames: torch.Tensor, factor: int) -> torch.Tensor:
+    """(N, h, w): the share of each latent cell (factor × factor pixels) that the frame's object covers."""
+    return torch.nn.functional.avg_pool2d(off_median_mask(frames).float(), factor)[:, 0]
+
+
 def identity_loss(head: torch.nn.Conv2d, z: torch.Tensor, frames: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the object's identity read by ``head`` at each latent cell, weighted by how much of
     the cell the object covers (AETrainConfig.identity_weight)."""
-    f = frames.shape[-1] // z.shape[-1]
-    cover = torch.nn.functional.avg_pool2d(off_median_mask(frames).float(), f)[:, 0]        # (N, h, w)
+    cover = object_cover(frames, frames.shape[-1] // z.shape[-1])
     ce = torch.nn.functional.cross_entropy(head(z), ids[:, None, None].expand_as(cover), reduction="none")
     return (ce * cover).sum() / cover.sum().clamp_min(1.0)
 
@@ -100,37 +105,20 @@ def held_out_params(world: WorldConfig, n: int = 240) -> list[ClipParams]:
     return [eval_params(world, s, i) for s in splits for i in range(n // len(splits))]
 
 
-def held_out_clips(world: WorldConfig, n: int = 240) -> list[np.ndarray]:
-    """uint8 eval clips (T, H, W, 3) of ``held_out_params``."""
-    return [render_clip(p) for p in held_out_params(world, n)]
-
-
 @torch.no_grad()
 def cell_identity_probe(ae: FrameAutoencoder, clips: list[np.ndarray], params: list[ClipParams]) -> float:
-    """Held-out accuracy of a linear classifier reading the object's identity (shape or subject) from a
-    single latent cell the object covers at least half of: how plainly the latent says what the object is
-    (AETrainConfig.identity_weight). Fitted on the cells of half the clips of each identity, tested on the rest."""
+    """Held-out accuracy of a linear probe reading the object's identity (shape or subject) from a single
+    latent cell the object covers at least half of: how plainly the latent says what the object is
+    (AETrainConfig.identity_weight). Fitted on the cells of half the clips of each identity, tested on the
+    rest (cells of one clip are near copies, so they stay on one side)."""
     video = to_model_video(np.stack(clips))                                             # (B, 3, T, H, W)
     z = ae.encode_video(video).transpose(1, 2).flatten(0, 1)                            # (B·T, c, h, w)
     frames = video.transpose(1, 2).flatten(0, 1)
-    cover = torch.nn.functional.avg_pool2d(off_median_mask(frames).float(), frames.shape[-1] // z.shape[-1])
+    b, y, x = torch.nonzero(object_cover(frames, frames.shape[-1] // z.shape[-1]) >= 0.5, as_tuple=True)
     per_clip = [identity(p) for p in params]
     held = torch.tensor([per_clip[:i].count(c) % 2 == 1 for i, c in enumerate(per_clip)])   # every other clip
-    ids, held = (torch.tensor(per_clip).repeat_interleave(video.shape[2]), held.repeat_interleave(video.shape[2]))
-    b, _, y, x = torch.nonzero(cover >= 0.5, as_tuple=True)
-    feats, labels, test = z[b, :, y, x], ids[b], held[b]
-    feats = (feats - feats.mean(0)) / feats.std(0).clamp_min(1e-6)
-    with torch.enable_grad():
-        head = torch.nn.Linear(feats.shape[1], len(IDENTITIES))
-        opt = torch.optim.LBFGS(head.parameters(), max_iter=200)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(head(feats[~test]), labels[~test])
-            loss.backward()
-            return loss
-        opt.step(closure)
-    return round(float((head(feats[test]).argmax(1) == labels[test]).float().mean()), 3)
+    clip = b // video.shape[2]
+    return round(linear_probe(z[b, :, y, x], [per_clip[i] for i in clip.tolist()], test=held[clip]), 3)
 
 
 @torch.no_grad()
@@ -179,8 +167,8 @@ def train(cfg: AETrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     world = WorldConfig(out="unused", videos=10**9, memory=10**9, seed=cfg.seed)
     ae = FrameAutoencoder(cfg.model)
-    head = torch.nn.Conv2d(cfg.model.latent_channels, len(IDENTITIES), 1)
-    opt = torch.optim.Adam([*ae.parameters(), *head.parameters()], lr=cfg.lr)
+    head = torch.nn.Conv2d(cfg.model.latent_channels, len(IDENTITIES), 1) if cfg.identity_weight > 0 else None
+    opt = torch.optim.Adam([*ae.parameters(), *(head.parameters() if head else ())], lr=cfg.lr)
     test_params = held_out_params(world)
     test = [render_clip(p) for p in test_params]
     t0, losses = time.process_time(), []
@@ -191,7 +179,7 @@ def train(cfg: AETrainConfig) -> dict:
         weights = (foreground_weights(frames, cfg.foreground_weight, dilate=cfg.foreground_dilation)
                    if cfg.foreground_weight > 0 else None)
         loss, z = ae.loss(frames, cfg.latent_noise, weights)
-        if cfg.identity_weight > 0:
+        if head is not None:
             loss = loss + cfg.identity_weight * identity_loss(head, z, frames, ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
