@@ -171,6 +171,9 @@ CASES = [
     ("align-corrupt-parquet", _align,
      lambda t, f: ["--memory", str(_corrupt_parquet(t)), "--out", str(t / "mllm")],
      ["memory.parquet", "not a readable Parquet table"]),
+    ("align-negative-word-weight", _align,
+     lambda t, f: ["--memory", str(_corrupt_parquet(t)), "--out", str(t / "mllm"), "--word-weight", "-1"],
+     ["--word-weight must be >= 0, got -1.0"]),
 ]
 
 

@@ -273,3 +273,40 @@ def test_token_codes_tag_each_text_token_with_a_fixed_code_of_its_id(folder):
         assert torch.all(codes[i, len(t.ids):] == 0)                 # padding stays zero
     again = make_encoder(folder, token_codes=True)                   # drawn from (seed, id): reproducible
     torch.testing.assert_close(again.encode(ps)[0], c1)
+
+
+def test_conv_stem_tower_loads_through_the_user_path_and_its_tokens_move_with_the_picture(tmp_path):
+    from vimi.mllm.tiny import TinyLlavaConfig
+
+    folder = build_tiny_llava(tmp_path / "stem", seed=0, cfg=TinyLlavaConfig(patch_size=4, stem_layers=2))
+    vision = json.loads((folder / "config.json").read_text())["vision_config"]
+    assert vision["model_type"] == "vimi_conv_stem_clip_vision" and vision["stem_layers"] == 2
+    enc = make_encoder(folder)
+    assert enc.n_image_tokens == 64                      # 32x32 picture, 4-px patches, CLS dropped
+    again = make_encoder(folder)
+    for (name, a), b in zip(enc.llava.state_dict().items(), again.llava.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Why the stem is there: its token features are the same wherever the object sits. Shift a
+    # picture by one patch and the tokens away from the borders shift by one token.
+    stem = enc.llava.model.vision_tower.embeddings.patch_embedding
+    im = torch.tensor(shape_image(RED, False)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    moved = torch.roll(im, shifts=4, dims=3)            # background wraps onto background
+    a, b = stem(im), stem(moved)                         # (1, width, 8, 8)
+    torch.testing.assert_close(b[..., 1:7, 2:7], a[..., 1:7, 1:6])
+    assert not torch.allclose(a[..., 1:7, 2:7], a[..., 1:7, 1:6])   # the picture is not flat there
+
+
+def test_align_with_caption_words_trains_and_saves_the_plain_model(tmp_path):
+    rows = []
+    (tmp_path / "mem").mkdir()
+    for i in range(24):
+        name, color = [("red", RED), ("blue", BLUE)][i % 2]
+        Image.fromarray(shape_image(color, bool(i % 3))).save(tmp_path / "mem" / f"{i}.png")
+        rows.append({"id": f"m{i}", "caption": f"a photo of a {name} shape", "image": f"mem/{i}.png"})
+    (tmp_path / "memory.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = align(AlignConfig(memory=str(tmp_path / "memory.jsonl"), out=str(tmp_path / "a"), steps=15, batch=8,
+                               eval_rows=4, warmup=3, word_weight=1.0), progress=False)
+    assert report["heldout_caption_loss_after"] < report["heldout_caption_loss_before"] - 3.0
+    plain = make_encoder(build_tiny_llava(tmp_path / "plain", seed=0))
+    words = make_encoder(tmp_path / "a")            # the head is discarded: the same parameters as a plain LLaVA
+    assert list(words.llava.state_dict()) == list(plain.llava.state_dict())

@@ -52,6 +52,10 @@ class AlignConfig:
     train: str = "all"           # "all" (tiny, from scratch) | "projector" (LLaVA stage 1 on a pretrained init)
     eval_rows: int = 128         # held-out rows (chosen by id hash, never trained on)
     max_rows: int = 10000        # training rows read from the memory (streamed; the rest is not read)
+    # SuperClass-style words (Huang et al., NeurIPS 2024): besides the captioning loss, a linear head
+    # (discarded) names the caption's tokens from the mean of the picture's projected states, the
+    # states the generator reads. Captioning alone leaves the shape word unread (docs/learning.md).
+    word_weight: float = 0.0
     threads: int = 1             # torch CPU threads (0 = torch's default): the tiny model gains little from
                                  # more, and on a busy machine several spinning threads run ~10x slower
 
@@ -130,6 +134,39 @@ class CaptionBatcher:
         return {"input_ids": input_ids, "labels": lab, "attention_mask": attn, "pixel_values": pixels}
 
 
+class CaptionWords(torch.nn.Module):
+    """Auxiliary loss: which of the memory's caption tokens does this picture's caption hold?
+
+    The classes are the token ids of the training captions; the target is the caption's bag of
+    tokens weighted by inverse document frequency and normalised, under a softmax (SuperClass). A
+    token in every caption ("a photo of") weighs nothing; a colour or shape word weighs most. The
+    signal reaches the vision tower and projector directly, without waiting for the LM to learn
+    to read them.
+    """
+
+    def __init__(self, tok, captions: list[str], width: int):
+        super().__init__()
+        self.tok = tok
+        bags = [set(seq) - set(tok.all_special_ids) for seq in tok(captions, add_special_tokens=False)["input_ids"]]
+        df: dict[int, int] = {}
+        for bag in bags:
+            for t in bag:
+                df[t] = df.get(t, 0) + 1
+        self.index = {t: i for i, t in enumerate(sorted(df))}
+        self.register_buffer("idf", torch.tensor([math.log(len(bags) / df[t]) for t in sorted(df)]))
+        self.head = torch.nn.Linear(width, len(df))
+
+    def forward(self, image_states: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """image_states (B, N, H): the projector's output -> mean cross-entropy against each weighted bag."""
+        target = torch.zeros(len(captions), len(self.index))
+        for i, seq in enumerate(self.tok(captions, add_special_tokens=False)["input_ids"]):
+            target[i, [self.index[t] for t in seq if t in self.index]] = 1.0
+        target = target * self.idf
+        target = target / target.sum(1, keepdim=True).clamp(min=1e-8)
+        logp = F.log_softmax(self.head(image_states.float().mean(1)), dim=-1)
+        return -(target * logp).sum(1).mean()
+
+
 def caption_logits(llava, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (logits (N, V), targets (N,)) at the N caption positions (next-token prediction).
 
@@ -182,6 +219,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> dict:
     """Run the alignment and write OUT (LLaVA folder + align_report.json) -> report dict."""
     if not cfg.memory or not cfg.out:
         raise ValueError("align needs --memory and --out")
+    if cfg.word_weight < 0:
+        raise ValueError(f"--word-weight must be >= 0, got {cfg.word_weight}")
     threads = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -206,6 +245,12 @@ def _align(cfg: AlignConfig, progress: bool) -> dict:
 
     before, acc_before = evaluate(llava, batcher, held, n_image)
     params = _set_trainable(llava, cfg.train)
+    words, projected, hook = None, [], None
+    if cfg.word_weight > 0:
+        words = CaptionWords(batcher.tok, [c for c, _ in train], llava.config.text_config.hidden_size)
+        params = params + list(words.parameters())
+        # The projector's output is what the head reads: caught on the way through the captioning forward.
+        hook = llava.model.multi_modal_projector.register_forward_hook(lambda mod, i, out: projected.append(out))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))
@@ -221,7 +266,11 @@ def _align(cfg: AlignConfig, progress: bool) -> dict:
             rng.shuffle(perm)
             order.extend(perm)
         idx, order = order[: cfg.batch], order[cfg.batch :]
-        loss = caption_loss(llava, batcher([train[i] for i in idx], n_image))
+        pairs = [train[i] for i in idx]
+        projected.clear()
+        loss = caption_loss(llava, batcher(pairs, n_image))
+        if words is not None:
+            loss = loss + cfg.word_weight * words(projected[0], [c for c, _ in pairs])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
@@ -230,6 +279,8 @@ def _align(cfg: AlignConfig, progress: bool) -> dict:
         sched.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}")
+    if hook is not None:
+        hook.remove()
     llava.eval()
     llava.requires_grad_(False)
     after, acc_after = evaluate(llava, batcher, held, n_image)
@@ -262,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for f in fields(TinyLlavaConfig):  # the tiny LLaVA's architecture, e.g. --tiny-patch-size 4
         ap.add_argument("--tiny-" + f.name.replace("_", "-"), type=int, default=getattr(d.tiny, f.name))
-    for name in ("lr", "weight_decay", "clip"):
+    for name in ("lr", "weight_decay", "clip", "word_weight"):
         ap.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     ap.add_argument("--train", choices=TRAIN_CHOICES, default=d.train)
     ap.add_argument("--no-progress", action="store_true")

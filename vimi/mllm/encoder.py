@@ -70,6 +70,7 @@ def load_llava(path: str | Path, dtype: str = "float32"):
     """Local LLaVA folder -> (LlavaForConditionalGeneration, processor). Never touches a hub."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
+    import vimi.mllm.conv_stem  # noqa: F401  registers the tiny tower's model type before a folder names it
     from vimi.weights import check_safetensors
 
     p = Path(path).expanduser()

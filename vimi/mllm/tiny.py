@@ -29,6 +29,8 @@ class TinyLlavaConfig:
     text_heads: int = 4
     text_ffn: int = 256          # Llama MLP intermediate size
     max_positions: int = 1024    # longest token sequence (K pairs x (caption + 16 image tokens) fits)
+    stem_layers: int = 0         # 3x3 convolutions before the patch embedding (0 = CLIP's linear patches; conv_stem.py)
+    stem_channels: int = 32
 
 
 def _minilm_tokenizer():
@@ -50,17 +52,21 @@ def tiny_llava(seed: int = 0, cfg: TinyLlavaConfig | None = None):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+    from vimi.mllm.conv_stem import ConvStemCLIPVisionConfig
+
     cfg = cfg or TinyLlavaConfig()
     if cfg.image_size % cfg.patch_size:
         raise ValueError(f"image_size {cfg.image_size} must be a multiple of patch_size {cfg.patch_size}")
     tok = _minilm_tokenizer()
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     n_patches = (cfg.image_size // cfg.patch_size) ** 2
-    vision = CLIPVisionConfig(
+    tower = dict(
         image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.vision_width,
         intermediate_size=4 * cfg.vision_width, num_hidden_layers=cfg.vision_layers,
         num_attention_heads=cfg.vision_heads, projection_dim=cfg.vision_width,
     )
+    vision = (ConvStemCLIPVisionConfig(stem_layers=cfg.stem_layers, stem_channels=cfg.stem_channels, **tower)
+              if cfg.stem_layers else CLIPVisionConfig(**tower))
     text = LlamaConfig(
         vocab_size=len(tok), hidden_size=cfg.text_width, intermediate_size=cfg.text_ffn,
         num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, num_key_value_heads=cfg.text_heads,
