@@ -57,8 +57,8 @@ class AlignConfig:
     # SuperClass-style words (Huang et al., NeurIPS 2024): besides the captioning loss, a linear head
     # (discarded) names the caption's tokens from the mean of the picture's projected states, the
     # states the generator reads. On the demo's memory (4-px patches, 1,000 steps) it lifts the layer-0
-    # probe's subject from 0.48 to 0.95-1.00 and colour to 1.00 for the same time (docs/learning.md,
-    # "The encoder"); shape stays near chance at this budget (0.31-0.35 after 3,000 steps).
+    # probe's subject from 0.42-0.52 to 0.95-1.00 and colour to 1.00 for the same time (docs/learning.md,
+    # "The encoder"); shape stays near chance at this budget (0.31-0.35 after 3,000 steps, 0.52-0.58 after 5,000).
     word_weight: float = 1.0
     threads: int = 1             # torch CPU threads (0 = torch's default): the tiny model gains little from
                                  # more, and on a busy machine several spinning threads run ~10x slower

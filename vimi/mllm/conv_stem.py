@@ -1,11 +1,13 @@
 """A CLIP vision tower whose patch embedding is a small convolutional stem.
 
 A ViT's patch embedding is one linear map per patch: a shape that spans a few patches at an
-arbitrary position can only be told from the joint, position-embedded tokens, and a tiny tower
-trained on captions never learns that (docs/learning.md, "The encoder": shape at chance in every
-plain variant). A few 3x3 convolutions before the patchify convolution give every token local
-edge and corner features that are the same wherever the object sits (Xiao et al., "Early
-convolutions help transformers see better", NeurIPS 2021).
+arbitrary position can only be told from the joint, position-embedded tokens. A few 3x3
+convolutions before the patchify convolution give every token local edge and corner features that
+are the same wherever the object sits (Xiao et al., "Early convolutions help transformers see
+better", NeurIPS 2021). Told ShapeWorld shapes directly, the tiny tower with a 2-layer stem reads
+them at 0.91 held out after 1,200 steps, against 0.68 without; under the alignment's caption
+losses it lifts the probe's subjects to 1.00, while shape is still learned slowly
+(docs/learning.md, "The encoder").
 
 Everything else is CLIP's, so the tower sits in ``LlavaForConditionalGeneration`` unchanged. The
 model type is registered with ``transformers``' Auto classes when this module is imported, so a
