@@ -174,6 +174,9 @@ CASES = [
     ("align-negative-word-weight", _align,
      lambda t, f: ["--memory", str(_corrupt_parquet(t)), "--out", str(t / "mllm"), "--word-weight", "-1"],
      ["--word-weight must be >= 0, got -1.0"]),
+    ("align-negative-stem", _align,
+     lambda t, f: ["--memory", str(_corrupt_parquet(t)), "--out", str(t / "mllm"), "--tiny-stem-layers", "-1"],
+     ["stem_layers must be >= 0"]),
 ]
 
 

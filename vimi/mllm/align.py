@@ -150,21 +150,23 @@ class CaptionWords(torch.nn.Module):
 
     def __init__(self, tok, captions: list[str], width: int):
         super().__init__()
-        self.tok = tok
-        bags = [set(seq) - set(tok.all_special_ids) for seq in tok(captions, add_special_tokens=False)["input_ids"]]
+        bags = [sorted(set(seq) - set(tok.all_special_ids))
+                for seq in tok(captions, add_special_tokens=False)["input_ids"]]
         df: dict[int, int] = {}
         for bag in bags:
             for t in bag:
                 df[t] = df.get(t, 0) + 1
-        self.index = {t: i for i, t in enumerate(sorted(df))}
+        index = {t: i for i, t in enumerate(sorted(df))}
+        self.bags = [[index[t] for t in bag] for bag in bags]   # per caption, its classes: tokenized once
         self.register_buffer("idf", torch.tensor([math.log(len(bags) / df[t]) for t in sorted(df)]))
         self.head = torch.nn.Linear(width, len(df))
 
-    def forward(self, image_states: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        """image_states (B, N, H): the projector's output -> mean cross-entropy against each weighted bag."""
-        target = torch.zeros(len(captions), len(self.index))
-        for i, seq in enumerate(self.tok(captions, add_special_tokens=False)["input_ids"]):
-            target[i, [self.index[t] for t in seq if t in self.index]] = 1.0
+    def forward(self, image_states: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """image_states (B, N, H): the projector's output for captions ``rows`` -> mean cross-entropy
+        against each caption's weighted bag."""
+        target = torch.zeros(len(rows), len(self.idf))
+        for i, r in enumerate(rows):
+            target[i, self.bags[r]] = 1.0
         target = target * self.idf
         target = target / target.sum(1, keepdim=True).clamp(min=1e-8)
         logp = F.log_softmax(self.head(image_states.float().mean(1)), dim=-1)
@@ -270,11 +272,10 @@ def _align(cfg: AlignConfig, progress: bool) -> dict:
             rng.shuffle(perm)
             order.extend(perm)
         idx, order = order[: cfg.batch], order[cfg.batch :]
-        pairs = [train[i] for i in idx]
         projected.clear()
-        loss = caption_loss(llava, batcher(pairs, n_image))
+        loss = caption_loss(llava, batcher([train[i] for i in idx], n_image))
         if words is not None:
-            loss = loss + cfg.word_weight * words(projected[0], [c for c, _ in pairs])
+            loss = loss + cfg.word_weight * words(projected[0], idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:

@@ -57,6 +57,10 @@ def tiny_llava(seed: int = 0, cfg: TinyLlavaConfig | None = None):
     cfg = cfg or TinyLlavaConfig()
     if cfg.image_size % cfg.patch_size:
         raise ValueError(f"image_size {cfg.image_size} must be a multiple of patch_size {cfg.patch_size}")
+    if cfg.stem_layers < 0 or cfg.stem_channels < 1:
+        raise ValueError(
+            f"stem_layers must be >= 0 and stem_channels >= 1, got {cfg.stem_layers} and {cfg.stem_channels}"
+        )
     tok = _minilm_tokenizer()
     image_token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     n_patches = (cfg.image_size // cfg.patch_size) ** 2
