@@ -1,12 +1,12 @@
 """Benchmark: sampling speed per task, and quality versus the number of Heun steps.
 
     python benchmarks/sampling.py [--pipeline DIR] [--eval EVAL_DIR] [--batch-sizes 1 8]
-                                  [--steps-list 4 8 16 32] [--per-split 4] [--threads N] [--json OUT]
+                                  [--steps-list 4 8 16 32] [--per-split 4] [--threads N ...] [--json OUT]
 
 Speed: seconds per video and denoiser evaluations (NFE) for t2v, prediction and subject at the
-pipeline's default steps, at each batch size, after one warm-up call per task; peak RSS of the
-process. Without --pipeline it times the default config (fit-tiny) untrained: speed does not
-depend on the weights.
+pipeline's default steps, at each batch size and torch thread count, after one warm-up call per task;
+peak RSS of the process. Without --pipeline it times the default config (fit-tiny) untrained: speed
+does not depend on the weights.
 
 Quality (trained pipelines only, or --quality to force it): for each step count, the first
 --per-split rows of every eval split are generated (`vimi.eval.generate`) and scored by the
@@ -69,8 +69,10 @@ def subset_eval(eval_dir: Path, per_split: int, out: Path) -> Path:
 # Speed
 # ---------------------------------------------------------------------------------------------
 
-def time_sampling(pipe, items: list[EvalItem], batch_sizes: list[int]) -> list[dict]:
-    """One row per (task, batch size): seconds per video at the pipeline's default steps."""
+def time_sampling(pipe, items: list[EvalItem], batch_sizes: list[int], threads: list[int]) -> list[dict]:
+    """One row per (task, batch size, torch threads): seconds per video at the pipeline's default steps."""
+    import torch
+
     rows = []
     for task in TASKS:
         item = next((it for it in items if it.task == task), None)
@@ -79,20 +81,24 @@ def time_sampling(pipe, items: list[EvalItem], batch_sizes: list[int]) -> list[d
             continue
         pipe.generate_batch([(task, item.inputs)], seeds=[0], steps=1)  # warm-up: allocations, lazy init
         for b in batch_sizes:
-            t0 = time.perf_counter()
-            pipe.generate_batch([(task, item.inputs)] * b, seeds=list(range(b)))
-            dt = time.perf_counter() - t0
-            rows.append({"task": task, "batch": b, "steps": pipe.cfg.sampler.num_steps, "nfe": pipe.last_nfe,
-                         "s_per_video": dt / b, "s_per_batch": dt, "peak_rss_mib": peak_rss_mib()})
-            print(f"[speed] {task} batch {b}: {dt / b:.2f} s/video, NFE {pipe.last_nfe}", file=sys.stderr, flush=True)
+            for n in threads:
+                torch.set_num_threads(n)
+                t0 = time.perf_counter()
+                pipe.generate_batch([(task, item.inputs)] * b, seeds=list(range(b)))
+                dt = time.perf_counter() - t0
+                rows.append({"task": task, "batch": b, "threads": n, "steps": pipe.cfg.sampler.num_steps,
+                             "nfe": pipe.last_nfe, "s_per_video": dt / b, "s_per_batch": dt,
+                             "peak_rss_mib": peak_rss_mib()})
+                print(f"[speed] {task} batch {b}, {n} threads: {dt / b:.2f} s/video, NFE {pipe.last_nfe}",
+                      file=sys.stderr, flush=True)
     return rows
 
 
 def speed_table(rows: list[dict]) -> list[str]:
-    out = [f"{'task':<11}{'batch':>6}{'steps':>6}{'NFE':>5}{'s/video':>9}{'s/batch':>9}{'RSS MiB':>9}"]
+    out = [f"{'task':<11}{'batch':>6}{'thr':>4}{'steps':>6}{'NFE':>5}{'s/video':>9}{'s/batch':>9}{'RSS MiB':>9}"]
     for r in rows:
-        out.append(f"{r['task']:<11}{r['batch']:>6}{r['steps']:>6}{r['nfe']:>5}{r['s_per_video']:>9.2f}"
-                   f"{r['s_per_batch']:>9.2f}{r['peak_rss_mib']:>9.0f}")
+        out.append(f"{r['task']:<11}{r['batch']:>6}{r['threads']:>4}{r['steps']:>6}{r['nfe']:>5}"
+                   f"{r['s_per_video']:>9.2f}{r['s_per_batch']:>9.2f}{r['peak_rss_mib']:>9.0f}")
     return out
 
 
@@ -164,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-split", type=int, default=4, help="eval rows per split for the quality table")
     ap.add_argument("--quality-batch", type=int, default=8, help="batch size of the quality runs")
     ap.add_argument("--quality", action="store_true", help="measure quality even for an untrained pipeline")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, nargs="+", help="torch CPU thread counts to time side by side "
+                    "(default: torch's); the quality runs use the first")
     ap.add_argument("--json", help="also write the measurements here")
     args = ap.parse_args(argv)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or [torch.get_num_threads()]
+    if min(threads) < 1:
+        ap.error(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads[0])
     t0 = time.perf_counter()
     pipe = load_pipeline(args.pipeline, args.set)
     load_s = time.perf_counter() - t0
@@ -184,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             else render_world(tmp / "world", args.per_split, cfg.video.size, cfg.video.frames)
         )
         eval_dir = subset_eval(eval_dir, args.per_split, tmp / "eval")
-        speed = time_sampling(pipe, load_items(eval_dir), args.batch_sizes)
+        speed = time_sampling(pipe, load_items(eval_dir), args.batch_sizes, threads)
+        torch.set_num_threads(threads[0])
         trained = args.pipeline != UNTRAINED
         quality = quality_vs_steps(pipe, eval_dir, args.steps_list, args.quality_batch, tmp / "videos") \
             if trained or args.quality else []
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_params = sum(p.numel() for p in pipe.model.net.parameters())
     print(f"\nsampling benchmark: {args.pipeline} ({cfg.backbone}, {fit_params / 1e6:.2f}M FIT parameters, "
           f"{cfg.video.frames}x{cfg.video.size}x{cfg.video.size}, guidance {cfg.sampler.guidance_scale}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; pipeline load {load_s:.1f} s; peak RSS {peak_rss_mib():.0f} MiB")
     right = quality_table(quality) if quality else [
         "quality versus steps needs a trained pipeline:",
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "(an untrained pipeline scores ~0 at any step count; --quality forces it)"]
     print(side_by_side(speed_table(speed), right))
     if args.json:
-        Path(args.json).write_text(json.dumps({"pipeline": args.pipeline, "threads": torch.get_num_threads(),
+        Path(args.json).write_text(json.dumps({"pipeline": args.pipeline, "threads": threads,
                                                "load_s": load_s, "speed": speed, "quality": quality,
                                                "peak_rss_mib": peak_rss_mib()}, indent=2) + "\n")
     return 0

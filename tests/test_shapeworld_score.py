@@ -93,6 +93,21 @@ def test_noise_and_blank_videos_score_zero_on_object_attributes(size):
             assert not any(result.get(a, False) for a in OBJECT_ATTRIBUTES) and not result["all_correct"]
 
 
+def test_subject_colours_give_partial_credit_outside_all_correct():
+    """A drawn subject is read for how many of the asked subject's two colours it shows, so a video of
+    another subject sharing one colour reads 0.5 (the graded reading the retrieval on/off table uses)."""
+    p = sampling.sample_subject_clip(np.random.default_rng(0), ["Nono"], 8, 32)     # green and orange dots
+    video, record = render_clip(p), p.to_record()
+    assert score(video, record)["subject_colors"] == 1.0 and score(video, record)["all_correct"]
+    for other, share in (("Gigi", 0.5), ("Tika", 0.0)):                            # cyan + orange; cyan + red
+        result = score(video, record | {"subject": other})
+        assert result["subject_colors"] == share and not result["subject"] and not result["all_correct"]
+    blank = np.zeros_like(video)
+    assert score(blank, record)["subject_colors"] == 0.0
+    object_record = _random_clips(1)[0].to_record()
+    assert "subject_colors" not in score(render_clip(_random_clips(1)[0]), object_record)
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="uint8"):
         analyze(np.zeros((8, 32, 32), np.uint8))
@@ -143,6 +158,7 @@ def test_ground_truth_eval_files_score_100_percent(world, tmp_path):
     assert 5 < report["prediction"]["psnr_held_frame"] < PSNR_CAP      # the moving clips are not copies
     assert set(report["t2v-novel-composition"]["accuracy"]) == {"scene", "color", "shape", "motion", "all_correct"}
     assert set(report["subject"]["accuracy"]) == {"scene", "motion", "subject", "all_correct"}
+    assert report["subject"]["subject_colors"] == 1.0 and report["t2v-novel-composition"]["subject_colors"] is None
 
 
 def test_mp4_folder_with_missing_and_unreadable_videos(world, tmp_path):

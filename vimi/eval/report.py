@@ -297,7 +297,7 @@ def scores_table(sources: Sequence[tuple[str, dict[str, dict], str]]) -> str:
     every = [r for _, reports, _ in sources for r in reports.values()]
     attrs = [a for a in ATTRIBUTE_ORDER if any(a in r.get("accuracy", {}) for r in every)]
     head = "".join(f"<th>{_e(a)}</th>" for a in ["split", "source", "n", "missing"] + attrs
-                   + ["PSNR (dB)", "PSNR, given frame held (dB)"])
+                   + ["subject colours", "PSNR (dB)", "PSNR, given frame held (dB)"])
     body = []
     for s in splits:
         for label, reports, cls in sources:
@@ -308,7 +308,8 @@ def scores_table(sources: Sequence[tuple[str, dict[str, dict], str]]) -> str:
             psnr = rep.get("psnr")
             cells = [s, label, rep.get("count", "–"), rep.get("missing", 0) + rep.get("unreadable", 0)]
             held = rep.get("psnr_held_frame")   # the reference a predictor must beat (vimi.eval.shapeworld)
-            cells += [_pct(acc.get(a)) for a in attrs] + ["–" if v is None else f"{v:.2f}" for v in (psnr, held)]
+            cells += [_pct(acc.get(a)) for a in attrs] + [_pct(rep.get("subject_colors"))]
+            cells += ["–" if v is None else f"{v:.2f}" for v in (psnr, held)]
             row_cls = f' class="{cls}"' if cls else ""
             body.append(f"<tr{row_cls}>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"

@@ -11,7 +11,10 @@ Choices the spec leaves open (kept here, in one place):
 - a mask that fits no template well (best IoU < MIN_SHAPE_IOU), or that is empty in the first or
   last frame, is "no object": colour, shape, motion and subject are None (noise and blank videos);
 - a missing or unreadable video counts as wrong on every attribute; PSNR is averaged over the
-  prediction videos that could be read, and capped at PSNR_CAP dB for identical frames.
+  prediction videos that could be read, and capped at PSNR_CAP dB for identical frames;
+- beside the exact subject (shape, pattern colours), a graded reading: the share of the subject's two
+  colours that the drawn object shows. Subject-driven papers report a similarity (DINO, CLIP-I) rather
+  than an identity; this is ShapeWorld's analytic stand-in, and it does not enter all_correct.
 """
 from __future__ import annotations
 
@@ -207,13 +210,17 @@ def held_frame_psnr(gt: np.ndarray, k: int) -> float:
 def score(frames: np.ndarray, record: dict, gt: np.ndarray | None = None) -> dict:
     """Score one video against its eval record.
 
-    Returns {attribute: bool for each applicable attribute, "all_correct": bool} and, for a
-    prediction record with `gt` (uint8 T,H,W,3) given, "psnr" over frames k..T-1
-    (k = record["num_cond_frames"]); "psnr" is None when the shapes differ.
+    Returns {attribute: bool for each applicable attribute, "all_correct": bool}; for a subject
+    record "subject_colors" (0, 0.5 or 1: how many of the subject's two colours each cover more than
+    SUBJECT_MIN_SHARE of the drawn object); for a prediction record with `gt` (uint8 T,H,W,3) given,
+    "psnr" over frames k..T-1 (k = record["num_cond_frames"]), None when the shapes differ.
     """
     found = analyze(frames)
     result: dict = {a: found[a] is not None and found[a] == record.get(a) for a in applicable_attributes(record)}
     result["all_correct"] = all(result.values())
+    subject = spec.SUBJECTS.get(record.get("subject") or "")
+    if subject is not None:
+        result["subject_colors"] = len({subject.color_a, subject.color_b} & set(found["colors"])) / 2
     if record.get("task") == "prediction" and gt is not None:
         k = int(record.get("num_cond_frames", 1))
         frames = np.asarray(frames)
@@ -252,7 +259,9 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
 
     Accuracies are over all records (a missing or unreadable video is wrong on everything);
     `psnr` is the mean over the prediction videos that were read; `psnr_held_frame` the same mean for
-    repeating each record's last given frame (:func:`held_frame_psnr`), the reference beside it.
+    repeating each record's last given frame (:func:`held_frame_psnr`), the reference beside it;
+    `subject_colors` the mean of :func:`score`'s graded subject reading over the subject records (a
+    missing video reads 0), None in splits without subjects.
     """
     videos_dir, eval_file = Path(videos_dir), Path(eval_file)
     records = read_records(eval_file)
@@ -261,6 +270,7 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
     counts: dict[str, int] = {}
     psnrs: list[float] = []
     held: list[float] = []
+    subject_colors = 0.0
     missing = unreadable = 0
     for rec in tqdm(records, desc=f"score {eval_file.stem}", unit="video", leave=False):
         names = applicable_attributes(rec) + ("all_correct",)
@@ -284,6 +294,7 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
             continue
         for a in names:
             counts[a] = counts.get(a, 0) + bool(result[a])
+        subject_colors += result.get("subject_colors", 0.0)
         if result.get("psnr") is not None:
             psnrs.append(result["psnr"])
             held.append(held_frame_psnr(gt, int(rec.get("num_cond_frames", 1))))
@@ -298,6 +309,7 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
         "psnr": float(np.mean(psnrs)) if psnrs else None,
         "psnr_count": len(psnrs),
         "psnr_held_frame": float(np.mean(held)) if held else None,
+        "subject_colors": subject_colors / totals["subject"] if "subject" in totals else None,
     }
 
 
@@ -329,6 +341,8 @@ def _format(reports: dict[str, dict]) -> str:
     lines = []
     for split, rep in reports.items():
         acc = "  ".join(f"{a} {v:6.1%}" for a, v in rep["accuracy"].items())
+        if rep.get("subject_colors") is not None:
+            acc += f"  subject_colors {rep['subject_colors']:6.1%}"
         extra = "" if rep["psnr"] is None else (f"  psnr {rep['psnr']:.2f} dB (given frame held: "
                                                 f"{rep['psnr_held_frame']:.2f} dB)")
         lines.append(
