@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         quality = quality_vs_steps(pipe, eval_dir, args.steps_list, args.quality_batch, tmp / "videos") \
             if trained or args.quality else []
 
-    fit_params = sum(p.numel() for p in pipe.model.net.parameters())
-    print(f"\nsampling benchmark: {args.pipeline} ({cfg.backbone}, {fit_params / 1e6:.2f}M FIT parameters, "
+    params = sum(p.numel() for p in pipe.model.net.parameters())
+    print(f"\nsampling benchmark: {args.pipeline} ({cfg.backbone}, {params / 1e6:.2f}M backbone parameters, "
           f"{cfg.video.frames}x{cfg.video.size}x{cfg.video.size}, guidance {cfg.sampler.guidance_scale}), "
           f"torch {torch.__version__}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; pipeline load {load_s:.1f} s; peak RSS {peak_rss_mib():.0f} MiB")

@@ -95,10 +95,12 @@ def main(argv: list[str] | None = None) -> None:
                                    f"run.steps={int(1400 * s)}", *common],
              stage2 / "pipeline" / "config.json", steps)
 
+    # Two threads: 1.6-1.8x faster per video than one on this 2-core machine, with nothing beside it
+    # (benchmarks/sampling.py --threads 1 2, batch 8, the long run's pipeline; docs/learning.md).
     videos, scores = out / "videos", out / "scores.json"
     run_step("generate eval sets", [PY, "-m", "vimi.eval.generate", "--pipeline", str(stage2 / "pipeline"),
                                     "--eval", str(world / "eval"), "--out", str(videos), "--seed", str(args.seed),
-                                    "--steps", str(args.sample_steps), "--threads", "1"],
+                                    "--steps", str(args.sample_steps), "--threads", "2"],
              videos / ".complete", steps)
     run_step("score", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(videos), "--eval", str(world / "eval"),
                        "--out", str(scores)], scores, steps)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     run_step("generate without retrieval", [PY, "-m", "vimi.eval.generate", "--pipeline", str(stage2 / "pipeline"),
                                             "--eval", str(novel), "--out", str(videos_k0), "--retrieval-k", "0",
                                             "--seed", str(args.seed), "--steps", str(args.sample_steps),
-                                            "--threads", "1"], videos_k0 / ".complete", steps)
+                                            "--threads", "2"], videos_k0 / ".complete", steps)
     run_step("score without retrieval", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(videos_k0),
                                          "--eval", str(novel), "--out", str(scores_k0)], scores_k0, steps)
 
