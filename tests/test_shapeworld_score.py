@@ -98,14 +98,15 @@ def test_subject_colours_give_partial_credit_outside_all_correct():
     another subject sharing one colour reads 0.5 (the graded reading the retrieval on/off table uses)."""
     p = sampling.sample_subject_clip(np.random.default_rng(0), ["Nono"], 8, 32)     # green and orange dots
     video, record = render_clip(p), p.to_record()
-    assert score(video, record)["subject_colors"] == 1.0 and score(video, record)["all_correct"]
+    result = score(video, record)
+    assert result["subject_colors"] == 1.0 and result["all_correct"]
     for other, share in (("Gigi", 0.5), ("Tika", 0.0)):                            # cyan + orange; cyan + red
         result = score(video, record | {"subject": other})
         assert result["subject_colors"] == share and not result["subject"] and not result["all_correct"]
     blank = np.zeros_like(video)
     assert score(blank, record)["subject_colors"] == 0.0
-    object_record = _random_clips(1)[0].to_record()
-    assert "subject_colors" not in score(render_clip(_random_clips(1)[0]), object_record)
+    clip = _random_clips(1)[0]                                                     # an object clip
+    assert clip.subject is None and "subject_colors" not in score(render_clip(clip), clip.to_record())
 
 
 def test_bad_input_raises():
