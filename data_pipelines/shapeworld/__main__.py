@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--videos", type=int, default=d.videos, help="training videos")
+    ap.add_argument("--looks", type=int, default=d.looks,
+                    help="extra training videos of unnamed looks, each with its own reference (subject task only)")
     ap.add_argument("--memory", type=int, default=d.memory, help="image-text memory items")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--size", type=int, default=d.size, help="H = W in pixels, a multiple of 32")
@@ -38,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     dropped = [m for m in spec.MOTIONS if m not in world["object_motions"]]
     if dropped:
         print(f"note: {dropped} do not fit {cfg.frames} frames of {cfg.size} px and were left out", file=sys.stderr)
-    print(f"wrote {cfg.out}: {world['counts']['videos']} videos, {world['counts']['memory']} memory images, "
-          f"{world['counts']['references']} references, eval {world['counts']['eval']} in {world['seconds']:.1f} s")
+    counts = world["counts"]
+    print(f"wrote {cfg.out}: {counts['videos']} videos, {counts['looks']} looks, {counts['memory']} memory images, "
+          f"{counts['references']} references, eval {counts['eval']} in {world['seconds']:.1f} s")
     return 0
 
 

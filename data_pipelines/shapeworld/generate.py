@@ -3,6 +3,7 @@
     OUT/videos/{id}.mp4, OUT/videos.parquet (+ .jsonl)     training videos (lossless H.264)
     OUT/memory/{id}.png, OUT/memory.parquet (+ .jsonl)     image-text memory
     OUT/references/{Name}_{j}.png                          subject reference pictures
+    OUT/videos/l{i}.mp4, OUT/references/looks/l{i}.png     unnamed-look videos (rows of videos.parquet)
     OUT/eval/{split}.jsonl, eval/gt/{id}.npy, eval/cond/   eval inputs and exact ground truth
     OUT/world.json                                         what was generated (written last)
 
@@ -42,6 +43,7 @@ from .world import (
     WorldConfig,
     eval_params,
     is_novel,
+    look_params,
     memory_params,
     reference_params,
     train_video_params,
@@ -63,7 +65,7 @@ VIDEO_SCHEMA = pa.schema(
     [("id", _STR), ("caption", _STR), ("path", _STR), ("split", _STR)]
     + _ATTRS
     + _CLIP
-    + [("references", pa.list_(_STR))]
+    + [("references", pa.list_(_STR)), ("tasks", pa.list_(_STR))]
 )
 MEMORY_SCHEMA = pa.schema(
     [("id", _STR), ("caption", _STR), ("image", _STR)]
@@ -119,10 +121,25 @@ def reference_paths(cfg: WorldConfig, name: str) -> list[str]:
 def _video_row(cfg: WorldConfig, i: int) -> dict:
     p = train_video_params(cfg, i)
     vid = f"v{i:07d}"
-    write_video(cfg.out / "videos" / f"{vid}.mp4", render_clip(p), fps=spec.FPS, lossless=True)
     refs = reference_paths(cfg, p.subject) if p.subject else []
+    return _train_row(cfg, vid, p, refs, tasks=[])
+
+
+def _look_row(cfg: WorldConfig, i: int) -> dict:
+    """An unnamed look's video, with its own reference picture. Its caption names the look where a
+    subject's name would stand ("circle/dots/red/white moves up on grass"): the subject task replaces it
+    with the picture, and no other task can use it (tasks: subject only)."""
+    p, ref = look_params(cfg, i)
+    vid = f"l{i:07d}"
+    save_png(cfg.out / "references" / "looks" / f"{vid}.png", render_image(ref))
+    return _train_row(cfg, vid, p, [f"references/looks/{vid}.png"], tasks=["subject"])
+
+
+def _train_row(cfg: WorldConfig, vid: str, p: ClipParams, refs: list[str], tasks: list[str]) -> dict:
+    """A training video's file and row; ``tasks`` lists the only stage-2 tasks it may train (empty: any)."""
+    write_video(cfg.out / "videos" / f"{vid}.mp4", render_clip(p), fps=spec.FPS, lossless=True)
     return {"id": vid, "caption": video_caption(p), "path": f"videos/{vid}.mp4", "split": "train",
-            **_attributes(p), **_clip_fields(p), "references": refs}
+            **_attributes(p), **_clip_fields(p), "references": refs, "tasks": tasks}
 
 
 def _memory_row(cfg: WorldConfig, i: int) -> dict:
@@ -161,9 +178,11 @@ def _eval_row(cfg: WorldConfig, split: str, i: int) -> dict:
 
 
 def _rows(cfg: WorldConfig, part: str, start: int, stop: int) -> list[dict]:
-    """Rows start..stop-1 of one part ('videos', 'memory', 'references' or an eval split)."""
+    """Rows start..stop-1 of one part ('videos', 'looks', 'memory', 'references' or an eval split)."""
     if part == "videos":
         return [_video_row(cfg, i) for i in range(start, stop)]
+    if part == "looks":
+        return [_look_row(cfg, i) for i in range(start, stop)]
     if part == "memory":
         return [_memory_row(cfg, i) for i in range(start, stop)]
     if part == "references":
@@ -197,13 +216,13 @@ def _prepare_out(cfg: WorldConfig) -> None:
         (out / name).unlink(missing_ok=True)
     for folder in ("videos", "memory", "references", "eval"):
         shutil.rmtree(out / folder, ignore_errors=True)
-    for folder in ("videos", "memory", "references", "eval/gt", "eval/cond"):
+    for folder in ("videos", "memory", "references/looks", "eval/gt", "eval/cond"):
         (out / folder).mkdir(parents=True, exist_ok=True)
 
 
 def _jobs(cfg: WorldConfig) -> Iterator[tuple[WorldConfig, str, int, int]]:
     counts = {"references": len(SUBJECT_NAMES) * cfg.references_per_subject, "videos": cfg.videos,
-              "memory": cfg.memory} | {split: cfg.eval_per_split for split in EVAL_SPLITS}
+              "looks": cfg.looks, "memory": cfg.memory} | {split: cfg.eval_per_split for split in EVAL_SPLITS}
     for part, n in counts.items():
         for start in range(0, n, CHUNK):
             yield cfg, part, start, min(n, start + CHUNK)
@@ -230,7 +249,7 @@ def generate_world(cfg: WorldConfig) -> dict:
                     rows.setdefault(part, []).extend(part_rows)
                     bar.update(n)
     out = cfg.out
-    _write_table(rows.get("videos", []), VIDEO_SCHEMA, out / "videos.parquet")
+    _write_table(rows.get("videos", []) + rows.get("looks", []), VIDEO_SCHEMA, out / "videos.parquet")
     _write_table(rows.get("memory", []), MEMORY_SCHEMA, out / "memory.parquet")
     for split in EVAL_SPLITS:
         _write_jsonl(rows.get(split, []), out / "eval" / f"{split}.jsonl")
@@ -242,6 +261,7 @@ def generate_world(cfg: WorldConfig) -> dict:
         "fps": spec.FPS,
         "counts": {
             "videos": cfg.videos,
+            "looks": cfg.looks,
             "memory": cfg.memory,
             "references": len(rows.get("references", [])),
             "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS},

@@ -25,6 +25,7 @@ STREAMS = (
     "t2v-novel-subject",
     "prediction",
     "subject",
+    "looks",  # appended: the streams before it keep their indices, so older worlds are unchanged
 )
 
 
@@ -118,6 +119,13 @@ def sample_subject_clip(rng: np.random.Generator, names: Sequence[str], frames: 
     cx0, cy0 = _start(rng, motion, spec.SUBJECT_RADIUS, frames, size_px)
     scene = list(spec.SCENES)[rng.integers(len(spec.SCENES))]
     return ClipParams(scene, motion, cx0, cy0, frames, size_px, subject=name)
+
+
+def sample_look_clip(rng: np.random.Generator, frames: int, size_px: int) -> tuple[ClipParams, ClipParams]:
+    """A clip of an unnamed look (uniform over spec.UNNAMED_LOOKS) and a reference picture of the same
+    look at its own random position and scene, as a named subject's references are drawn."""
+    look = spec.UNNAMED_LOOKS[rng.integers(len(spec.UNNAMED_LOOKS))]
+    return sample_subject_clip(rng, [look], frames, size_px), sample_subject_image(rng, look, size_px)
 
 
 def sample_object_image(rng: np.random.Generator, color: str, shape: str, size_px: int) -> ClipParams:

@@ -21,6 +21,7 @@ SUBJECT_NAMES: tuple[str, ...] = tuple(spec.SUBJECTS)
 class WorldConfig:
     out: Path = Path("data/shapeworld")  # output folder
     videos: int = 20000                  # training videos
+    looks: int = 0                       # extra training videos of unnamed looks, for the subject task only
     memory: int = 50000                  # image-text memory items
     seed: int = 0                        # the whole world is a function of this (and the sizes)
     size: int = 32                       # H = W, a multiple of 32
@@ -38,7 +39,7 @@ class WorldConfig:
         checks = [
             (self.size > 0 and self.size % spec.BASE_SIZE == 0, f"size must be a multiple of {spec.BASE_SIZE}"),
             (self.frames >= 2, "frames must be >= 2"),
-            (min(self.videos, self.memory, self.eval_per_split) >= 0, "counts must be >= 0"),
+            (min(self.videos, self.looks, self.memory, self.eval_per_split) >= 0, "counts must be >= 0"),
             (self.references_per_subject >= 1, "references_per_subject must be >= 1"),
             (0.0 <= self.subject_fraction <= 1.0, "subject_fraction must be in [0, 1]"),
             (self.memory_subject_every >= 2, "memory_subject_every must be >= 2"),
@@ -65,6 +66,11 @@ def _seen_clip(cfg: WorldConfig, stream: str, i: int) -> ClipParams:
 def train_video_params(cfg: WorldConfig, i: int) -> ClipParams:
     """Training video i: never a novel subject, never a novel composition."""
     return _seen_clip(cfg, "videos", i)
+
+
+def look_params(cfg: WorldConfig, i: int) -> tuple[ClipParams, ClipParams]:
+    """Look video i and its reference picture: an unnamed look (spec.UNNAMED_LOOKS), never a named one."""
+    return sampling.sample_look_clip(sampling.item_rng(cfg.seed, "looks", i), cfg.frames, cfg.size)
 
 
 def memory_params(cfg: WorldConfig, i: int) -> ClipParams:
