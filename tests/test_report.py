@@ -83,6 +83,9 @@ def test_scores_are_shown_exactly_as_given(world, videos, tmp_path):
     real = score_all(videos, world / "eval")
     real["prediction"]["accuracy"]["all_correct"] = 0.123
     real["prediction"]["psnr"] = 7.891
+    subject = real["subject"]
+    subject["by_novelty"] = {part: {"count": 1, "accuracy": dict(subject["accuracy"], subject=v), "subject_colors": v}
+                             for part, v in (("seen", 1.0), ("novel", 0.0456))}
     scores = tmp_path / "scores.json"
     scores.write_text(json.dumps({"splits": real}))
     gt = tmp_path / "gt.json"
@@ -91,6 +94,7 @@ def test_scores_are_shown_exactly_as_given(world, videos, tmp_path):
                  "--gt-scores", str(gt), "--out", str(tmp_path / "r"), "--per-task", "1"]) == 0
     page = (tmp_path / "r" / "report.html").read_text()
     assert "12.3%" in page and "7.89" in page and "ground truth" in page
+    assert "<td>subject: seen</td>" in page and "<td>subject: novel</td>" in page and "4.6%" in page
     assert not (tmp_path / "r" / "scores.json").exists()  # given scores are not recomputed
     assert "Retrieval on / off" not in page  # no retrieval-off scores in this report
 

@@ -174,6 +174,20 @@ def test_mp4_folder_with_missing_and_unreadable_videos(world, tmp_path):
     )
 
 
+def test_subject_split_is_also_scored_on_seen_and_novel_subjects_apart(world, tmp_path):
+    records = [json.loads(line) for line in (world / "eval" / "subject.jsonl").read_text().splitlines()]
+    for r in records:   # seen subjects drawn exactly; novel ones as an empty scene
+        clip = np.load(world / "eval" / r["gt"])
+        np.save(tmp_path / f"{r['id']}.npy", clip if not r["novel"] else np.broadcast_to(clip[:, :1, :1], clip.shape))
+    rep = score_folder(tmp_path, world / "eval" / "subject.jsonl")
+    seen, novel = rep["by_novelty"]["seen"], rep["by_novelty"]["novel"]
+    assert seen["count"] + novel["count"] == 12 and novel["count"] == sum(r["novel"] for r in records) > 0
+    assert seen["accuracy"]["subject"] == 1.0 and seen["subject_colors"] == 1.0
+    assert novel["accuracy"]["subject"] == 0.0 and novel["subject_colors"] == 0.0
+    assert rep["accuracy"]["subject"] == pytest.approx(seen["count"] / 12)
+    assert "by_novelty" not in score_folder(world / "eval" / "gt", world / "eval" / "t2v-seen.jsonl")
+
+
 def test_cli_reports_bad_paths(tmp_path, capsys):
     assert score_main(["--videos", str(tmp_path), "--eval", str(tmp_path / "nope.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -304,14 +304,16 @@ def scores_table(sources: Sequence[tuple[str, dict[str, dict], str]]) -> str:
             rep = reports.get(s)
             if rep is None:
                 continue
-            acc = rep.get("accuracy", {})
-            psnr = rep.get("psnr")
-            cells = [s, label, rep.get("count", "–"), rep.get("missing", 0) + rep.get("unreadable", 0)]
-            held = rep.get("psnr_held_frame")   # the reference a predictor must beat (vimi.eval.shapeworld)
-            cells += [_pct(acc.get(a)) for a in attrs] + [_pct(rep.get("subject_colors"))]
-            cells += ["–" if v is None else f"{v:.2f}" for v in (psnr, held)]
-            row_cls = f' class="{cls}"' if cls else ""
-            body.append(f"<tr{row_cls}>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+            # A split of seen and novel subjects also shows each part (the scorer's by_novelty).
+            parts = [(s, rep)] + [(f"{s}: {part}", sub) for part, sub in rep.get("by_novelty", {}).items()]
+            for name, r in parts:
+                acc = r.get("accuracy", {})
+                cells = [name, label, r.get("count", "–"), r.get("missing", 0) + r.get("unreadable", 0)]
+                cells += [_pct(acc.get(a)) for a in attrs] + [_pct(r.get("subject_colors"))]
+                # the reference a predictor must beat (vimi.eval.shapeworld)
+                cells += ["–" if v is None else f"{v:.2f}" for v in (r.get("psnr"), r.get("psnr_held_frame"))]
+                row_cls = f' class="{cls}"' if cls else ""
+                body.append(f"<tr{row_cls}>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>\n" + "\n".join(body) + "</table>"
 
 

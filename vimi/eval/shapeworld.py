@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -261,21 +261,19 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
     `psnr` is the mean over the prediction videos that were read; `psnr_held_frame` the same mean for
     repeating each record's last given frame (:func:`held_frame_psnr`), the reference beside it;
     `subject_colors` the mean of :func:`score`'s graded subject reading over the subject records (a
-    missing video reads 0), None in splits without subjects.
+    missing video reads 0), None in splits without subjects. A split that holds both seen and novel
+    records (the subject task's) adds `by_novelty`: the same accuracies over each part, since a model
+    can learn the seen subjects' looks by heart and still fail to copy a novel one.
     """
     videos_dir, eval_file = Path(videos_dir), Path(eval_file)
     records = read_records(eval_file)
     base = eval_file.parent
-    totals: dict[str, int] = {}
-    counts: dict[str, int] = {}
+    results: list[dict | None] = []   # per record; None where the video is missing or unreadable
     psnrs: list[float] = []
     held: list[float] = []
-    subject_colors = 0.0
     missing = unreadable = 0
     for rec in tqdm(records, desc=f"score {eval_file.stem}", unit="video", leave=False):
-        names = applicable_attributes(rec) + ("all_correct",)
-        for a in names:
-            totals[a] = totals.get(a, 0) + 1
+        results.append(None)
         try:
             frames = _load_video(videos_dir, rec["id"])
         except (VideoDecodeError, ValueError, OSError):
@@ -288,27 +286,47 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
         if rec.get("task") == "prediction" and rec.get("gt"):
             gt = np.load(base / rec["gt"], allow_pickle=False)
         try:
-            result = score(frames, rec, gt)
+            results[-1] = score(frames, rec, gt)
         except ScoreError:
             unreadable += 1
             continue
-        for a in names:
-            counts[a] = counts.get(a, 0) + bool(result[a])
-        subject_colors += result.get("subject_colors", 0.0)
-        if result.get("psnr") is not None:
-            psnrs.append(result["psnr"])
+        if results[-1].get("psnr") is not None:
+            psnrs.append(results[-1]["psnr"])
             held.append(held_frame_psnr(gt, int(rec.get("num_cond_frames", 1))))
-    return {
+    report = {
         "eval": str(eval_file),
         "videos": str(videos_dir),
         "count": len(records),
         "missing": missing,
         "unreadable": unreadable,
-        "accuracy": {a: counts.get(a, 0) / totals[a] for a in ATTRIBUTE_ORDER if a in totals},
-        "attribute_count": {a: totals[a] for a in ATTRIBUTE_ORDER if a in totals},
+        **_accuracies(records, results),
         "psnr": float(np.mean(psnrs)) if psnrs else None,
         "psnr_count": len(psnrs),
         "psnr_held_frame": float(np.mean(held)) if held else None,
+    }
+    novel = [bool(r.get("novel")) for r in records]
+    if any(novel) and not all(novel):
+        report["by_novelty"] = {
+            part: {"count": sum(n == flag for n in novel),
+                   **_accuracies(*zip(*[(r, x) for r, x, n in zip(records, results, novel) if n == flag]))}
+            for part, flag in (("seen", False), ("novel", True))
+        }
+    return report
+
+
+def _accuracies(records: Sequence[dict], results: Sequence[dict | None]) -> dict:
+    """accuracy / attribute_count / subject_colors over some records (a None result is wrong on everything)."""
+    totals: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    subject_colors = 0.0
+    for rec, result in zip(records, results):
+        for a in applicable_attributes(rec) + ("all_correct",):
+            totals[a] = totals.get(a, 0) + 1
+            counts[a] = counts.get(a, 0) + bool(result and result[a])
+        subject_colors += (result or {}).get("subject_colors", 0.0)
+    return {
+        "accuracy": {a: counts[a] / totals[a] for a in ATTRIBUTE_ORDER if a in totals},
+        "attribute_count": {a: totals[a] for a in ATTRIBUTE_ORDER if a in totals},
         "subject_colors": subject_colors / totals["subject"] if "subject" in totals else None,
     }
 
@@ -338,16 +356,20 @@ def score_all(videos_dir: str | Path, eval_path: str | Path) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 def _format(reports: dict[str, dict]) -> str:
-    lines = []
-    for split, rep in reports.items():
+    def accuracies(rep: dict) -> str:
         acc = "  ".join(f"{a} {v:6.1%}" for a, v in rep["accuracy"].items())
         if rep.get("subject_colors") is not None:
             acc += f"  subject_colors {rep['subject_colors']:6.1%}"
+        return acc
+
+    lines = []
+    for split, rep in reports.items():
         extra = "" if rep["psnr"] is None else (f"  psnr {rep['psnr']:.2f} dB (given frame held: "
                                                 f"{rep['psnr_held_frame']:.2f} dB)")
-        lines.append(
-            f"{split:<22} n={rep['count']:<5} missing={rep['missing']} unreadable={rep['unreadable']}  {acc}{extra}"
-        )
+        lines.append(f"{split:<22} n={rep['count']:<5} missing={rep['missing']} unreadable={rep['unreadable']}  "
+                     f"{accuracies(rep)}{extra}")
+        for part, sub in rep.get("by_novelty", {}).items():
+            lines.append(f"  {part:<20} n={sub['count']:<5} {'':<24}{accuracies(sub)}")
     return "\n".join(lines)
 
 
