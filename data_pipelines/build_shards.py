@@ -18,10 +18,9 @@ Work split and restarts:
   retrieval service, say) removes the temp file: no half shard is ever visible.
 - Bad inputs are skipped and counted, never fatal: unreadable videos (by
   video_io's kind: missing, empty, corrupt, truncated), empty captions, missing subject
-  references, a ``tasks`` column naming an unregistered task. Hits without a loadable image are
-  passed over (counted). A sample that ends with fewer than K contexts is kept and counted as
-  ``short_context`` (training handles a variable number of pairs), unless it has fewer than
-  ``--min-contexts``, then it is skipped.
+  references. Hits without a loadable image are passed over (counted). A sample that ends with
+  fewer than K contexts is kept and counted as ``short_context`` (training handles a variable
+  number of pairs), unless it has fewer than ``--min-contexts``, then it is skipped.
 - ``manifest.json`` sums the stats of all finished shards; every worker rewrites it when done,
   so after the last one it covers the whole folder (``complete`` says whether it does).
 - Same inputs, settings and seed give byte-identical shards.
@@ -46,7 +45,6 @@ from base.config import from_dict
 from base.io import write_json_atomic
 from base.rng import sample_rng
 from base.tar import AtomicTarWriter
-from base.tasks import TASKS
 from data_pipelines import shards as fmt
 from data_pipelines.contexts import HitImages, candidate_hits, pick_contexts, shuffle_ties
 from data_pipelines.ingest import iter_videos
@@ -252,9 +250,6 @@ def _make_sample(row_no, row, caption, cands, cfg, images, base, source, dropped
     contexts = pick_contexts(cands, cfg.k, images, dropped)
     if len(contexts) < cfg.min_contexts:
         raise SkipSample("too_few_contexts", f"{len(contexts)} < {cfg.min_contexts}")
-    unknown = [t for t in row.get("tasks") or [] if t not in TASKS]
-    if unknown:
-        raise SkipSample("unknown_task", f"tasks {unknown}; expected names from {list(TASKS)}")
     references = load_references(row.get("references"), base)
     mp4, fps, frames, size = load_video(row.get("path"), cfg.verify)
     attributes = {k: _json_safe(v) for k, v in row.items() if k not in _NOT_ATTRIBUTES}

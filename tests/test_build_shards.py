@@ -74,7 +74,7 @@ def world(tmp_path_factory) -> dict:
     Image.new("RGB", (8, 8), (200, 100, 0)).save(root / "refs" / "Kiki_0.png")
     write_video(root / "videos" / "kiki.mp4", _clip((200, 100, 0), 2), lossless=True)
     videos.append({"id": "kiki", "caption": "Kiki moves up on sand", "path": "videos/kiki.mp4", "kind": "subject",
-                   "subject": "Kiki", "references": ["refs/Kiki_0.png"], "tasks": ["subject"]})
+                   "subject": "Kiki", "references": ["refs/Kiki_0.png"]})
     # A video given as a folder of frames (stored in the shard as a lossless mp4).
     (root / "videos" / "frames").mkdir()
     for t, frame in enumerate(_clip((40, 200, 60), 2)):
@@ -91,8 +91,6 @@ def world(tmp_path_factory) -> dict:
         {"id": "nocaption", "caption": "  ", "path": "videos/v_red_circle_left.mp4"},
         {"id": "noref", "caption": "Kiki moves down on sand", "path": "videos/kiki.mp4", "kind": "subject",
          "subject": "Kiki", "references": ["refs/missing.png"]},
-        {"id": "badtask", "caption": "a small red circle moves up on grass", "path": "videos/v_red_circle_left.mp4",
-         "tasks": ["subject", "painting"]},
     ]
     for i, row in enumerate(bad):
         videos.insert(3 + 4 * i, row)
@@ -156,7 +154,6 @@ def test_every_sample_has_k_clean_contexts(world, built):
     assert all("red circle" in c.caption.lower() for c in red.contexts)
     kiki = by_id["kiki"]
     assert len(kiki.references) == 1 and kiki.references[0].getpixel((0, 0)) == (200, 100, 0)
-    assert kiki.meta["attributes"]["tasks"] == ["subject"]   # the row's task list travels with the sample
     assert {c.id for c in kiki.contexts} == {"kiki0", "kiki1", "kiki2"}
     assert all(not s.references for s in samples if s.id != "kiki")
 
@@ -167,9 +164,8 @@ def test_manifest_counts_skips_and_dropped_hits(world, built):
     assert m["rows"] == world["rows"] and m["samples_written"] == GOOD_VIDEOS
     skipped = Counter(m["skipped"])
     assert skipped["video_missing"] == 1 and skipped["empty_caption"] == 1 and skipped["missing_reference"] == 1
-    assert skipped["unknown_task"] == 1
     assert skipped["video_corrupt"] >= 1 and skipped["video_corrupt"] + skipped["video_truncated"] == 2
-    assert m["samples_skipped"] == 6 == sum(skipped.values())
+    assert m["samples_skipped"] == 5 == sum(skipped.values())
     assert m["samples_written"] + m["samples_skipped"] == m["rows"]
     assert m["context_dropped"]["self"] >= 1 and m["context_dropped"]["duplicate_caption"] >= 1
     assert m["context_dropped"]["missing_image"] >= 2  # "gone" (file deleted) and "noimg" (no image)

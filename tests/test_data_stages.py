@@ -48,9 +48,9 @@ def shards(tmp_path_factory) -> list[str]:
     return [str(d)]
 
 
-def example(key="k", caption="a small red square moves right", T=8, refs=(), subject=None, tasks=None) -> Example:
+def example(key="k", caption="a small red square moves right", T=8, refs=(), subject=None) -> Example:
     img = Image.new("RGB", (8, 8), (10, 20, 30))
-    return Example(key=key, caption=caption, meta={"attributes": {"subject": subject, "tasks": tasks}}, frames=clip(T),
+    return Example(key=key, caption=caption, meta={"attributes": {"subject": subject}}, frames=clip(T),
                    contexts=[("a photo of a cat", img), ("a photo of a dog", img)], references=list(refs),
                    rng=sample_rng(0, 0, key))
 
@@ -134,21 +134,6 @@ def test_subject_uses_reference_when_present_else_a_crop_of_another_frame():
     for seed in range(20):   # frame t is flat colour 20 t + 10: the crop says which frame it came from
         crop = frame_crop(frames, np.random.default_rng(seed), 0.5, 0.5)
         assert crop.shape == (8, 8, 3) and crop[0, 0, 0] != 10
-
-
-def test_a_row_kept_to_tasks_trains_only_those_and_skips_stage_1():
-    ref = Image.new("RGB", (14, 14), (1, 2, 3))
-    look = "circle/dots/red/white"
-    kept = [example(key=f"l{i}", caption=f"{look} moves up on grass", refs=[ref], subject=look, tasks=["subject"])
-            for i in range(30)]
-    assert list(format_tasks(kept, TaskFormat(stage="pretrain"))) == []
-    mixed = list(format_tasks([*kept, example()], TaskFormat(stage="pretrain")))
-    assert [o.key for o in mixed] == ["k"]
-    out = list(format_tasks(kept, TaskFormat(stage="instruct", tasks={"t2v": 1.0, "prediction": 2.0, "subject": 1.0})))
-    assert len(out) == 30 and {o.task for o in out} == {"subject"}
-    assert [s.text for s in out[0].prompt if s.text][1:] == ["A", "moves up on grass"]   # the look is the picture
-    # a stage-2 mix without the row's task has nothing to train it on
-    assert list(format_tasks(kept, TaskFormat(stage="instruct", tasks={"t2v": 1.0}))) == []
 
 
 def test_decode_skips_and_counts_bad_samples():

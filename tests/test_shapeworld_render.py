@@ -20,7 +20,7 @@ from data_pipelines.shapeworld import (
 )
 from data_pipelines.shapeworld.__main__ import main as shapeworld_main
 from data_pipelines.shapeworld.render import shape_mask
-from data_pipelines.shapeworld.world import EVAL_SPLITS
+from data_pipelines.shapeworld.world import EVAL_SPLITS, made_up_name
 from data_pipelines.video_io import read_video
 
 # 103 clips rendered from docs/shapeworld.md by an independent implementation (tests/data/shapeworld_golden).
@@ -211,39 +211,45 @@ def test_world_is_deterministic_whatever_the_worker_count(world, tmp_path):
         assert f.read_bytes() == (tmp_path / "one" / f.relative_to(world)).read_bytes(), f
 
 
-def test_unnamed_looks_are_never_a_named_subjects_and_render_their_two_colours():
+def test_made_up_subjects_never_wear_a_named_subjects_look():
     named = {(s.shape, frozenset((s.color_a, s.color_b))) for s in spec.SUBJECTS.values()}
-    looks = [spec.subject_look(name) for name in spec.UNNAMED_LOOKS]
+    looks = [spec.subject_look(look) for look in spec.UNNAMED_LOOKS]
     assert len(looks) == 3 * 4 * (9 * 8 - 8)   # 3 shapes x 4 patterns x ordered pairs, less 4 named pairs each way
     assert not {(s.shape, frozenset((s.color_a, s.color_b))) for s in looks} & named
-    look = spec.UNNAMED_LOOKS[17]
-    clip = render_clip(ClipParams("on sand", "moves right", 10.0, 16.0, subject=look))
-    s = spec.subject_look(look)
-    for color in (s.color_a, s.color_b):
+    look = spec.subject_look(spec.UNNAMED_LOOKS[17])
+    clip = render_clip(ClipParams("on sand", "moves right", 10.0, 16.0, subject="Zabeko", look=look.name))
+    for color in (look.color_a, look.color_b):
         assert ((clip == spec.COLORS[color]).all(-1).sum((1, 2)) > 10).all()
-    for bad in ("circle/dots/red/red", "ring/dots/red/white", "circle/dots/green/orange"):  # Nono's look is named
-        with pytest.raises(ShapeWorldError, match="unknown subject"):
-            ClipParams("on sand", "stays still", 16.0, 16.0, subject=bad)
+    assert len({made_up_name(i) for i in range(5000)}) == 5000
+    assert not {made_up_name(i) for i in range(5000)} & set(spec.SUBJECTS)
+    for subject, bad in [("Zabeko", "circle/dots/red/red"), ("Zabeko", "ring/dots/red/white"),
+                         ("Zabeko", "circle/dots/green/orange"),     # Nono's look
+                         ("Kiki", look.name)]:                       # a named subject keeps its own look
+        with pytest.raises(ShapeWorldError, match="made-up subject"):
+            ClipParams("on sand", "stays still", 16.0, 16.0, subject=subject, look=bad)
 
 
-def test_looks_add_subject_task_rows_with_their_own_references(world, tmp_path):
-    _world(tmp_path / "looks", "--workers", "1", "--looks", "12")
-    for name in ("memory.jsonl", *(f"eval/{s}.jsonl" for s in EVAL_SPLITS)):   # the rest of the world is unchanged
+def test_looks_add_made_up_subjects_with_pictures_and_a_reference(world, tmp_path):
+    _world(tmp_path / "looks", "--workers", "1", "--looks", "12", "--look-pictures", "3")
+    for name in (f"eval/{s}.jsonl" for s in EVAL_SPLITS):   # what the world held before is unchanged
         assert (world / name).read_text() == (tmp_path / "looks" / name).read_text(), name
-    rows = pq.read_table(tmp_path / "looks" / "videos.parquet").to_pylist()
-    plain = pq.read_table(world / "videos.parquet").to_pylist()
-    assert rows[:40] == plain and all(r["tasks"] == [] for r in plain)
-    looks = rows[40:]
-    assert len(looks) == 12 and len({r["subject"] for r in looks}) > 6
+    videos = pq.read_table(tmp_path / "looks" / "videos.parquet").to_pylist()
+    memory = pq.read_table(tmp_path / "looks" / "memory.parquet").to_pylist()
+    assert videos[:40] == pq.read_table(world / "videos.parquet").to_pylist()
+    assert memory[:70] == pq.read_table(world / "memory.parquet").to_pylist()
+    looks, pictures = videos[40:], memory[70:]
+    assert len(looks) == 12 and len(pictures) == 36 and len({r["look"] for r in looks}) > 6
     for r in looks:
-        assert r["tasks"] == ["subject"] and r["subject"] in spec.UNNAMED_LOOKS
-        assert r["caption"] == f"{r['subject']} {r['motion']} {r['scene']}"
+        look = spec.subject_look(r["look"])
+        assert r["caption"] == f"{r['subject']} {r['motion']} {r['scene']}" and r["subject"] not in spec.SUBJECTS
         video = read_video(tmp_path / "looks" / r["path"]).astype(int)
         assert np.abs(video - render_clip(ClipParams.from_record(r))).max() <= 2   # lossless H.264
-        (ref,) = r["references"]
-        picture = np.asarray(Image.open(tmp_path / "looks" / ref))
-        look = spec.subject_look(r["subject"])
-        assert all((picture == spec.COLORS[c]).all(-1).sum() > 5 for c in (look.color_a, look.color_b))
+        mine = [m for m in pictures if m["subject"] == r["subject"]]
+        assert len(mine) == 3 and {m["look"] for m in mine} == {r["look"]}
+        assert all(m["caption"].startswith(f"a photo of {r['subject']} ") for m in mine)
+        for path in [r["references"][0], *(m["image"] for m in mine)]:
+            picture = np.asarray(Image.open(tmp_path / "looks" / path))
+            assert all((picture == spec.COLORS[c]).all(-1).sum() > 5 for c in (look.color_a, look.color_b)), path
 
 
 def test_existing_world_is_kept_unless_overwrite(tmp_path, capsys):

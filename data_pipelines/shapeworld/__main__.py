@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--videos", type=int, default=d.videos, help="training videos")
     ap.add_argument("--looks", type=int, default=d.looks,
-                    help="extra training videos of unnamed looks, each with its own reference (subject task only)")
+                    help="extra training videos, each of a made-up subject with a look of its own, its own "
+                         "reference picture and --look-pictures memory pictures")
+    ap.add_argument("--look-pictures", type=int, default=d.look_pictures, help="memory pictures per made-up subject")
     ap.add_argument("--memory", type=int, default=d.memory, help="image-text memory items")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--size", type=int, default=d.size, help="H = W in pixels, a multiple of 32")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if dropped:
         print(f"note: {dropped} do not fit {cfg.frames} frames of {cfg.size} px and were left out", file=sys.stderr)
     counts = world["counts"]
-    print(f"wrote {cfg.out}: {counts['videos']} videos, {counts['looks']} looks, {counts['memory']} memory images, "
+    print(f"wrote {cfg.out}: {counts['videos']} videos, {counts['looks']} looks, "
+          f"{counts['memory'] + counts['look_pictures']} memory images, "
           f"{counts['references']} references, eval {counts['eval']} in {world['seconds']:.1f} s")
     return 0
 

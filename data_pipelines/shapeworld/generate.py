@@ -3,7 +3,8 @@
     OUT/videos/{id}.mp4, OUT/videos.parquet (+ .jsonl)     training videos (lossless H.264)
     OUT/memory/{id}.png, OUT/memory.parquet (+ .jsonl)     image-text memory
     OUT/references/{Name}_{j}.png                          subject reference pictures
-    OUT/videos/l{i}.mp4, OUT/references/looks/l{i}.png     unnamed-look videos (rows of videos.parquet)
+    OUT/videos/l{i}.mp4, OUT/references/looks/l{i}.png,    made-up subjects (--looks): videos.parquet and
+    OUT/memory/n{i}_{j}.png                                memory.parquet rows after the others
     OUT/eval/{split}.jsonl, eval/gt/{id}.npy, eval/cond/   eval inputs and exact ground truth
     OUT/world.json                                         what was generated (written last)
 
@@ -53,7 +54,8 @@ CHUNK = 250  # items per pool task: large enough to amortise pickling, small eno
 MARKER = ".shapeworld"  # written first: marks a folder this generator may clean and rewrite
 
 _STR = pa.string()
-_ATTRS = [("kind", _STR), ("scene", _STR), ("color", _STR), ("shape", _STR), ("size", _STR), ("subject", _STR)]
+_ATTRS = [("kind", _STR), ("scene", _STR), ("color", _STR), ("shape", _STR), ("size", _STR), ("subject", _STR),
+          ("look", _STR)]
 _CLIP = [
     ("motion", _STR),
     ("cx0", pa.float64()),
@@ -65,7 +67,7 @@ VIDEO_SCHEMA = pa.schema(
     [("id", _STR), ("caption", _STR), ("path", _STR), ("split", _STR)]
     + _ATTRS
     + _CLIP
-    + [("references", pa.list_(_STR)), ("tasks", pa.list_(_STR))]
+    + [("references", pa.list_(_STR))]
 )
 MEMORY_SCHEMA = pa.schema(
     [("id", _STR), ("caption", _STR), ("image", _STR)]
@@ -106,7 +108,8 @@ def _write_jsonl(rows: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _attributes(p: ClipParams) -> dict:
-    return {"kind": p.kind, "scene": p.scene, "color": p.color, "shape": p.shape, "size": p.size, "subject": p.subject}
+    return {"kind": p.kind, "scene": p.scene, "color": p.color, "shape": p.shape, "size": p.size, "subject": p.subject,
+            "look": p.look}
 
 
 def _clip_fields(p: ClipParams) -> dict:
@@ -120,31 +123,33 @@ def reference_paths(cfg: WorldConfig, name: str) -> list[str]:
 
 def _video_row(cfg: WorldConfig, i: int) -> dict:
     p = train_video_params(cfg, i)
-    vid = f"v{i:07d}"
     refs = reference_paths(cfg, p.subject) if p.subject else []
-    return _train_row(cfg, vid, p, refs, tasks=[])
+    return _train_row(cfg, f"v{i:07d}", p, refs)
 
 
 def _look_row(cfg: WorldConfig, i: int) -> dict:
-    """An unnamed look's video, with its own reference picture. Its caption names the look where a
-    subject's name would stand ("circle/dots/red/white moves up on grass"): the subject task replaces it
-    with the picture, and no other task can use it (tasks: subject only)."""
-    p, ref = look_params(cfg, i)
+    """A made-up subject's video, with its own reference picture (its memory pictures: _look_memory_rows)."""
+    p, ref, _ = look_params(cfg, i)
     vid = f"l{i:07d}"
     save_png(cfg.out / "references" / "looks" / f"{vid}.png", render_image(ref))
-    return _train_row(cfg, vid, p, [f"references/looks/{vid}.png"], tasks=["subject"])
+    return _train_row(cfg, vid, p, [f"references/looks/{vid}.png"])
 
 
-def _train_row(cfg: WorldConfig, vid: str, p: ClipParams, refs: list[str], tasks: list[str]) -> dict:
-    """A training video's file and row; ``tasks`` lists the only stage-2 tasks it may train (empty: any)."""
+def _train_row(cfg: WorldConfig, vid: str, p: ClipParams, refs: list[str]) -> dict:
     write_video(cfg.out / "videos" / f"{vid}.mp4", render_clip(p), fps=spec.FPS, lossless=True)
     return {"id": vid, "caption": video_caption(p), "path": f"videos/{vid}.mp4", "split": "train",
-            **_attributes(p), **_clip_fields(p), "references": refs, "tasks": tasks}
+            **_attributes(p), **_clip_fields(p), "references": refs}
 
 
 def _memory_row(cfg: WorldConfig, i: int) -> dict:
-    p = memory_params(cfg, i)
-    mid = f"m{i:07d}"
+    return _picture_row(cfg, f"m{i:07d}", memory_params(cfg, i))
+
+
+def _look_memory_rows(cfg: WorldConfig, i: int) -> list[dict]:
+    return [_picture_row(cfg, f"n{i:07d}_{j}", p) for j, p in enumerate(look_params(cfg, i)[2])]
+
+
+def _picture_row(cfg: WorldConfig, mid: str, p: ClipParams) -> dict:
     save_png(cfg.out / "memory" / f"{mid}.png", render_image(p))
     return {"id": mid, "caption": memory_caption(p), "image": f"memory/{mid}.png", **_attributes(p),
             "cx0": p.cx0, "cy0": p.cy0, "size_px": p.size_px}
@@ -178,11 +183,14 @@ def _eval_row(cfg: WorldConfig, split: str, i: int) -> dict:
 
 
 def _rows(cfg: WorldConfig, part: str, start: int, stop: int) -> list[dict]:
-    """Rows start..stop-1 of one part ('videos', 'looks', 'memory', 'references' or an eval split)."""
+    """Rows of items start..stop-1 of one part ('videos', 'looks', 'memory', 'look pictures', 'references' or an
+    eval split); a look's pictures are one item."""
     if part == "videos":
         return [_video_row(cfg, i) for i in range(start, stop)]
     if part == "looks":
         return [_look_row(cfg, i) for i in range(start, stop)]
+    if part == "look pictures":
+        return [row for i in range(start, stop) for row in _look_memory_rows(cfg, i)]
     if part == "memory":
         return [_memory_row(cfg, i) for i in range(start, stop)]
     if part == "references":
@@ -222,7 +230,8 @@ def _prepare_out(cfg: WorldConfig) -> None:
 
 def _jobs(cfg: WorldConfig) -> Iterator[tuple[WorldConfig, str, int, int]]:
     counts = {"references": len(SUBJECT_NAMES) * cfg.references_per_subject, "videos": cfg.videos,
-              "looks": cfg.looks, "memory": cfg.memory} | {split: cfg.eval_per_split for split in EVAL_SPLITS}
+              "looks": cfg.looks, "memory": cfg.memory, "look pictures": cfg.looks}
+    counts |= {split: cfg.eval_per_split for split in EVAL_SPLITS}
     for part, n in counts.items():
         for start in range(0, n, CHUNK):
             yield cfg, part, start, min(n, start + CHUNK)
@@ -250,7 +259,7 @@ def generate_world(cfg: WorldConfig) -> dict:
                     bar.update(n)
     out = cfg.out
     _write_table(rows.get("videos", []) + rows.get("looks", []), VIDEO_SCHEMA, out / "videos.parquet")
-    _write_table(rows.get("memory", []), MEMORY_SCHEMA, out / "memory.parquet")
+    _write_table(rows.get("memory", []) + rows.get("look pictures", []), MEMORY_SCHEMA, out / "memory.parquet")
     for split in EVAL_SPLITS:
         _write_jsonl(rows.get(split, []), out / "eval" / f"{split}.jsonl")
     world = {
@@ -263,6 +272,7 @@ def generate_world(cfg: WorldConfig) -> dict:
             "videos": cfg.videos,
             "looks": cfg.looks,
             "memory": cfg.memory,
+            "look_pictures": cfg.looks * cfg.look_pictures,   # memory rows after the `memory` ones
             "references": len(rows.get("references", [])),
             "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS},
         },

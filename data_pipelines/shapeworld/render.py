@@ -32,7 +32,8 @@ class ClipParams:
     color: str | None = None     # object clips: palette name
     shape: str | None = None     # object clips: shape name
     size: str | None = None      # object clips: "small" | "big"
-    subject: str | None = None   # subject clips: a key of spec.SUBJECTS, or one of spec.UNNAMED_LOOKS
+    subject: str | None = None   # subject clips: a key of spec.SUBJECTS, or a made-up name given with `look`
+    look: str | None = None      # a made-up subject's look, one of spec.UNNAMED_LOOKS (docs/shapeworld.md)
 
     def __post_init__(self) -> None:
         def check(value: Any, allowed: Any, what: str) -> None:
@@ -46,9 +47,11 @@ class ClipParams:
         if self.frames < 1:
             raise ShapeWorldError(f"frames must be >= 1, got {self.frames}")
         if self.subject is not None:
-            if spec.subject_look(self.subject) is None:
-                raise ShapeWorldError(f"unknown subject {self.subject!r}; expected one of {sorted(spec.SUBJECTS)} "
-                                      "or an unnamed look 'shape/pattern/color_a/color_b' (spec.UNNAMED_LOOKS)")
+            if self.look is None:
+                check(self.subject, spec.SUBJECTS, "subject")
+            elif self.subject in spec.SUBJECTS or spec.subject_look(self.look) is None:
+                raise ShapeWorldError(f"a made-up subject needs a new name and an unnamed look 'shape/pattern/"
+                                      f"color_a/color_b' (spec.UNNAMED_LOOKS), not {self.subject!r} / {self.look!r}")
             if self.motion not in spec.TRANSLATIONS:
                 raise ShapeWorldError(f"subjects only translate or stay still, not {self.motion!r}")
         else:
@@ -153,7 +156,7 @@ def render_clip(p: ClipParams) -> np.ndarray:
         mask = shape_mask(p.shape, x, y, cx, cy, r)        # (T, H, W)
         video[mask] = spec.COLORS[p.color]
         return video
-    subj = spec.subject_look(p.subject)
+    subj = spec.subject_look(p.look or p.subject)
     mask = shape_mask(subj.shape, x, y, cx, cy, r)         # (T, H, W)
     on_a = pattern_mask(subj.pattern, x - cx, y - cy, p.scale)  # (T, H, W)
     video[mask & on_a] = spec.COLORS[subj.color_a]

@@ -109,8 +109,11 @@ def sample_object_clip(
     return ClipParams(scene, motion, cx0, cy0, frames, size_px, color=color, shape=shape, size=size)
 
 
-def sample_subject_clip(rng: np.random.Generator, names: Sequence[str], frames: int, size_px: int) -> ClipParams:
-    """A subject clip: name uniform over `names`, a translation (or staying still) that fits."""
+def sample_subject_clip(
+    rng: np.random.Generator, names: Sequence[str], frames: int, size_px: int, look: str | None = None
+) -> ClipParams:
+    """A subject clip: name uniform over `names`, a translation (or staying still) that fits; `look` for a
+    made-up subject."""
     name = names[rng.integers(len(names))]
     motions = subject_motions(frames, size_px)
     if not motions:
@@ -118,14 +121,7 @@ def sample_subject_clip(rng: np.random.Generator, names: Sequence[str], frames: 
     motion = motions[rng.integers(len(motions))]
     cx0, cy0 = _start(rng, motion, spec.SUBJECT_RADIUS, frames, size_px)
     scene = list(spec.SCENES)[rng.integers(len(spec.SCENES))]
-    return ClipParams(scene, motion, cx0, cy0, frames, size_px, subject=name)
-
-
-def sample_look_clip(rng: np.random.Generator, frames: int, size_px: int) -> tuple[ClipParams, ClipParams]:
-    """A clip of an unnamed look (uniform over spec.UNNAMED_LOOKS) and a reference picture of the same
-    look at its own random position and scene, as a named subject's references are drawn."""
-    look = spec.UNNAMED_LOOKS[rng.integers(len(spec.UNNAMED_LOOKS))]
-    return sample_subject_clip(rng, [look], frames, size_px), sample_subject_image(rng, look, size_px)
+    return ClipParams(scene, motion, cx0, cy0, frames, size_px, subject=name, look=look)
 
 
 def sample_object_image(rng: np.random.Generator, color: str, shape: str, size_px: int) -> ClipParams:
@@ -136,8 +132,8 @@ def sample_object_image(rng: np.random.Generator, color: str, shape: str, size_p
     return ClipParams(scene, "stays still", cx0, cy0, 1, size_px, color=color, shape=shape, size=size)
 
 
-def sample_subject_image(rng: np.random.Generator, name: str, size_px: int) -> ClipParams:
+def sample_subject_image(rng: np.random.Generator, name: str, size_px: int, look: str | None = None) -> ClipParams:
     """A still subject at a random position and scene (memory items and subject references)."""
     cx0, cy0 = _start(rng, "stays still", spec.SUBJECT_RADIUS, 1, size_px)
     scene = list(spec.SCENES)[rng.integers(len(spec.SCENES))]
-    return ClipParams(scene, "stays still", cx0, cy0, 1, size_px, subject=name)
+    return ClipParams(scene, "stays still", cx0, cy0, 1, size_px, subject=name, look=look)

@@ -106,42 +106,39 @@ NOVEL_COMPOSITIONS: frozenset[tuple[str, str]] = frozenset(
 )
 
 SEEN_SUBJECTS: tuple[str, ...] = tuple(n for n in SUBJECTS if n not in NOVEL_SUBJECTS)
+ALL_COMPOSITIONS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
+SEEN_COMPOSITIONS: tuple[tuple[str, str], ...] = tuple(cs for cs in ALL_COMPOSITIONS if cs not in NOVEL_COMPOSITIONS)
 
-# Unnamed looks: subject-task training clips whose look changes from clip to clip, so that the task's loss
-# rewards copying the reference picture rather than recalling which of eight seen looks it names. A look
-# is written "shape/pattern/color_a/color_b" where a name would stand. None is a named subject's look, in
-# either colour order (the scorer reads a subject as its shape and colour pair): the novel subjects'
-# looks stay held out.
+# Made-up subjects (docs/shapeworld.md, "Made-up subjects"): training clips of one-off subjects whose look
+# changes from clip to clip, so that drawing one means copying it from its pictures (retrieved, or the
+# subject task's reference), not recalling which of eight seen looks a name means. A look is written
+# "shape/pattern/color_a/color_b". None is a named subject's look in either colour order (the scorer reads
+# a subject as its shape and colour pair): the novel subjects stay held out.
 LOOK_SHAPES: tuple[str, ...] = ("circle", "square", "diamond")  # the named subjects' shapes
 
 
-def look_name(shape: str, pattern: str, color_a: str, color_b: str) -> str:
-    return f"{shape}/{pattern}/{color_a}/{color_b}"
-
-
-def is_named_look(shape: str, color_a: str, color_b: str) -> bool:
+def _is_named_look(shape: str, color_a: str, color_b: str) -> bool:
     return any(s.shape == shape and {s.color_a, s.color_b} == {color_a, color_b} for s in SUBJECTS.values())
 
 
 UNNAMED_LOOKS: tuple[str, ...] = tuple(
-    look_name(shape, pattern, a, b)
+    f"{shape}/{pattern}/{a}/{b}"
     for shape in LOOK_SHAPES
     for pattern in PATTERNS
     for a in COLORS
     for b in COLORS
-    if a != b and not is_named_look(shape, a, b)
+    if a != b and not _is_named_look(shape, a, b)
 )
+_UNNAMED = frozenset(UNNAMED_LOOKS)
+
+# Made-up names: three consonant-vowel syllables (never a named subject's one or two), one per index.
+NAME_CONSONANTS, NAME_VOWELS = "bdfgklmnprstvz", "aeiou"
 
 
 def subject_look(name: str) -> Subject | None:
-    """The Subject a clip's ``subject`` field stands for: a named subject, or an unnamed look; else None."""
+    """The Subject a named subject's name or an unnamed look stands for; None for anything else."""
     if name in SUBJECTS:
         return SUBJECTS[name]
     if name in _UNNAMED:
         return Subject(name, *name.split("/"))
     return None
-
-
-_UNNAMED = frozenset(UNNAMED_LOOKS)
-ALL_COMPOSITIONS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLORS for s in SHAPES)
-SEEN_COMPOSITIONS: tuple[tuple[str, str], ...] = tuple(cs for cs in ALL_COMPOSITIONS if cs not in NOVEL_COMPOSITIONS)

@@ -21,7 +21,8 @@ SUBJECT_NAMES: tuple[str, ...] = tuple(spec.SUBJECTS)
 class WorldConfig:
     out: Path = Path("data/shapeworld")  # output folder
     videos: int = 20000                  # training videos
-    looks: int = 0                       # extra training videos of unnamed looks, for the subject task only
+    looks: int = 0                       # extra training videos, each of its own made-up subject
+    look_pictures: int = 4               # memory pictures of each made-up subject (K = 4 retrieves them all)
     memory: int = 50000                  # image-text memory items
     seed: int = 0                        # the whole world is a function of this (and the sizes)
     size: int = 32                       # H = W, a multiple of 32
@@ -39,7 +40,8 @@ class WorldConfig:
         checks = [
             (self.size > 0 and self.size % spec.BASE_SIZE == 0, f"size must be a multiple of {spec.BASE_SIZE}"),
             (self.frames >= 2, "frames must be >= 2"),
-            (min(self.videos, self.looks, self.memory, self.eval_per_split) >= 0, "counts must be >= 0"),
+            (min(self.videos, self.looks, self.look_pictures, self.memory, self.eval_per_split) >= 0,
+             "counts must be >= 0"),
             (self.references_per_subject >= 1, "references_per_subject must be >= 1"),
             (0.0 <= self.subject_fraction <= 1.0, "subject_fraction must be in [0, 1]"),
             (self.memory_subject_every >= 2, "memory_subject_every must be >= 2"),
@@ -68,9 +70,23 @@ def train_video_params(cfg: WorldConfig, i: int) -> ClipParams:
     return _seen_clip(cfg, "videos", i)
 
 
-def look_params(cfg: WorldConfig, i: int) -> tuple[ClipParams, ClipParams]:
-    """Look video i and its reference picture: an unnamed look (spec.UNNAMED_LOOKS), never a named one."""
-    return sampling.sample_look_clip(sampling.item_rng(cfg.seed, "looks", i), cfg.frames, cfg.size)
+def made_up_name(i: int) -> str:
+    """Look video i's subject name: three syllables (spec.NAME_*), a different name for every i < 70³."""
+    syllables = [c + v for c in spec.NAME_CONSONANTS for v in spec.NAME_VOWELS]    # 70
+    n = len(syllables)
+    code = (i * 7919 + 4021) % n**3   # 7919 is prime to 70³ = 2³·5³·7³: an affine permutation of the codes
+    return "".join(syllables[code // n**k % n] for k in range(3)).capitalize()
+
+
+def look_params(cfg: WorldConfig, i: int) -> tuple[ClipParams, ClipParams, list[ClipParams]]:
+    """Look video i: a made-up subject's clip, its reference picture, and its `look_pictures` memory
+    pictures, each the subject alone at its own position and scene (as a named subject's are). The look is
+    uniform over spec.UNNAMED_LOOKS, so a name says nothing about it: only the pictures do."""
+    rng = sampling.item_rng(cfg.seed, "looks", i)
+    look, name = spec.UNNAMED_LOOKS[rng.integers(len(spec.UNNAMED_LOOKS))], made_up_name(i)
+    clip = sampling.sample_subject_clip(rng, [name], cfg.frames, cfg.size, look=look)
+    pictures = [sampling.sample_subject_image(rng, name, cfg.size, look=look) for _ in range(1 + cfg.look_pictures)]
+    return clip, pictures[0], pictures[1:]
 
 
 def memory_params(cfg: WorldConfig, i: int) -> ClipParams:

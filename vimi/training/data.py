@@ -241,13 +241,6 @@ def choose_task(rng: np.random.Generator, tasks: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
-def row_tasks(meta: dict) -> tuple[str, ...]:
-    """The stage-2 tasks a sample is kept to: its source row's ``tasks`` column (docs/formats.md). Empty:
-    any task, and stage 1. A row kept to tasks has no caption pretraining could read (ShapeWorld's unnamed
-    looks are captioned by their look, for the subject task to replace with the picture)."""
-    return tuple((meta.get("attributes") or {}).get("tasks") or ())
-
-
 def subject_caption(caption: str, meta: dict, fmt: TaskFormat) -> str:
     """Caption with ``<image>`` where the subject stands: ShapeWorld "Kiki moves up on grass" ->
     "A <image> moves up on grass" (its eval form); without a known name, ``subject_fallback``."""
@@ -276,16 +269,10 @@ def format_tasks(src: Iterable[Example], fmt: TaskFormat) -> Iterator[TrainExamp
     for ex in src:
         ctx = ex.contexts if fmt.max_contexts is None else ex.contexts[: fmt.max_contexts]
         k = 0
-        only = row_tasks(ex.meta)
         if fmt.stage == "pretrain":
-            if only:
-                continue
             task, prompt = "pretrain", pretrain_prompt(ex.caption, ctx)
         else:
-            weights = {t: w for t, w in fmt.tasks.items() if t in only} if only else fmt.tasks
-            if not any(w > 0 for w in weights.values()):
-                continue
-            task = choose_task(ex.rng, weights)
+            task = choose_task(ex.rng, fmt.tasks)
             spec = TASKS[task]
             context = ctx if spec.retrieves else ()
             if spec.images == "first_frames":
