@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="outputs/demo", help="report folder")
     ap.add_argument("--data", default="data/demo", help="world, index, shards, MLLM and training runs")
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies data sizes and training steps")
+    ap.add_argument("--looks", type=int, default=0,
+                    help="made-up subjects' training videos at scale 1 (docs/shapeworld.md, Made-up subjects)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-steps", type=int, default=12, help="Heun steps for the eval videos")
     args = ap.parse_args(argv)
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     world, index, shards, mllm = data / "world", data / "index", data / "shards", data / "mllm"
     run_step("world", [PY, "-m", "data_pipelines.shapeworld", "--out", str(world), "--videos", str(int(2000 * s)),
-                       "--memory", str(int(5000 * s)), "--seed", str(args.seed),
+                       "--looks", str(int(args.looks * s)), "--memory", str(int(5000 * s)), "--seed", str(args.seed),
                        "--eval-per-split", str(int(20 * s))], world / "world.json", steps)
     gt_report = out / "ground_truth_scores.json"
     run_step("score ground truth", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(world / "eval" / "gt"),
