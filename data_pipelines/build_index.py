@@ -1,12 +1,13 @@
 """Index an image-text memory for retrieval: read its table, hand the rows to ``retrieval``.
 
-    python -m data_pipelines.build_index --memory PATH --out INDEX [--backend bm25s|pyserini|rank_bm25]
+    python -m data_pipelines.build_index --memory PATH [PATH ...] --out INDEX [--backend bm25s|pyserini|rank_bm25]
         [--dense] [--k1 0.9 --b 0.4] [--variant lucene|robertson] [--stopwords en|none|FILE]
         [--batch-size 4096] [--threads 2] [--no-collapse] [--overwrite]
 
 The memory streams in batches (``data_pipelines.ingest.iter_memory``: Parquet / JSONL / CSV tables,
-``datasets`` folders, img2dataset-style tars), never whole into RAM; ``retrieval.build_index``
-turns the rows into an index and knows nothing of where they came from.
+``datasets`` folders, img2dataset-style tars), never whole into RAM; several memories are indexed
+together as one (their ids must not repeat). ``retrieval.build_index`` turns the rows into an index
+and knows nothing of where they came from.
 """
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from data_pipelines.tables import TableError
 
 
 def index_memory(cfg: retrieval.BuildConfig) -> Path:
-    """Build the index ``cfg`` describes from the memory table at ``cfg.memory``."""
+    """Build the index ``cfg`` describes from the memory at ``cfg.memory`` (one source or a list)."""
     if not cfg.memory:
         raise retrieval.IndexBuildError("memory (the table to index) is required")
-    return retrieval.build_index(cfg, iter_memory(cfg.memory, batch_size=cfg.batch_size))
+    sources = [cfg.memory] if isinstance(cfg.memory, str) else cfg.memory
+    batches = (batch for m in sources for batch in iter_memory(m, batch_size=cfg.batch_size))
+    return retrieval.build_index(cfg, batches)
 
 
 def _stopwords(arg: str) -> list[str]:
@@ -40,7 +43,8 @@ def _stopwords(arg: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_pipelines.build_index", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--memory", required=True, help="memory table (.parquet/.jsonl/.csv), folder, or .tar shards")
+    ap.add_argument("--memory", required=True, nargs="+",
+                    help="memory table (.parquet/.jsonl/.csv), folder, or .tar shards; several are indexed as one")
     ap.add_argument("--out", required=True, help="index folder to create")
     ap.add_argument("--backend", choices=retrieval.BACKENDS, default="bm25s")
     ap.add_argument("--variant", choices=retrieval.VARIANTS, default="lucene")
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
-    cfg = retrieval.BuildConfig(memory=a.memory, out=a.out, backend=a.backend, variant=a.variant, k1=a.k1, b=a.b,
+    memory = a.memory[0] if len(a.memory) == 1 else a.memory
+    cfg = retrieval.BuildConfig(memory=memory, out=a.out, backend=a.backend, variant=a.variant, k1=a.k1, b=a.b,
                       dense=a.dense, dense_model=a.dense_model, batch_size=a.batch_size, threads=a.threads,
                       collapse_duplicates=not a.no_collapse, overwrite=a.overwrite, progress=not a.quiet,
                       tokenizer=dataclasses.replace(retrieval.TokenizerConfig(), stopwords=_stopwords(a.stopwords)))

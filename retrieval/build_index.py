@@ -43,9 +43,16 @@ from retrieval.tokenizer import Tokenizer, TokenizerConfig, to_text
 BACKENDS = ("bm25s", "pyserini", "rank_bm25")
 
 
+def _sources(memory: str | list[str]) -> dict | list[dict] | None:
+    if not memory:
+        return None
+    return source_fingerprint(memory) if isinstance(memory, str) else [source_fingerprint(m) for m in memory]
+
+
 @dataclass
 class BuildConfig:
-    memory: str = ""                                   # where the rows come from (fingerprinted in index.json)
+    memory: str | list[str] = ""                       # where the rows come from, one source or several (each
+                                                       # fingerprinted in index.json)
     out: str = ""                                      # index folder to create
     backend: Literal["bm25s", "pyserini", "rank_bm25"] = "bm25s"
     variant: Literal["lucene", "robertson"] = "lucene"  # BM25 flavour (retrieval/bm25.py)
@@ -158,7 +165,7 @@ def build_index(cfg: BuildConfig, batches: Iterable[list[dict]]) -> Path:
                      "without_image": store.rows_without_image, "image_missing": store.rows_image_missing},
             **backend_meta,
             "dense": dense_meta,
-            "source": source_fingerprint(cfg.memory) if cfg.memory else None,
+            "source": _sources(cfg.memory),
             "build": {k: v for k, v in to_dict(cfg).items() if k in ("batch_size", "threads", "collapse_duplicates")},
         }
         if store.rows_image_missing:

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipelines.build_index import index_memory
+from data_pipelines.build_index import main as build_index_main
 from data_pipelines.caption_corpora import shapeworld_captions, zipf_captions
 from retrieval import (
     BuildConfig,
@@ -235,6 +236,19 @@ def test_duplicate_ids_fail_naming_them(tmp_path):
     mem = write_memory(tmp_path / "m.parquet", ["red", "blue", "green"], ids=["a", "b", "a"])
     with pytest.raises(IndexBuildError, match="duplicate id.*'a'"):
         index_memory(BuildConfig(memory=str(mem), out=str(tmp_path / "idx"), progress=False))
+
+
+def test_several_memories_are_indexed_as_one(tmp_path, capsys):
+    a = write_memory(tmp_path / "a.parquet", ["a photo of Kiki on sand", "a red circle"])
+    b = write_memory(tmp_path / "b.parquet", ["a photo of Metiba on sand", "a blue ring"], ids=["n0", "n1"])
+    assert build_index_main(["--memory", str(a), str(b), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    index = open_index(tmp_path / "idx")
+    assert index.meta["num_docs"] == 4 and len(index.meta["source"]) == 2
+    assert [h.id for h in index.search(["Metiba moves up on sand"], 1)[0]] == ["n0"]
+    assert [h.id for h in index.search(["a red circle moves"], 1)[0]] == ["m1"]
+    # ids must not repeat across the memories
+    assert build_index_main(["--memory", str(a), str(a), "--out", str(tmp_path / "dup"), "--quiet"]) == 2
+    assert "duplicate id" in capsys.readouterr().err
 
 
 def test_a_half_built_index_never_loads_and_the_next_build_succeeds(tmp_path):

@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     gt_report = out / "ground_truth_scores.json"
     run_step("score ground truth", [PY, "-m", "vimi.eval.shapeworld", "--videos", str(world / "eval" / "gt"),
                                     "--eval", str(world / "eval"), "--out", str(gt_report)], gt_report, steps)
+    # The index searches the made-up subjects' pictures too; the MLLM is aligned on memory.parquet alone, since
+    # no picture tells a made-up name (docs/shapeworld.md, "Made-up subjects").
     run_step("bm25 index", [PY, "-m", "data_pipelines.build_index", "--memory", str(world / "memory.parquet"),
-                            "--out", str(index)], index / "index.json", steps)
+                            str(world / "made_up_memory.parquet"), "--out", str(index)], index / "index.json", steps)
     run_step("prompt shards", [PY, "-m", "data_pipelines.build_shards", "--videos", str(world / "videos.parquet"),
                                "--index", str(index), "--out", str(shards), "-k", "4", "--seed", str(args.seed)],
              shards / "manifest.json", steps)

@@ -3,8 +3,9 @@
     OUT/videos/{id}.mp4, OUT/videos.parquet (+ .jsonl)     training videos (lossless H.264)
     OUT/memory/{id}.png, OUT/memory.parquet (+ .jsonl)     image-text memory
     OUT/references/{Name}_{j}.png                          subject reference pictures
-    OUT/videos/l{i}.mp4, OUT/references/looks/l{i}.png,    made-up subjects (--looks): videos.parquet and
-    OUT/memory/n{i}_{j}.png                                memory.parquet rows after the others
+    OUT/videos/l{i}.mp4, OUT/references/looks/l{i}.png     made-up subjects (--looks): videos.parquet rows
+    OUT/memory/n{i}_{j}.png, OUT/made_up_memory.parquet    after the others, and their memory pictures in a
+                                                           table of their own (docs/shapeworld.md)
     OUT/eval/{split}.jsonl, eval/gt/{id}.npy, eval/cond/   eval inputs and exact ground truth
     OUT/world.json                                         what was generated (written last)
 
@@ -220,7 +221,8 @@ def _prepare_out(cfg: WorldConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
     # Tables first: from here on no table exists that could point at a file being replaced.
-    for name in ("world.json", "videos.parquet", "videos.jsonl", "memory.parquet", "memory.jsonl"):
+    for name in ("world.json", "videos.parquet", "videos.jsonl", "memory.parquet", "memory.jsonl",
+                 "made_up_memory.parquet", "made_up_memory.jsonl"):
         (out / name).unlink(missing_ok=True)
     for folder in ("videos", "memory", "references", "eval"):
         shutil.rmtree(out / folder, ignore_errors=True)
@@ -259,7 +261,8 @@ def generate_world(cfg: WorldConfig) -> dict:
                     bar.update(n)
     out = cfg.out
     _write_table(rows.get("videos", []) + rows.get("looks", []), VIDEO_SCHEMA, out / "videos.parquet")
-    _write_table(rows.get("memory", []) + rows.get("look pictures", []), MEMORY_SCHEMA, out / "memory.parquet")
+    _write_table(rows.get("memory", []), MEMORY_SCHEMA, out / "memory.parquet")
+    _write_table(rows.get("look pictures", []), MEMORY_SCHEMA, out / "made_up_memory.parquet")
     for split in EVAL_SPLITS:
         _write_jsonl(rows.get(split, []), out / "eval" / f"{split}.jsonl")
     world = {
@@ -272,7 +275,7 @@ def generate_world(cfg: WorldConfig) -> dict:
             "videos": cfg.videos,
             "looks": cfg.looks,
             "memory": cfg.memory,
-            "look_pictures": cfg.looks * cfg.look_pictures,   # memory rows after the `memory` ones
+            "look_pictures": cfg.looks * cfg.look_pictures,   # made_up_memory.parquet
             "references": len(rows.get("references", [])),
             "eval": {split: cfg.eval_per_split for split in EVAL_SPLITS},
         },
