@@ -112,14 +112,14 @@ SEEN_COMPOSITIONS: tuple[tuple[str, str], ...] = tuple(cs for cs in ALL_COMPOSIT
 # Made-up subjects (docs/shapeworld.md, "Made-up subjects"): training clips of one-off subjects whose look
 # changes from clip to clip, so that drawing one means copying it from its pictures (retrieved, or the
 # subject task's reference), not recalling which of eight seen looks a name means. A look is written
-# "shape/pattern/color_a/color_b". None is a named subject's look in either colour order (the scorer reads
-# a subject as its shape and colour pair): the novel subjects stay held out.
+# "shape/pattern/color_a/color_b". None is a named subject's look (SUBJECT_BY_LOOK, below): the novel
+# subjects stay held out.
 LOOK_SHAPES: tuple[str, ...] = ("circle", "square", "diamond")  # the named subjects' shapes
 
-
-def _is_named_look(shape: str, color_a: str, color_b: str) -> bool:
-    return any(s.shape == shape and {s.color_a, s.color_b} == {color_a, color_b} for s in SUBJECTS.values())
-
+# How a subject is told apart (the scorer reads the same): its shape and its two colours, in any order.
+SUBJECT_BY_LOOK: dict[tuple[str, frozenset[str]], str] = {
+    (s.shape, frozenset((s.color_a, s.color_b))): s.name for s in SUBJECTS.values()
+}
 
 UNNAMED_LOOKS: tuple[str, ...] = tuple(
     f"{shape}/{pattern}/{a}/{b}"
@@ -127,7 +127,7 @@ UNNAMED_LOOKS: tuple[str, ...] = tuple(
     for pattern in PATTERNS
     for a in COLORS
     for b in COLORS
-    if a != b and not _is_named_look(shape, a, b)
+    if a != b and (shape, frozenset((a, b))) not in SUBJECT_BY_LOOK
 )
 _UNNAMED = frozenset(UNNAMED_LOOKS)
 

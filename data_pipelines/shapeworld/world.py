@@ -70,12 +70,14 @@ def train_video_params(cfg: WorldConfig, i: int) -> ClipParams:
     return _seen_clip(cfg, "videos", i)
 
 
+_SYLLABLES = tuple(c + v for c in spec.NAME_CONSONANTS for v in spec.NAME_VOWELS)   # 70
+
+
 def made_up_name(i: int) -> str:
     """Look video i's subject name: three syllables (spec.NAME_*), a different name for every i < 70³."""
-    syllables = [c + v for c in spec.NAME_CONSONANTS for v in spec.NAME_VOWELS]    # 70
-    n = len(syllables)
+    n = len(_SYLLABLES)
     code = (i * 7919 + 4021) % n**3   # 7919 is prime to 70³ = 2³·5³·7³: an affine permutation of the codes
-    return "".join(syllables[code // n**k % n] for k in range(3)).capitalize()
+    return "".join(_SYLLABLES[code // n**k % n] for k in range(3)).capitalize()
 
 
 def look_params(cfg: WorldConfig, i: int) -> tuple[ClipParams, ClipParams, list[ClipParams]]:

@@ -46,7 +46,6 @@ _SCENE_NAMES = list(spec.SCENES)
 _SCENE_RGB = np.array(list(spec.SCENES.values()), dtype=np.float64)   # (4, 3)
 _COLOR_NAMES = list(spec.COLORS)
 _COLOR_RGB = np.array(list(spec.COLORS.values()), dtype=np.float64)   # (9, 3)
-_SUBJECT_BY_LOOK = {(s.shape, frozenset((s.color_a, s.color_b))): s.name for s in spec.SUBJECTS.values()}
 
 
 class ScoreError(ValueError):
@@ -173,7 +172,7 @@ def analyze(frames: np.ndarray) -> dict:
         velocity=[float(v) for v in (centroids[-1] - centroids[0]) / max(len(centroids) - 1, 1) / scale],
     )
     if len(order) >= 2:
-        out["subject"] = _SUBJECT_BY_LOOK.get((shape, frozenset(out["colors"][:2])))
+        out["subject"] = spec.SUBJECT_BY_LOOK.get((shape, frozenset(out["colors"][:2])))
     return out
 
 
@@ -306,11 +305,11 @@ def score_folder(videos_dir: str | Path, eval_file: str | Path) -> dict:
     }
     novel = [bool(r.get("novel")) for r in records]
     if any(novel) and not all(novel):
-        report["by_novelty"] = {
-            part: {"count": sum(n == flag for n in novel),
-                   **_accuracies(*zip(*[(r, x) for r, x, n in zip(records, results, novel) if n == flag]))}
-            for part, flag in (("seen", False), ("novel", True))
-        }
+        report["by_novelty"] = {}
+        for part, flag in (("seen", False), ("novel", True)):
+            pick = [i for i, n in enumerate(novel) if n == flag]
+            report["by_novelty"][part] = {"count": len(pick), **_accuracies([records[i] for i in pick],
+                                                                            [results[i] for i in pick])}
     return report
 
 
