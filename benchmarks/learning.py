@@ -130,6 +130,10 @@ CONFIGS: dict[str, LeanConfig] = {
     # clips; under EDM2's σ alone, 1.00× (docs/learning.md, "Where the word can be learned").
     "unet-lat-b4-edm2-high-one": replace(ONE, edm=HIGH, pred_fraction=0.5),
     "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5),
+    # ... with half the given clips at EDM2's σ instead: trained at σ ≈ 10 only, the prediction task never
+    # sees its given frame at the low σ where the sampler's last steps draw the object's outline, and the
+    # demo's prediction samples redraw the object as a blob from frame 1 on.
+    "unet-lat-b4-edm2-half": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.5), pred_fraction=0.5),
     # ... on f = 2 latents (16×16, an autoencoder trained with --channels 16): a 2-px step is a whole latent cell.
     "unet-lat2-b4-edm2-high": replace(LAT_EDM2, backbone="unet-lat2", edm=HIGH, pred_fraction=0.5),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
