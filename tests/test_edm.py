@@ -281,6 +281,33 @@ def test_loss_of_zero_F_is_one_per_element():
     assert abs(loss.mean().item() - 1) < 0.01
 
 
+@pytest.mark.parametrize("sigma_in", [1.0, 2.0])
+def test_given_residual_denoises_the_difference_from_the_given_frames(sigma_in):
+    # D = a + D'(x_noisy - a/σ_in): with a denoiser that knows nothing (F = 0), a clip given its first frame
+    # comes out as that frame held at high σ, and the t2v clip (no frame given: a = 0) is untouched.
+    from vimi.models import frame_condition
+
+    class Zero(nn.Module):
+        def forward(self, x, c_noise, frame_cond=None):
+            return torch.zeros_like(x)
+
+    torch.manual_seed(0)
+    video = torch.randn(2, 3, 4, 6, 6, dtype=torch.float64) * 0.5
+    fc = frame_condition(video, torch.tensor([1, 0]))                      # clip 0 given frame 0, clip 1 not
+    plain = EDMPrecond(Zero(), sigma_data=0.5, sigma_in=sigma_in)
+    residual = EDMPrecond(Zero(), sigma_data=0.5, sigma_in=sigma_in, given_residual=True)
+    x_noisy = video / sigma_in + 1e4 * torch.randn_like(video)
+    D = residual(x_noisy, 1e4, frame_cond=fc)
+    assert torch.allclose(D[0], video[0, :, :1].expand_as(video[0]), atol=1e-3)   # the given frame, held
+    assert torch.allclose(D[1], plain(x_noisy[1:], 1e4, frame_cond=fc[1:])[0])
+    # At any σ it is the plain denoiser applied to the residual, shifted back by the anchor.
+    x_noisy = video / sigma_in + 0.7 * torch.randn_like(video)
+    anchor = fc[:, :3]
+    expect = anchor + plain(x_noisy - anchor / sigma_in, 0.7, frame_cond=fc)
+    assert torch.allclose(residual(x_noisy, 0.7, frame_cond=fc), expect)
+    assert EDMPrecond.from_config(Zero(), EDMConfig(given_residual=True), sigma_in).given_residual
+
+
 def test_loss_is_finite_and_decreases_when_fitting_a_fixed_batch():
     torch.manual_seed(0)
     net = FIT(MICRO)

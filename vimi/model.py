@@ -126,7 +126,7 @@ class VimiModel(nn.Module):
         # null tokens, trained in stage 1, stay as they are unless the whole generator is tuned.
         for p in (*self.encoder.proj.parameters(), self.encoder.null):
             p.requires_grad_(cfg.tuning == "full")
-        self.net = EDMPrecond(backbone, sigma_data=cfg.edm.sigma_data, sigma_in=cfg.sigma_in)
+        self.net = EDMPrecond.from_config(backbone, cfg.edm, cfg.sigma_in)
         # Frozen and loaded from its own folder: kept out of the module tree, so that no state dict,
         # optimizer or ZeRO partition sees it (as frozen.py does for the MLLM).
         self.__dict__["autoencoder"] = load_autoencoder(cfg.autoencoder) if cfg.autoencoder else None

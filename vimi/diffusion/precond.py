@@ -37,6 +37,10 @@ class EDMConfig:
     P_high_mean: float = 2.3       # ln 10
     P_high_std: float = 0.5
     P_high_given_only: bool = False  # the high mode only for clips given frames (prediction), where it pays
+    # Clips given frames are denoised as their difference from the given frames, each later frame from the last
+    # one given (EDMPrecond: D = a + D'(x - a)). An untrained denoiser then already holds the given frame, and
+    # what is left to learn is how the clip departs from it (docs/learning.md, "Prediction as a residual").
+    given_residual: bool = False
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
     foreground_weight: float = 0.0  # α: loss weight 1 + α on pixels off their frame's dominant colour (loss.py)
     frame_noise_share: float = 0.0  # ρ: correlation of the noise between frames, training and sampling (rng.py)
@@ -115,6 +119,7 @@ class EDMPrecond(nn.Module):
         backbone: nn.Module,
         sigma_data: float = 1.0,   # σ_d, std of the clean data
         sigma_in: float = 1.0,     # default input scale σ_in (Snap Video); callers may override per call
+        given_residual: bool = False,  # denoise the difference from ``frame_cond``'s frames (EDMConfig)
     ):
         super().__init__()
         if sigma_data <= 0 or sigma_in <= 0:
@@ -122,11 +127,12 @@ class EDMPrecond(nn.Module):
         self.backbone = backbone
         self.sigma_data = float(sigma_data)
         self.sigma_in = float(sigma_in)
+        self.given_residual = bool(given_residual)
 
     @classmethod
     def from_config(cls, backbone: nn.Module, cfg: EDMConfig, sigma_in: float | None = None) -> "EDMPrecond":
         """``sigma_in`` overrides ``cfg.sigma_in``; one of them must be set (e.g. cfg.input_scale(T, H, W))."""
-        return cls(backbone, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in))
+        return cls(backbone, cfg.sigma_data, resolve_sigma_in(cfg, sigma_in), cfg.given_residual)
 
     def forward(self, x_noisy: Tensor, sigma: Tensor | float, sigma_in: Tensor | float | None = None,
                 **cond) -> Tensor:
@@ -136,6 +142,17 @@ class EDMPrecond(nn.Module):
         B, nd = x_noisy.shape[0], x_noisy.ndim
         sigma = per_sample(sigma, B, nd, x_noisy)                                     # (B, 1, ..., 1)
         s_in = per_sample(self.sigma_in if sigma_in is None else sigma_in, B, nd, x_noisy)
+        frame_cond = cond.get("frame_cond")
+        if self.given_residual and frame_cond is not None:
+            # The given frames, the last one held (vimi.models.frame_condition; zeros for t2v) are an anchor a:
+            # x/σ_in + σε - a/σ_in is the residual x - a noised alike, so D(x) = a + D'(residual). As in residual
+            # video diffusion (Yang et al. 2022), the denoiser models the change, not the frame it was given.
+            anchor = frame_cond[:, :x_noisy.shape[1]].to(x_noisy.dtype)
+            return anchor + self._denoise(x_noisy - anchor / s_in, sigma, s_in, cond)
+        return self._denoise(x_noisy, sigma, s_in, cond)
+
+    def _denoise(self, x_noisy: Tensor, sigma: Tensor, s_in: Tensor, cond: dict) -> Tensor:
+        B = x_noisy.shape[0]
         if bool((sigma <= 0).any()):
             raise ValueError("sigma must be > 0 (c_noise = ln σ / 4)")
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data, s_in)

@@ -168,8 +168,8 @@ class LeanTrainer:
             raise ValueError(f"LeanConfig.conditioning must be 'words' or 'mllm', got {cfg.conditioning!r}")
         self.cond = conditioner or (WordConditioner(bb.cond_dim) if cfg.conditioning == "words"
                                     else MLLMConditioner(cfg.mllm, bb.cond_dim, **cfg.mllm_args))
-        self.net = EDMPrecond(build_backbone(cfg.backbone, bb), cfg.edm.sigma_data,
-                              cfg.edm.input_scale(cfg.frames, side, side))
+        self.net = EDMPrecond.from_config(build_backbone(cfg.backbone, bb), cfg.edm,
+                                          cfg.edm.input_scale(cfg.frames, side, side))
         self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
         self.params = [p for m in (self.net, self.cond) for p in m.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.99))
