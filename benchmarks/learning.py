@@ -137,6 +137,10 @@ CONFIGS: dict[str, LeanConfig] = {
     # ... or denoised as their difference from the given frame (EDMConfig.given_residual): the samples above
     # redraw a still object as a blob from frame 1 on, where holding the given frame reads 30+ dB.
     "unet-lat-b4-edm2-high-res": replace(LAT_EDM2, edm=replace(HIGH, given_residual=True), pred_fraction=0.5),
+    # ... and half the given clips at EDM2's σ: trained at σ ≈ 10 alone, the residual is never denoised at the
+    # low σ where the sampler ends, and -high-res's samples end in speckle there.
+    "unet-lat-b4-edm2-half-res": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.5, given_residual=True),
+                                         pred_fraction=0.5),
     # ... on f = 2 latents (16×16, an autoencoder trained with --channels 16): a 2-px step is a whole latent cell.
     "unet-lat2-b4-edm2-high": replace(LAT_EDM2, backbone="unet-lat2", edm=HIGH, pred_fraction=0.5),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
