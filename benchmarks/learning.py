@@ -141,6 +141,10 @@ CONFIGS: dict[str, LeanConfig] = {
     # low σ where the sampler ends, and -high-res's samples end in speckle there.
     "unet-lat-b4-edm2-half-res": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.5, given_residual=True),
                                          pred_fraction=0.5),
+    # ... with as many given clips at σ ≈ 10 as -high (half of all clips, where the motion word is learned) and a
+    # sixth at EDM2's σ, taken from t2v: -half-res read the word at 1.30 against -high's 2.92 (8,000 clips).
+    "unet-lat-b4-edm2-p67-res": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.75, given_residual=True),
+                                        pred_fraction=2 / 3),
     # ... on f = 2 latents (16×16, an autoencoder trained with --channels 16): a 2-px step is a whole latent cell.
     "unet-lat2-b4-edm2-high": replace(LAT_EDM2, backbone="unet-lat2", edm=HIGH, pred_fraction=0.5),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
