@@ -39,7 +39,8 @@ class EDMConfig:
     P_high_given_only: bool = False  # the high mode only for clips given frames (prediction), where it pays
     # Clips given frames are denoised as their difference from the given frames, each later frame from the last
     # one given (EDMPrecond: D = a + D'(x - a)). An untrained denoiser then already holds the given frame, and
-    # what is left to learn is how the clip departs from it (docs/learning.md, "Prediction as a residual").
+    # what is left to learn is how the clip departs from it. Off by default: it won the lean benchmark's
+    # prediction and lost t2v colour and motion in the demo (docs/learning.md, "Prediction as a residual").
     given_residual: bool = False
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
     foreground_weight: float = 0.0  # α: loss weight 1 + α on pixels off their frame's dominant colour (loss.py)
@@ -146,7 +147,7 @@ class EDMPrecond(nn.Module):
         if self.given_residual and frame_cond is not None:
             # The given frames, the last one held (vimi.models.frame_condition; zeros for t2v) are an anchor a:
             # x/σ_in + σε - a/σ_in is the residual x - a noised alike, so D(x) = a + D'(residual). As in residual
-            # video diffusion (Yang et al. 2022), the denoiser models the change, not the frame it was given.
+            # video diffusion (Yang et al. 2023), the denoiser models the change, not the frame it was given.
             anchor = frame_cond[:, :x_noisy.shape[1]].to(x_noisy.dtype)
             return anchor + self._denoise(x_noisy - anchor / s_in, sigma, s_in, cond)
         return self._denoise(x_noisy, sigma, s_in, cond)
