@@ -140,3 +140,28 @@ def test_factorized_t2v_is_the_prediction_task_from_the_first_draws_frame(pipe, 
     np.testing.assert_array_equal(videos[0], second[0])
     for i in (1, 2):                                              # the other tasks are drawn once
         np.testing.assert_array_equal(videos[i], first[i])
+
+
+
+def test_given_residual_reaches_the_pipelines_denoiser():
+    # model.edm.given_residual from the config reaches the denoiser the pipeline samples with: with FIT's
+    # zero-initialised output (F = 0), its estimate at high σ is the given frame held in every later frame.
+    import torch
+
+    from base.config import load_config
+    from tests.conftest import TINY_MODEL
+    from vimi.model import VimiConfig
+
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
+    for residual in (True, False):
+        cfg = load_config(VimiConfig, None, TINY_MODEL + [f"edm.given_residual={residual}"])
+        model = VimiPipeline.from_config(cfg).model
+        assert model.net.given_residual is residual
+        frame_cond = model.given_frame_condition(video, torch.tensor([1]))
+        held = frame_cond[:, :3]
+        s_in = model.cfg.input_scale(8)
+        with torch.no_grad():
+            D = model(held / s_in + 80 * torch.randn_like(video), torch.tensor([80.0]), *model.null_condition(1),
+                      frame_cond, sigma_in=s_in)
+        assert bool((D - held).abs().max() < 0.1) is residual

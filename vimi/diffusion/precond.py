@@ -38,8 +38,8 @@ class EDMConfig:
     P_high_std: float = 0.5
     P_high_given_only: bool = False  # the high mode only for clips given frames (prediction), where it pays
     # Clips given frames are denoised as their difference from the given frames, each later frame from the last
-    # one given (EDMPrecond: D = a + D'(x - a)). An untrained denoiser then already holds the given frame, and
-    # what is left to learn is how the clip departs from it. Off by default: it won the lean benchmark's
+    # one given (EDMPrecond: D = a + D'(x - a)). An untrained denoiser's estimate at high σ is then the given frame
+    # held, and what is left to learn is how the clip departs from it. Off by default: it won the lean benchmark's
     # prediction and lost t2v colour and motion in the demo (docs/learning.md, "Prediction as a residual").
     given_residual: bool = False
     cond_drop_prob: float = 0.1    # conditioning dropped in training for classifier-free guidance
