@@ -145,6 +145,8 @@ CONFIGS: dict[str, LeanConfig] = {
     # sixth at EDM2's σ, taken from t2v: -half-res read the word at 1.30 against -high's 2.92 (8,000 clips).
     "unet-lat-b4-edm2-p67-res": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.75, given_residual=True),
                                         pred_fraction=2 / 3),
+    # ... the same mix without the residual: what the mix does alone.
+    "unet-lat-b4-edm2-p67": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.75), pred_fraction=2 / 3),
     # ... on f = 2 latents (16×16, an autoencoder trained with --channels 16): a 2-px step is a whole latent cell.
     "unet-lat2-b4-edm2-high": replace(LAT_EDM2, backbone="unet-lat2", edm=HIGH, pred_fraction=0.5),
     # The one-object world in pixel space, where a 2-px step is a whole-pixel shift (at f = 4 it is half a latent).
