@@ -142,8 +142,7 @@ def test_factorized_t2v_is_the_prediction_task_from_the_first_draws_frame(pipe, 
         np.testing.assert_array_equal(videos[i], first[i])
 
 
-
-def test_given_residual_reaches_the_pipelines_denoiser():
+def test_given_residual_reaches_the_pipelines_denoiser(pipe):
     # model.edm.given_residual from the config reaches the denoiser the pipeline samples with: with FIT's
     # zero-initialised output (F = 0), its estimate at high σ is the given frame held in every later frame.
     import torch
@@ -154,9 +153,8 @@ def test_given_residual_reaches_the_pipelines_denoiser():
 
     torch.manual_seed(0)
     video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
-    for residual in (True, False):
-        cfg = load_config(VimiConfig, None, TINY_MODEL + [f"edm.given_residual={residual}"])
-        model = VimiPipeline.from_config(cfg).model
+    residual_pipe = VimiPipeline.from_config(load_config(VimiConfig, None, TINY_MODEL + ["edm.given_residual=true"]))
+    for model, residual in ((residual_pipe.model, True), (pipe.model, False)):   # pipe: the default, off
         assert model.net.given_residual is residual
         frame_cond = model.given_frame_condition(video, torch.tensor([1]))
         held = frame_cond[:, :3]
