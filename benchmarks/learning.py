@@ -130,6 +130,10 @@ CONFIGS: dict[str, LeanConfig] = {
     # clips; under EDM2's σ alone, 1.00× (docs/learning.md, "Where the word can be learned").
     "unet-lat-b4-edm2-high-one": replace(ONE, edm=HIGH, pred_fraction=0.5),
     "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5),
+    # ... through the MLLM with FiLM reading the caption's mean (as unet-lat-b4-cap): prediction prompts hold the
+    # given frame's 64 picture tokens, so the prompt's plain mean carries the motion word at 1/80 of its weight.
+    "unet-lat-b4-edm2-high-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, backbone_args={"cond_pool": "first"},
+                                         mllm_args={"caption_summary": True}),
     # ... with half the given clips at EDM2's σ instead: trained at σ ≈ 10 only, the prediction task never
     # sees its given frame at the low σ where the sampler's last steps draw the object's outline, and the
     # demo's prediction samples redraw the object as a blob from frame 1 on.
