@@ -134,6 +134,11 @@ CONFIGS: dict[str, LeanConfig] = {
     # given frame's 64 picture tokens, so the prompt's plain mean carries the motion word at 1/80 of its weight.
     "unet-lat-b4-edm2-high-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, backbone_args={"cond_pool": "first"},
                                          mllm_args={"caption_summary": True}),
+    # ... and each text token's fixed random code beside its state: the words instrument's frozen random
+    # embeddings (which read colour as well as learned ones), in the caption's mean that FiLM reads.
+    "unet-lat-b4-edm2-high-codes-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5,
+                                               backbone_args={"cond_pool": "first"},
+                                               mllm_args={"caption_summary": True, "token_codes": True}),
     # ... with half the given clips at EDM2's σ instead: trained at σ ≈ 10 only, the prediction task never
     # sees its given frame at the low σ where the sampler's last steps draw the object's outline, and the
     # demo's prediction samples redraw the object as a blob from frame 1 on.
