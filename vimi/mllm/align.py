@@ -65,8 +65,8 @@ class AlignConfig:
     # Adam turns those tiny gradients into full-size steps along one shared direction: after the demo's 1,000
     # steps "left", "right", "up", "down" and "still" (pictures do not move) sat at cosine 0.975 in the
     # layer-0 states the generator reads, and its motion word gain was 1.000 (docs/learning.md, "Words the
-    # memory never shows"). Restricted, they keep their distinct initial rows, and the LM head computes ~150
-    # columns instead of 30k.
+    # memory never shows"). Restricted, they keep their distinct initial rows, and the LM head computes 49
+    # columns on the demo's memory instead of 30k (alignment 153 s against 190).
     corpus_vocabulary: bool = True
     threads: int = 1             # torch CPU threads (0 = torch's default): the tiny model gains little from
                                  # more, and on a busy machine several spinning threads run ~10x slower
