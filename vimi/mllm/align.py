@@ -190,7 +190,7 @@ class Vocabulary:
         self.column[self.ids] = torch.arange(len(self.ids))
 
     @classmethod
-    def of_captions(cls, batcher: "CaptionBatcher", captions: list[str], size: int) -> "Vocabulary":
+    def of_captions(cls, batcher: CaptionBatcher, captions: list[str], size: int) -> Vocabulary:
         """Every token of ``captions`` as the batcher feeds them (image tokens dropped, EOS added)."""
         seqs = batcher.tok(captions, add_special_tokens=False)["input_ids"]
         return cls([t for seq in seqs for t in seq if t != batcher.image_token_id] + batcher.eos, size)
