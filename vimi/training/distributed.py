@@ -7,7 +7,8 @@
 
 Also picks DeepSpeed's accelerator before DeepSpeed is imported (``DS_ACCELERATOR=cpu`` when no
 CUDA device exists) and points the op JIT cache at the project's ``.cache/torch_extensions`` so
-the ~40 s build of ``deepspeed_shm_comm`` happens once per machine, not once per run.
+DeepSpeed's JIT ops (the ~30-40 s build of ``deepspeed_shm_comm``, which multi-rank CPU runs need) are built
+once per machine, not once per run.
 """
 from __future__ import annotations
 

@@ -159,6 +159,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     init = cfg.run.init if resume_path is None or cfg.model.tuning != "full" else None
     built = build_training_model(cfg, device, init=init, with_ema=info.is_main)
     if not torch.distributed.is_initialized():
+        if world == 1 and device.type == "cpu":
+            # DeepSpeed's shared-memory allreduce op serves CPU ranks that talk to each other; one rank has
+            # nobody to talk to, yet would compile it (~30 s of the demo's first stage on a fresh machine).
+            # DeepSpeed keeps this probe result in one module dict, read when the backend is built.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     step_module = TrainStep(built.model, built.loss, built.sigma_in)
     named = [(n, p) for n, p in step_module.named_parameters() if p.requires_grad]
