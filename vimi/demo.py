@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     common = [f"data.shards=[{shards}]", f"data.index={index}", f"model.mllm.path={mllm}",
               f"model.autoencoder={autoencoder}", "run.cpu_threads=2"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
+    # 2,800 steps split 1,000 + 1,800: stage 2's prediction clips are where the motion word is learned. A/B on one
+    # world, 20 rows a split (docs/learning.md, "A longer stage 2"): against 1,400 + 1,400, motion up on all five
+    # splits (t2v-seen 0.25 -> 0.35, prediction 0.45 -> 0.55, 19.2 -> 19.7 dB); 700 + 2,100 went further on
+    # prediction (20.1 dB) but lost what retrieval adds to novel subjects (subject colours 0.25 at K = 4 and K = 0).
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
-                                   f"run.out={stage1}", f"run.steps={int(1400 * s)}", *common],
+                                   f"run.out={stage1}", f"run.steps={int(1000 * s)}", *common],
              stage1 / "pipeline" / "config.json", steps)
     run_step("stage 2: instruct", [PY, "launch/instruct_tune.py", "--config", "configs/shapeworld/instruct.yaml",
                                    "--init", str(stage1 / "pipeline"), "--set", f"run.out={stage2}",
-                                   f"run.steps={int(1400 * s)}", *common],
+                                   f"run.steps={int(1800 * s)}", *common],
              stage2 / "pipeline" / "config.json", steps)
 
     # Two threads: 1.6-1.8x faster per video than one on this 2-core machine, with nothing beside it
