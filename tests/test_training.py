@@ -98,6 +98,8 @@ def test_config_load_override_save_roundtrip(tmp_path):
         load_train_config(TINY, ["data.tasks.dance=1"])
     with pytest.raises(ConfigError, match="instruct_tune.py"):
         load_train_config(str(ROOT / "configs/shapeworld/instruct.yaml"), stage="pretrain")
+    with pytest.raises(ConfigError, match=r"cond_pool: got 'first'.*caption_summary"):
+        load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), ["model.mllm.caption_summary=false"])
 
 
 def test_shipped_configs_load():

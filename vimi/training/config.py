@@ -134,6 +134,9 @@ class TrainConfig:
         for key in ("data.subject_phrase", "data.subject_fallback"):
             _need("<image>" in self._get(key), key, self._get(key), "a phrase containing <image>")
         _need(r.cpu_threads is None or r.cpu_threads >= 1, "run.cpu_threads", r.cpu_threads, ">= 1 or null")
+        m = self.model
+        _need(m.backbone_args.get("cond_pool") != "first" or m.mllm.caption_summary, "model.backbone_args.cond_pool",
+              "first", "'mean' or 'attention' unless model.mllm.caption_summary is true (else C's first token is BOS)")
         return self
 
     def _get(self, key: str):
