@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> None:
               f"model.autoencoder={autoencoder}", "run.cpu_threads=2"]
     stage1, stage2 = data / "runs" / "pretrain", data / "runs" / "instruct"
     # 2,800 steps split 1,000 + 1,800: stage 2's prediction clips are where the motion word is learned. A/B on one
-    # world, 20 rows a split (docs/learning.md, "A longer stage 2"): against 1,400 + 1,400, motion up on all five
-    # splits (t2v-seen 0.25 -> 0.35, prediction 0.45 -> 0.55, 19.2 -> 19.7 dB); 700 + 2,100 went further on
-    # prediction (20.1 dB) but lost what retrieval adds to novel subjects (subject colours 0.25 at K = 4 and K = 0).
+    # world, 20 rows a split (docs/learning.md, "A longer stage 2"): with the configs' FiLM on the caption's mean,
+    # against 1,400 + 1,400, motion up on all five splits (t2v-seen 0.25 -> 0.35, prediction 0.45 -> 0.55, 19.2 ->
+    # 19.7 dB); 700 + 2,100 went further on prediction (20.1 dB) but lost what retrieval adds to novel subjects
+    # (subject colours 0.25 at K = 4 and K = 0).
     run_step("stage 1: pretrain", [PY, "launch/pretrain.py", "--config", "configs/shapeworld/pretrain.yaml", "--set",
                                    f"run.out={stage1}", f"run.steps={int(1000 * s)}", *common],
              stage1 / "pipeline" / "config.json", steps)
