@@ -21,6 +21,7 @@ from vimi.diffusion import (
     edm_sampler,
     heun_nfe,
     karras_sigmas,
+    make_generators,
     video_input_scale,
 )
 from vimi.diffusion.rng import share_across_frames
@@ -357,6 +358,32 @@ def test_dilated_foreground_weights_also_raise_the_background_around_and_inside_
     plain = foreground_weights(x, alpha=4.0)[0, 0, 0]
     assert plain[5, 5] < plain[4, 4] and plain[2, 2] < plain[4, 4]     # undilated: hole and rim weigh as background
     torch.testing.assert_close(w.flatten(1).mean(1), torch.ones(1))
+
+
+def test_foreground_weights_of_a_latent_come_from_its_pixels_pooled_to_the_latent_grid():
+    """Latent mode: the object is found in the clip's pixels and a latent cell weighs as the object's if any of
+    its pixels does; the latent's own values play no part."""
+    from vimi.diffusion.loss import foreground_weights
+
+    pixels = torch.full((2, 3, 2, 16, 16), -0.5)
+    pixels[0, :, :, 5:7, 9:11] = 0.9                 # clip 0: an object inside latent cell (row 1, col 2) at f = 4
+    z = torch.randn(2, 8, 2, 4, 4)                   # the latents: noise, as a scene's cells can be
+    w = foreground_weights(z, alpha=4.0, pixels=pixels)
+    assert w.shape == (2, 1, 2, 4, 4)
+    heavy = w[0, 0, 0] > w[0, 0, 0, 0, 0]
+    assert heavy[1, 2] and heavy.sum() == 1
+    torch.testing.assert_close(w.flatten(1).mean(1), torch.ones(2))
+    assert torch.equal(w[1], torch.ones_like(w[1]))  # no object: the plain loss
+
+    def zero_net(x_noisy, sigma, sigma_in=None):
+        return torch.zeros_like(x_noisy)
+
+    z = torch.zeros(2, 8, 2, 4, 4)
+    z[:, :, :, 1, 2] = 1.0                           # the only error a zero denoiser makes is on the object cell
+    loss = EDMLoss(sigma_data=0.5, foreground_weight=4.0)
+    weighted = loss(zero_net, z, generators=make_generators([1, 2]), pixels=pixels)
+    plain = EDMLoss(sigma_data=0.5)(zero_net, z, generators=make_generators([1, 2]))
+    torch.testing.assert_close(weighted / plain, torch.tensor([5.0 / (1 + 4 / 16), 1.0]))
 
 
 def test_high_sigma_mode_trains_the_asked_share_there_and_is_off_by_default():

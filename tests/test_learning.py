@@ -35,6 +35,7 @@ def test_a_tiny_recipe_learns_to_draw_the_captions_scene():
     assert after["heldout"]["gain@3"] > 1.1, after["heldout"]
     # Untrained, no word can change D; the paired motion-word reading says so exactly.
     assert before["word_gain"] == {k: pytest.approx(1.0) for k in ("t2v@2", "t2v@10", "prediction@2", "prediction@10")}
+    assert before["shape_gain"] == {k: pytest.approx(1.0) for k in ("t2v@1", "t2v@2")}
 
 
 def test_motion_word_reading_tells_a_model_that_follows_the_word_from_one_that_ignores_it():

@@ -56,9 +56,11 @@ class EDMLoss:
 
     def __call__(self, net: Callable[..., Tensor], x: Tensor, *, sigma_in: Tensor | float | None = None,
                  generators: Sequence[torch.Generator] | None = None, given: Tensor | None = None,
-                 **cond) -> Tensor:
+                 pixels: Tensor | None = None, **cond) -> Tensor:
         """x: clean batch (B, ...) -> loss (B,), the weighted squared error averaged per sample. ``given`` (B,)
-        bool marks the samples given frames, for ``high_given_only`` (None: every sample may draw the high mode)."""
+        bool marks the samples given frames, for ``high_given_only`` (None: every sample may draw the high mode).
+        ``pixels``: the clean clips in pixel space when x is their latent, for ``foreground_weight`` (the object's
+        mask is found in pixels and pooled to x's grid; None: found in x itself)."""
         B, nd = x.shape[0], x.ndim
         s_in = per_sample(self.sigma_in if sigma_in is None else sigma_in, B, nd, x)   # (B, 1, ..., 1)
         # Noise level first, then ε, from the same per-sample stream: fixed order keeps runs exact.
@@ -75,7 +77,7 @@ class EDMLoss:
         weight = (sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2
         D = net(x / s_in + sigma * eps, sigma.reshape(B), sigma_in=s_in.reshape(B), **cond)
         if self.foreground_weight:
-            weight = weight * foreground_weights(x, self.foreground_weight)
+            weight = weight * foreground_weights(x, self.foreground_weight, pixels=pixels)
         return (weight * (D.to(x.dtype) - x) ** 2).reshape(B, -1).mean(dim=1)
 
 
@@ -85,19 +87,33 @@ def off_median_mask(x: Tensor, threshold: float = 0.3) -> Tensor:
     return (x - median).square().sum(1, keepdim=True).sqrt() > threshold
 
 
-def foreground_weights(x: Tensor, alpha: float, threshold: float = 0.3, dilate: int = 0) -> Tensor:
-    """Per-pixel loss weights 1 + α·[pixel off its frame's median colour], normalised to mean 1 per sample.
+def foreground_mask(x: Tensor, pixels: Tensor | None = None, threshold: float = 0.3, dilate: int = 0) -> Tensor:
+    """(B, 1, [T,] h, w) float in {0, 1} on x's grid: where the object is. Found off the frame's median colour in
+    ``pixels`` (default: x itself, in [-1, 1]), grown by ``dilate`` pixels each way, then max-pooled to x's grid:
+    in latent mode a latent cell counts as the object's if any of its pixels does. A latent's own median is no
+    guide there: the scene's cells vary as much as the object's (half of them sit farther than 0.3 from the
+    median on ShapeWorld's f = 4 latents, against the object's 17%)."""
+    source = x if pixels is None else pixels
+    mask = off_median_mask(source, threshold).to(x.dtype)
+    flat = mask.reshape(-1, 1, *mask.shape[-2:])
+    if dilate > 0:
+        flat = F.max_pool2d(flat, 2 * dilate + 1, stride=1, padding=dilate)
+    if flat.shape[-2:] != x.shape[-2:]:
+        flat = F.adaptive_max_pool2d(flat, x.shape[-2:])
+    return flat.reshape(*mask.shape[:-2], *x.shape[-2:])
 
-    x (B, C, [T,] H, W) in [-1, 1]. On ShapeWorld the median colour is the scene's and the object covers
+
+def foreground_weights(x: Tensor, alpha: float, threshold: float = 0.3, dilate: int = 0,
+                       pixels: Tensor | None = None) -> Tensor:
+    """Per-element loss weights 1 + α·[element on the object] (:func:`foreground_mask`), normalised to mean 1
+    per sample.
+
+    x (B, C, [T,] H, W). On ShapeWorld the median colour is the scene's and the object covers
     7.6% of the pixels, so under a uniform loss the denoiser learns the background long before it learns
     to denoise objects (docs/learning.md). The mask needs no labels (only the clean clip), and where
     most pixels are off the median, as in natural video, the weights tend to uniform. ``dilate`` grows the
     mask by that many pixels each way, so the background an outline encloses or borders (a ring's hole, the
     notches of a cross) weighs as much as the object: what tells one shape from another is there.
     """
-    mask = off_median_mask(x, threshold).to(x.dtype)
-    if dilate > 0:
-        flat = mask.reshape(-1, 1, *mask.shape[-2:])
-        mask = F.max_pool2d(flat, 2 * dilate + 1, stride=1, padding=dilate).reshape(mask.shape)
-    w = 1.0 + alpha * mask
+    w = 1.0 + alpha * foreground_mask(x, pixels, threshold, dilate)
     return w / w.flatten(1).mean(1).reshape(-1, *([1] * (x.ndim - 1)))

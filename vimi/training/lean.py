@@ -33,7 +33,7 @@ from data_pipelines.shapeworld.captions import video_caption
 from data_pipelines.shapeworld.render import ClipParams, render_clip
 from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
-from vimi.diffusion.loss import off_median_mask
+from vimi.diffusion.loss import foreground_mask, off_median_mask
 from vimi.diffusion.rng import share_across_frames
 from vimi.eval.shapeworld import analyze, score
 from vimi.models import backbone_config, build_backbone, frame_condition
@@ -211,12 +211,12 @@ class LeanTrainer:
         video, captions, k = self.batch()
         drop = self.rng.random(len(captions)) < cfg.edm.cond_drop_prob
         c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k))
-        video = self.to_latent(video)
-        frame_cond = frame_condition(video, k, cfg.hold_given_frame)
+        x = self.to_latent(video)
+        frame_cond = frame_condition(x, k, cfg.hold_given_frame)
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss = self.loss(self.net, video, given=k > 0, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
+        loss = self.loss(self.net, x, given=k > 0, pixels=video, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -329,9 +329,10 @@ class LeanTrainer:
         return report | (readings or self.readings(rows))
 
     def readings(self, rows: int = 20) -> dict[str, dict[str, float]]:
-        """The sampler-free readings of the EMA denoiser: held-out loss, motion-word gain, and in pixel space
-        its noise removal."""
-        out = {"heldout": self.heldout_loss(), "word_gain": self.motion_word_gain()}
+        """The sampler-free readings of the EMA denoiser: held-out loss, motion- and shape-word gains, and in pixel
+        space its noise removal."""
+        out = {"heldout": self.heldout_loss(), "word_gain": self.motion_word_gain(),
+               "shape_gain": self.shape_word_gain()}
         if self.ae is None:
             out["denoising"] = self.denoising_gain(rows=rows)
         return out
@@ -382,23 +383,41 @@ class LeanTrainer:
 
         Paired and cheap, it moves long before a sample's path does: trained on prediction at σ = 10 alone the
         prediction reading passes 8 by 2,000 clips, where the scorer still reads chance (docs/learning.md)."""
-        net, cond = self.ema
         words = list(self.DIRECTIONS)
         params = [p for p in (self.clip_params("t2v-seen", i) for i in range(20 * rows)) if p.motion in words][:rows]
         wrong = [replace(p, motion=words[(words.index(p.motion) + 1 + i % 3) % 4]) for i, p in enumerate(params)]
+        return {f"{task}@{sigma:g}": gain for task, k in (("t2v", 0), ("prediction", 1))
+                for sigma, gain in self._word_gain(params, wrong, k, sigmas).items()}
+
+    @torch.no_grad()
+    def shape_word_gain(self, sigmas: tuple[float, ...] = (1.0, 2.0), rows: int = 24) -> dict[str, float]:
+        """The same paired reading for the shape word, as t2v, on the cells the object touches: the shape word is
+        read thousands of clips after the colour word, and the scorer's shape at 16 rows moves a clip at a time
+        long before and after (docs/learning.md, "The shape word")."""
+        shapes = list(spec.SHAPES)
+        params = [p for p in (self.clip_params("t2v-seen", i) for i in range(4 * rows)) if p.shape][:rows]
+        wrong = [replace(p, shape=shapes[(shapes.index(p.shape) + 1 + i % 5) % 6]) for i, p in enumerate(params)]
+        return {f"t2v@{sigma:g}": gain for sigma, gain in self._word_gain(params, wrong, 0, sigmas, True).items()}
+
+    def _word_gain(self, params: list[ClipParams], wrong: list[ClipParams], k: int, sigmas: tuple[float, ...],
+                   on_object: bool = False) -> dict[float, float]:
+        """σ -> the EMA denoiser's error under the ``wrong`` captions / under the right ones, on ``params``' clips
+        noised to σ (fixed noise), over the frames not given (the first ``k`` are) and, ``on_object``, only where
+        the object is (in latent mode: the latent cells it touches)."""
+        net, cond = self.ema
         video = to_model_video(np.stack([render_clip(p) for p in params]))
         x, n = self.to_latent(video), len(params)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7_000))
+        where = (foreground_mask(x, video) if on_object else torch.ones_like(x[:, :1]))[:, :, k:]
+        ks = torch.full((n,), k)
+        frame_cond = frame_condition(x, ks, self.cfg.hold_given_frame)
+        conds = [cond([video_caption(p) for p in ps], first_frames(video, ks)) for ps in (params, wrong)]
         out = {}
-        for task, k in (("t2v", 0), ("prediction", 1)):
-            ks = torch.full((n,), k)
-            frame_cond = frame_condition(x, ks, self.cfg.hold_given_frame)
-            conds = [cond([video_caption(p) for p in ps], first_frames(video, ks)) for ps in (params, wrong)]
-            for sigma in sigmas:
-                right, bad = (float((net(x / net.sigma_in + sigma * noise, torch.full((n,), sigma), cond=c,
-                                         cond_mask=mask, frame_cond=frame_cond) - x)[:, :, k:].square().mean())
-                              for c, mask in conds)
-                out[f"{task}@{sigma:g}"] = bad / right
+        for sigma in sigmas:
+            right, bad = (float(((net(x / net.sigma_in + sigma * noise, torch.full((n,), sigma), cond=c,
+                                      cond_mask=mask, frame_cond=frame_cond) - x)[:, :, k:].square() * where).sum())
+                          for c, mask in conds)
+            out[sigma] = bad / right
         return out
 
     @torch.no_grad()

@@ -43,14 +43,14 @@ class TrainStep(nn.Module):
         frames shown to the model, drop (B,) bool -> loss (B,)."""
         model = self.model
         C, mask = model.condition(prompts, drop=drop)                 # (B, L, D), (B, L)
-        video = model.to_latent(video)                                # latent mode: (B, c, T, h, w)
-        frame_cond = model.given_frame_condition(video, given_frames)             # (B, c + 1, T, h, w)
+        x = model.to_latent(video)                                    # latent mode: (B, c, T, h, w)
+        frame_cond = model.given_frame_condition(x, given_frames)                 # (B, c + 1, T, h, w)
         dtype = next(p.dtype for p in model.net.parameters())
-        generators = make_generators(seeds, device=video.device)
+        generators = make_generators(seeds, device=x.device)
 
         def denoise(x_noisy: Tensor, sigma: Tensor, sigma_in=None) -> Tensor:
             # EDMPrecond casts x to the backbone dtype itself; the side inputs are cast here.
             return model(x_noisy, sigma, C.to(dtype), mask, frame_cond.to(dtype), sigma_in=sigma_in)
 
-        return self.loss(denoise, video, sigma_in=self.sigma_in, generators=generators,
-                         given=given_frames > 0)  # (B,)
+        return self.loss(denoise, x, sigma_in=self.sigma_in, generators=generators,
+                         given=given_frames > 0, pixels=video)  # (B,)
