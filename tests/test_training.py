@@ -328,6 +328,27 @@ def test_stage_two_needs_an_init_and_the_same_model(full, shards, work, capsys):
         run(shards, work / "s2y", "model.backbone_args.num_heads=4", f"run.init={full.pipeline}", stage="instruct")
 
 
+def test_an_export_older_than_a_setting_inits_a_run_that_keeps_its_default(full, shards, work, tmp_path):
+    """A stage-1 export written before a model setting existed ran with that setting's default: stage 2 may
+    start from it at the default, not at another value."""
+    import json
+    import shutil
+
+    from vimi.model import VimiModel
+    from vimi.training.build import load_init
+
+    old = tmp_path / "pipeline"
+    shutil.copytree(full.pipeline, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved.get("model", saved)["mllm"]["summary_images"]
+    (old / "config.json").write_text(json.dumps(saved))
+    cfg = load_train_config(TINY, overrides(shards, work / "s2old", "run.stage=instruct"))
+    load_init(VimiModel(cfg.model), str(old), cfg)
+    cfg = load_train_config(TINY, overrides(shards, work / "s2old", "run.stage=instruct", "model.edm.P_std=2.0"))
+    with pytest.raises(InitError, match=r"model\.edm\.P_std"):
+        load_init(VimiModel(cfg.model), str(old), cfg)
+
+
 def test_stage_two_mixes_tasks_from_the_stage_one_export(full, shards, work):
     from vimi.model import VimiModel
     from vimi.training.build import load_init
