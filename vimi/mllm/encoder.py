@@ -64,6 +64,8 @@ class MLLMConfig:
     # ... plus the mean of the task's own pictures (the subject's reference, prediction's given frames), each mean
     # at full weight: a subject prompt names its subject only in its picture ("A <image> moves left"), and with
     # the caption's mean alone FiLM never sees it (the long run's subject task: seen subjects 0.94 -> 0.13).
+    # Off in the ShapeWorld configs: it lifted every subject reading in a long-run stage 2 and cost the demo's
+    # motion word (docs/learning.md, "The long run").
     summary_images: bool = False
     # Beside each text token's state, a fixed random code of its id (no state at all: the generator's
     # own "word embedding"), for a frozen MLLM whose word states are hard to tell apart (docs/learning.md).
