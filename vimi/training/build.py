@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from base.config import ConfigError, from_dict, to_dict
+from base.config import to_dict
 from vimi.diffusion import EDMLoss
 from vimi.models.adapters import is_tuning_param, untuned_name
 from vimi.training.config import TrainConfig
@@ -91,7 +91,7 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     The export's model config must equal this run's (the MLLM path aside: an export carries its
     own copy); a difference is an InitError naming each setting.
     """
-    from vimi.training.checkpoint import config_differences
+    from vimi.training.checkpoint import config_differences, with_defaults
     from vimi.weights import load_safetensors
 
     folder = Path(path).expanduser()
@@ -106,10 +106,7 @@ def load_init(model: nn.Module, path: str, cfg: TrainConfig) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InitError(f"--init {path}: {cfg_file} is not readable JSON ({e})") from None
     saved_model = saved.get("model", saved)
-    try:   # a setting added after the export was made compares as its default, which is how the export ran
-        saved_model = to_dict(from_dict(type(cfg.model), saved_model, "export: model"))
-    except ConfigError:
-        pass   # a setting this version does not know: compared as written, so the difference names it
+    saved_model = with_defaults(type(cfg.model), saved_model)
     mine = to_dict(cfg.model)
     # Parameter-efficient tuning starts from an untuned export (SimDA, AID: adapt a trained model):
     # the tuning options may then differ; a tuned export must match them as everything else.

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from base.config import ConfigError, from_dict, to_dict
 from base.io import write_text_atomic
+from vimi.training.config import TrainConfig
 from vimi.training.safe_load import CheckpointError, check_checkpoint_files, guard_engine
 
 LATEST = "latest"
@@ -100,6 +102,16 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: d}
+
+
+def with_defaults(cls: type, saved: dict) -> dict:
+    """A saved config dict as ``cls`` loads it now: a setting added after it was written takes its default, which
+    is how that run ran; if it holds a setting this version does not know, it stays as written, so the
+    comparison names it."""
+    try:
+        return to_dict(from_dict(cls, saved, "saved config"))
+    except ConfigError:
+        return saved
 
 
 def config_differences(saved: dict, current: dict, saved_label: str = "checkpoint") -> tuple[list[str], list[str]]:
@@ -200,7 +212,7 @@ def read_train_state(path: Path, config: dict, world_size: int, layout: dict | N
     size and DeepSpeed layout (``{"zero_stage", "precision"}``: how the optimizer state is sharded)."""
     state = _read_json(path / TRAIN_STATE)
     check_checkpoint_files(path)
-    blocking, harmless = config_differences(state["config"], config)
+    blocking, harmless = config_differences(with_defaults(TrainConfig, state["config"]), config)
     if state["world_size"] != world_size:
         blocking.insert(0, f"world_size: {state['world_size']} (checkpoint) != {world_size} (this run)")
     for key, value in (layout or {}).items():
