@@ -111,7 +111,7 @@ def test_instruct_mix_follows_weights_and_templates():
         elif o.task == "t2v":
             assert o.given_frames == 0 and "context_image" in [s.role for s in o.prompt]
         else:
-            assert "task_image" in [s.role for s in o.prompt]
+            assert "caption_image" in [s.role for s in o.prompt]
     only = list(format_tasks([example()], TaskFormat(stage="instruct", tasks={"prediction": 1.0})))
     assert only[0].task == "prediction"
     # the same sample key gives the same task and prompt (per-sample generator)

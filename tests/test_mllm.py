@@ -264,20 +264,23 @@ def test_caption_summary_opens_the_condition(folder, cache):
         torch.testing.assert_close(c_summ[i, 1:], c_full[i])
 
 
-def test_summary_images_add_the_task_pictures_mean_to_the_caption_summary(folder):
-    """summary_images: the subject's picture (a subject prompt names its subject only there) and prediction's given
-    frame reach C's first token beside the caption's mean; a prompt without task pictures keeps the caption's."""
+@pytest.mark.parametrize("mode,roles", [("in_caption", ("caption_image",)), ("all", ("caption_image", "task_image"))])
+def test_summary_images_add_the_pictures_mean_to_the_caption_summary(folder, mode, roles):
+    """summary_images: the subject's picture (a subject prompt names its subject only there), and with "all" also
+    prediction's given frame, reach C's first token beside the caption's mean; other prompts keep the caption's."""
     full = make_encoder(folder)
-    summ = make_encoder(folder, caption_summary=True, summary_images=True)
+    summ = make_encoder(folder, caption_summary=True, summary_images=mode)
     ps = prompts()
     (c_full, _), (c_summ, _) = full.encode(ps), summ.encode(ps)
+    with_pictures = 0
     for i, t in enumerate(full.tokenize(ps)):
         caption = [j for j, r in enumerate(t.roles) if r == "caption"]
-        pictures = [j for j, r in enumerate(t.roles) if r == "task_image"]
+        pictures = [j for j, r in enumerate(t.roles) if r in roles]
+        with_pictures += bool(pictures)
         want = c_full[i, caption].mean(0) + (c_full[i, pictures].mean(0) if pictures else 0)
         torch.testing.assert_close(c_summ[i, 0], want)
         torch.testing.assert_close(c_summ[i, 1:], c_full[i])
-    assert sum("task_image" in t.roles for t in full.tokenize(ps)) == 2   # prediction's and subject's prompts
+    assert with_pictures == len(roles)   # the subject's prompt; with "all", prediction's too
 
 
 def test_token_codes_tag_each_text_token_with_a_fixed_code_of_its_id(folder):

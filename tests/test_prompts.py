@@ -58,7 +58,7 @@ def test_task_templates_follow_vimi_instructions():
         "subject", "A <image> moves left next to <image> on sand", images=[img(1), Image.new("RGB", (8, 8))]
     )
     assert render_text(subj) == "Generate a video with the text and image. A <image> moves left next to <image> on sand"
-    assert roles(subj) == ["instruction", "caption", "task_image", "caption", "task_image", "caption"]
+    assert roles(subj) == ["instruction", "caption", "caption_image", "caption", "caption_image", "caption"]
     assert subj[2].image.getpixel((0, 0)) == (1, 1, 1)  # images land where their placeholders stand
     assert set(TASKS) == {"t2v", "prediction", "subject"}
 

@@ -100,9 +100,9 @@ def test_config_load_override_save_roundtrip(tmp_path):
         load_train_config(str(ROOT / "configs/shapeworld/instruct.yaml"), stage="pretrain")
     with pytest.raises(ConfigError, match=r"cond_pool: got 'first'.*caption_summary"):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), ["model.mllm.caption_summary=false"])
-    with pytest.raises(ConfigError, match=r"summary_images: got True.*caption_summary"):
+    with pytest.raises(ConfigError, match=r"summary_images: got 'in_caption'.*caption_summary"):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
-            "model.mllm.caption_summary=false", "model.backbone_args.cond_pool=mean", "model.mllm.summary_images=true"])
+            "model.mllm.caption_summary=false", "model.backbone_args.cond_pool=mean", "model.mllm.summary_images=in_caption"])
 
 
 def test_shipped_configs_load():

@@ -19,7 +19,7 @@ import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -61,12 +61,11 @@ class MLLMConfig:
     # (UNetConfig.cond_pool = "first"): a plain mean over a VIMI prompt is mostly instruction and
     # retrieved pictures, and diluting it costs half the learning (docs/learning.md).
     caption_summary: bool = False
-    # ... plus the mean of the task's own pictures (the subject's reference, prediction's given frames), each mean
-    # at full weight: a subject prompt names its subject only in its picture ("A <image> moves left"), and with
-    # the caption's mean alone FiLM never sees it (the long run's subject task: seen subjects 0.94 -> 0.13).
-    # Off in the ShapeWorld configs: it lifted every subject reading in a long-run stage 2 and cost the demo's
-    # motion word (docs/learning.md, "The long run").
-    summary_images: bool = False
+    # ... plus the mean of the prompt's pictures, each mean at full weight: a subject prompt names its subject only
+    # in its picture ("A <image> moves left"), and with the caption's mean alone FiLM never sees it (the long
+    # run's subject task: seen subjects 0.94 -> 0.13). "in_caption": the pictures standing inside the caption
+    # (the subject's reference); "all": prediction's given frames too. docs/learning.md, "The long run".
+    summary_images: Literal["none", "in_caption", "all"] = "none"
     # Beside each text token's state, a fixed random code of its id (no state at all: the generator's
     # own "word embedding"), for a frozen MLLM whose word states are hard to tell apart (docs/learning.md).
     token_codes: bool = False
@@ -315,18 +314,19 @@ class MLLMEncoder(nn.Module):
             c = block(c, mask)
         c = c * mask.unsqueeze(-1).to(c.dtype)
         if self.cfg.caption_summary:
-            summary = self._role_mean(c, toks, "caption")                                  # (B, 1, D)
-            if self.cfg.summary_images:
-                summary = summary + self._role_mean(c, toks, "task_image")
+            summary = self._role_mean(c, toks, ("caption",))                                  # (B, 1, D)
+            if self.cfg.summary_images != "none":
+                roles = ("caption_image", "task_image") if self.cfg.summary_images == "all" else ("caption_image",)
+                summary = summary + self._role_mean(c, toks, roles)
             c, mask = torch.cat([summary, c], 1), torch.cat([mask[:, :1], mask], 1)
         return c, mask
 
     @staticmethod
-    def _role_mean(c: torch.Tensor, toks: Sequence[TokenizedPrompt], role: str) -> torch.Tensor:
-        """(B, 1, D): the mean of each prompt's C tokens of ``role`` (zero where it has none)."""
+    def _role_mean(c: torch.Tensor, toks: Sequence[TokenizedPrompt], roles: tuple[str, ...]) -> torch.Tensor:
+        """(B, 1, D): the mean of each prompt's C tokens of ``roles`` (zero where it has none)."""
         w = c.new_zeros(c.shape[0], c.shape[1], 1)
         for i, t in enumerate(toks):
-            w[i, : len(t.roles), 0] = torch.tensor([r == role for r in t.roles], dtype=c.dtype)
+            w[i, : len(t.roles), 0] = torch.tensor([r in roles for r in t.roles], dtype=c.dtype)
         return (c * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,8 +21,10 @@ from PIL import Image
 
 from base.tasks import IMAGE_TOKEN, TaskError, get_task
 
-Role = Literal["instruction", "context_text", "context_image", "caption", "task_image"]
-ROLES: tuple[str, ...] = ("instruction", "context_text", "context_image", "caption", "task_image")
+# task_image: a picture the task gives after its caption (prediction's frames); caption_image: a picture standing
+# inside the caption for a word (a subject's reference in "A <image> moves left"), read as part of the caption.
+Role = Literal["instruction", "context_text", "context_image", "caption", "caption_image", "task_image"]
+ROLES: tuple[str, ...] = ("instruction", "context_text", "context_image", "caption", "caption_image", "task_image")
 
 
 class PromptError(TaskError):
@@ -89,7 +91,7 @@ def _interleave(caption: str, images: Sequence[Any]) -> list[Segment]:
         if part.strip():
             out.append(Segment("caption", text=part.strip()))
         if i < len(images):
-            out.append(Segment("task_image", image=as_image(images[i], f"images[{i}]")))
+            out.append(Segment("caption_image", image=as_image(images[i], f"images[{i}]")))
     return out
 
 
