@@ -440,6 +440,26 @@ def test_guidance_batches_cond_and_uncond_with_padding():
     assert out.nfe == heun_nfe(3) == guided.calls - 1
 
 
+def test_guidance_interval_guides_only_inside_it():
+    """Guidance in a limited interval: outside [lo, hi] the denoiser is the conditional one, at one half's cost."""
+    precond = EDMPrecond(micro_fit(), sigma_in=1.0)
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 2, 4, 4)
+    cond = dict(cond=torch.randn(2, 5, 8), cond_mask=torch.ones(2, 5, dtype=torch.bool))
+    null = dict(cond=torch.zeros(2, 1, 8), cond_mask=torch.zeros(2, 1, dtype=torch.bool))
+    batches = []
+    net = lambda x, sigma, **kw: (batches.append(x.shape[0]), precond(x, sigma, **kw))[1]  # noqa: E731
+    guided = GuidedDenoiser(net, cond, null, guidance_scale=3.0, interval=(0.5, 2.0))
+    with torch.no_grad():
+        for s, inside in ((0.1, False), (0.5, True), (1.0, True), (2.0, True), (10.0, False)):
+            sigma = torch.full((2,), s)
+            D_c, D_u = precond(x, sigma, **cond), precond(x, sigma, **null)
+            want = D_u + 3.0 * (D_c - D_u) if inside else D_c
+            batches.clear()
+            torch.testing.assert_close(guided(x, sigma), want, rtol=1e-4, atol=1e-5)
+            assert batches == [4 if inside else 2]
+
+
 def test_drop_conditions_selects_per_sample():
     cond = dict(cond=torch.ones(3, 4, 2), cond_mask=torch.ones(3, 4, dtype=torch.bool), frame_cond=None)
     null = dict(cond=torch.zeros(3, 1, 2), cond_mask=torch.zeros(3, 1, dtype=torch.bool), frame_cond=None)

@@ -9,7 +9,7 @@ from conftest import TINY_MODEL
 from PIL import Image
 
 from data_pipelines.video_io import read_video
-from vimi.eval.generate import EvalGenerateError, generate_eval, load_items, main
+from vimi.eval.generate import EvalGenerateError, generate_eval, load_items, load_pipeline, main
 from vimi.pipeline import check_inputs
 
 STEPS = 2
@@ -105,6 +105,20 @@ def test_cli_untrained_limit_resume_and_settings(world, tmp_path, capsys, monkey
     assert json.loads((out / ".complete").read_text())["rows"] == 2  # the marker `make demo` resumes on
     assert main(["--pipeline", str(tmp_path / "nope"), "--eval", subject, "--out", str(tmp_path / "w")]) == 2
     assert "not a pipeline folder" in capsys.readouterr().err
+
+
+def test_a_trained_pipeline_takes_sampler_overrides_only(world, pipe, tmp_path, capsys):
+    """How a saved pipeline samples can be changed at eval time; what it learned cannot."""
+    folder = tmp_path / "pipeline"
+    pipe.save_pretrained(folder)
+    loaded = load_pipeline(str(folder), ["sampler.guidance_sigma_max=5", "sampler.guidance_scale=4"])
+    assert (loaded.cfg.sampler.guidance_sigma_max, loaded.cfg.sampler.guidance_scale) == (5.0, 4.0)
+    assert loaded.cfg.sampler.num_steps == pipe.cfg.sampler.num_steps
+    with pytest.raises(EvalGenerateError, match=r"--set edm\.P_mean=0: a trained pipeline takes sampler"):
+        load_pipeline(str(folder), ["edm.P_mean=0"])
+    args = ["--pipeline", str(folder), "--eval", str(world / "eval" / "subject.jsonl"), "--out", str(tmp_path / "v")]
+    assert main([*args, "--set", "sampler.guidance_sigma_max=soon"]) == 2
+    assert "sampler.guidance_sigma_max" in capsys.readouterr().err
 
 
 def test_bad_eval_input_is_a_clear_error(world, tmp_path):

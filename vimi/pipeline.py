@@ -352,7 +352,8 @@ class VimiPipeline:
         frame_cond = model.given_frame_condition(x_given, k.to(device))                  # (B, c + 1, T, h, w)
         cond = {"cond": c, "cond_mask": mask, "frame_cond": frame_cond}
         uncond = {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond}
-        denoiser = GuidedDenoiser(model, cond, uncond, guidance, sc.dynamic_threshold, sc.threshold_floor)
+        denoiser = GuidedDenoiser(model, cond, uncond, guidance, sc.dynamic_threshold, sc.threshold_floor,
+                                  sc.guidance_interval)
         sigma_in = cfg.input_scale(T)
         kw = sc.step_kwargs() | {"num_steps": steps}
         out = edm_sampler(denoiser, shape=shape, seeds=seeds, sigma_in=sigma_in, device=device,

@@ -7,6 +7,7 @@ padding serves training's condition dropout (:func:`drop_conditions`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -76,7 +77,8 @@ def dynamic_threshold(x0: Tensor, percentile: float, floor: float = 1.0) -> Tens
 class GuidedDenoiser:
     """D = D_u + w (D_c − D_u), both halves in one forward; optional dynamic thresholding of D.
 
-    With ``uncond`` None or w == 1 it runs the conditional half only (half the compute).
+    With ``uncond`` None or w == 1 it runs the conditional half only (half the compute), and so it does at a σ
+    outside ``interval`` (guidance in a limited interval, Kynkäänniemi et al. 2024).
     ``calls`` counts forwards of ``net`` (the sampler's NFE when the sampler owns it).
     """
 
@@ -88,17 +90,20 @@ class GuidedDenoiser:
         guidance_scale: float = 1.0,          # w
         threshold: float | None = None,       # dynamic-thresholding percentile; None = off
         threshold_floor: float = 1.0,         # data range bound (our videos live in [-1, 1])
+        interval: tuple[float, float] = (0.0, math.inf),  # σ range where guidance applies
     ):
         self.net, self.cond, self.uncond = net, cond, uncond
         self.scale = float(guidance_scale)
         self.threshold, self.floor = threshold, float(threshold_floor)
         self.guided = uncond is not None and self.scale != 1.0
+        self.interval = interval
         self.both = concat_conditions(cond, uncond) if self.guided else None
         self.calls = 0
 
     def __call__(self, x: Tensor, sigma: Tensor, sigma_in: Tensor | float = 1.0) -> Tensor:
         self.calls += 1
-        if not self.guided:
+        lo, hi = self.interval
+        if not self.guided or not bool(((sigma >= lo) & (sigma <= hi)).all()):
             D = self.net(x, sigma, sigma_in=sigma_in, **self.cond)
         else:
             s_in = torch.as_tensor(sigma_in, device=x.device).expand(x.shape[0])

@@ -36,12 +36,20 @@ class SamplerConfig:
     S_max: float = math.inf
     S_noise: float = 1.0               # scale of the churn noise (EDM Table 5: slightly > 1 helps)
     guidance_scale: float = 3.0        # classifier-free guidance w; 1 = conditional only (one pass)
+    # Guidance only for σ in [guidance_sigma_min, guidance_sigma_max], the conditional half alone elsewhere
+    # (Kynkäänniemi et al., NeurIPS 2024: guidance at high σ pulls samples to a few modes, at low σ it does little).
+    guidance_sigma_min: float = 0.0
+    guidance_sigma_max: float = math.inf
     dynamic_threshold: float | None = None  # Imagen percentile (e.g. 0.995) to clamp x0; None = off
     threshold_floor: float = 1.0       # the clamp never goes below the data range [-1, 1]
     # Text-to-video in two draws (Emu Video's factorisation, Girdhar et al. 2023): a t2v clip, then the
     # prediction task from its first frame. The path is the prediction task's, which reads the motion word
     # where t2v's loss barely does (docs/learning.md, "Where the word can be learned").
     factorized: bool = False
+
+    @property
+    def guidance_interval(self) -> tuple[float, float]:
+        return self.guidance_sigma_min, self.guidance_sigma_max
 
     def step_kwargs(self) -> dict:
         """The keyword arguments of :func:`edm_sampler` that this config sets."""

@@ -189,17 +189,25 @@ def check_settings(out_dir: str | Path, settings: dict) -> None:
 def load_pipeline(spec: str, overrides: Iterable[str] = (), index: str | None = None):
     """A pipeline folder, or ``untrained``: the default config (plus ``overrides``) built untrained.
 
+    A trained pipeline takes ``sampler.*`` overrides only: how it samples, not what it learned.
     ``index`` (folder or service URL) replaces the pipeline's own retrieval index for t2v."""
+    from base.config import apply_overrides, from_dict, load_config, to_dict
+    from vimi.diffusion import SamplerConfig
+    from vimi.model import VimiConfig
     from vimi.pipeline import VimiPipeline
 
+    overrides = list(overrides)
     if spec == UNTRAINED:
-        from base.config import load_config
-        from vimi.model import VimiConfig
-
-        return VimiPipeline.from_config(load_config(VimiConfig, None, list(overrides)), index=index)
+        return VimiPipeline.from_config(load_config(VimiConfig, None, overrides), index=index)
+    model_keys = [o for o in overrides if not o.startswith("sampler.")]
+    if model_keys:
+        raise EvalGenerateError(f"--set {model_keys[0]}: a trained pipeline takes sampler.* overrides only "
+                                f"(other keys change the model; they apply to --pipeline {UNTRAINED})")
+    pipe = VimiPipeline.from_pretrained(spec, index=index)
     if overrides:
-        raise EvalGenerateError("--set overrides apply to --pipeline untrained only")
-    return VimiPipeline.from_pretrained(spec, index=index)
+        sampler = apply_overrides(to_dict(pipe.cfg.sampler), [o.removeprefix("sampler.") for o in overrides])
+        pipe.cfg.sampler = from_dict(SamplerConfig, sampler, "sampler")
+    return pipe
 
 
 def generate_eval(pipe, eval_path: str | Path, out_dir: str | Path, *, steps: int | None = None,
@@ -238,8 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, help="torch CPU threads (default: torch's; 1 is often faster on a shared machine)"
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help=f"config override for --pipeline {UNTRAINED} (e.g. sampler.num_steps=4)")
+                    help=f"config override: sampler.* for a trained pipeline (e.g. sampler.guidance_sigma_max=5), "
+                         f"any key for --pipeline {UNTRAINED}")
     args = ap.parse_args(list(argv) if argv is not None else None)
+    from base.config import ConfigError
     from vimi.pipeline import InputError, PipelineLoadError
 
     if args.threads:
@@ -261,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipe.cfg.retrieval_k = args.retrieval_k
         stats = generate_items(pipe, items, args.out, steps=args.steps, guidance=args.guidance,
                                batch_size=args.batch_size, frames=not args.no_frames)
-    except (EvalGenerateError, InputError, PipelineLoadError) as e:
+    except (EvalGenerateError, InputError, PipelineLoadError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.limit is None:  # every row of the eval set is there: the marker `make demo` resumes on

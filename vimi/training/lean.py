@@ -287,7 +287,8 @@ class LeanTrainer:
         frame_cond = frame_condition(x_given, k, cfg.hold_given_frame)
         den = GuidedDenoiser(net, {"cond": c, "cond_mask": mask, "frame_cond": frame_cond},
                              {"cond": null_c, "cond_mask": null_mask, "frame_cond": frame_cond},
-                             sampler.guidance_scale, sampler.dynamic_threshold, sampler.threshold_floor)
+                             sampler.guidance_scale, sampler.dynamic_threshold, sampler.threshold_floor,
+                             sampler.guidance_interval)
         out = edm_sampler(den, shape=tuple(x_given.shape), seeds=seeds, sigma_in=net.sigma_in,
                           frame_noise_share=cfg.edm.frame_noise_share,
                           **sampler.step_kwargs()).samples.float()
