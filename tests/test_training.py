@@ -102,7 +102,8 @@ def test_config_load_override_save_roundtrip(tmp_path):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), ["model.mllm.caption_summary=false"])
     with pytest.raises(ConfigError, match=r"summary_images: got 'in_caption'.*caption_summary"):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
-            "model.mllm.caption_summary=false", "model.backbone_args.cond_pool=mean", "model.mllm.summary_images=in_caption"])
+            "model.mllm.caption_summary=false", "model.backbone_args.cond_pool=mean",
+            "model.mllm.summary_images=in_caption"])
 
 
 def test_shipped_configs_load():

@@ -138,7 +138,8 @@ class TrainConfig:
         _need(m.backbone_args.get("cond_pool") != "first" or m.mllm.caption_summary, "model.backbone_args.cond_pool",
               "first", "'mean' or 'attention' unless model.mllm.caption_summary is true (else C's first token is BOS)")
         _need(m.mllm.summary_images == "none" or m.mllm.caption_summary, "model.mllm.summary_images",
-              m.mllm.summary_images, "'none' unless model.mllm.caption_summary is true (it adds to the caption's summary token)")
+              m.mllm.summary_images,
+              "'none' unless model.mllm.caption_summary is true (it adds to the caption's summary token)")
         return self
 
     def _get(self, key: str):
