@@ -283,6 +283,22 @@ def test_summary_images_add_the_pictures_mean_to_the_caption_summary(folder, mod
     assert with_pictures == len(roles)   # the subject's prompt; with "all", prediction's too
 
 
+def test_picture_token_puts_the_pictures_mean_in_a_masked_second_token(folder):
+    full = make_encoder(folder)
+    summ = make_encoder(folder, caption_summary=True, summary_images="in_caption", picture_token=True)
+    ps = prompts()
+    (c_full, m_full), (c_summ, m_summ) = full.encode(ps), summ.encode(ps)
+    for i, t in enumerate(full.tokenize(ps)):
+        caption = [j for j, r in enumerate(t.roles) if r == "caption"]
+        pictures = [j for j, r in enumerate(t.roles) if r == "caption_image"]
+        torch.testing.assert_close(c_summ[i, 0], c_full[i, caption].mean(0))
+        assert bool(m_summ[i, 1]) == bool(pictures)           # only the subject's prompt has its picture's token
+        if pictures:
+            torch.testing.assert_close(c_summ[i, 1], c_full[i, pictures].mean(0))
+        torch.testing.assert_close(c_summ[i, 2:], c_full[i])
+        assert int(m_summ[i].sum()) == int(m_full[i].sum()) + 1 + bool(pictures)
+
+
 def test_token_codes_tag_each_text_token_with_a_fixed_code_of_its_id(folder):
     plain, coded = make_encoder(folder), make_encoder(folder, token_codes=True)
     ps = prompts()

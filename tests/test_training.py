@@ -104,6 +104,9 @@ def test_config_load_override_save_roundtrip(tmp_path):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
             "model.mllm.caption_summary=false", "model.backbone_args.cond_pool=mean",
             "model.mllm.summary_images=in_caption"])
+    with pytest.raises(ConfigError, match=r"summary_tokens: got 1.*picture_token is True"):
+        load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
+            "model.mllm.summary_images=in_caption", "model.mllm.picture_token=true"])
 
 
 def test_shipped_configs_load():

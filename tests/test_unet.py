@@ -140,6 +140,31 @@ def test_first_token_pooling_reads_the_summary_token_alone():
         assert not torch.allclose(first(x, c, cond + 5.0, mask), first(x, c, cond, mask))
 
 
+def test_a_second_summary_token_starts_silent_and_then_is_read_where_unmasked():
+    """summary_tokens=2 (MLLMConfig.picture_token): FiLM's projection of C's second token starts at zero, so a
+    stage-1 model is unchanged by it; once learned it is read, except where the token is masked (no picture)."""
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="summary_tokens"):
+        replace(MICRO, summary_tokens=2)
+    two, one = make(replace(MICRO, cond_pool="first", summary_tokens=2)), make(replace(MICRO, cond_pool="first"))
+    nn.init.zeros_(two.summary_pools[0].weight)
+    one.load_state_dict({k: v for k, v in two.state_dict().items() if not k.startswith("summary_pools")})
+    x, c, cond, mask = inputs(L=4)
+    for net in (two, one):
+        for level in [*net.down, net.mid, *net.up]:
+            level.attn = None        # C reaches the output through FiLM alone
+    picture = cond.clone()
+    picture[:, 1] += 5.0
+    no_picture = mask.clone()
+    no_picture[:, 1] = False
+    with torch.no_grad():
+        torch.testing.assert_close(two(x, c, picture, mask), one(x, c, cond, mask))
+        nn.init.normal_(two.summary_pools[0].weight, std=0.2)
+        assert not torch.allclose(two(x, c, picture, mask), two(x, c, cond, mask))
+        torch.testing.assert_close(two(x, c, picture, no_picture), two(x, c, cond, no_picture))
+
+
 def test_bad_inputs_raise_clear_errors():
     net = make()
     x, c, cond, mask = inputs()

@@ -66,6 +66,10 @@ class MLLMConfig:
     # run's subject task: seen subjects 0.94 -> 0.13). "in_caption": the pictures standing inside the caption
     # (the subject's reference); "all": prediction's given frames too. docs/learning.md, "The long run".
     summary_images: Literal["none", "in_caption", "all"] = "none"
+    # ... in a token of its own (C's second, masked where a prompt has no such picture) instead of added to the
+    # caption's: the backbone norms each token, so a picture added at full weight shrinks the caption's share,
+    # motion word included (docs/learning.md, "The long run"). Read by UNetConfig.summary_tokens = 2.
+    picture_token: bool = False
     # Beside each text token's state, a fixed random code of its id (no state at all: the generator's
     # own "word embedding"), for a frozen MLLM whose word states are hard to tell apart (docs/learning.md).
     token_codes: bool = False
@@ -314,20 +318,27 @@ class MLLMEncoder(nn.Module):
             c = block(c, mask)
         c = c * mask.unsqueeze(-1).to(c.dtype)
         if self.cfg.caption_summary:
-            summary = self._role_mean(c, toks, ("caption",))                                  # (B, 1, D)
+            summary, _ = self._role_mean(c, toks, ("caption",))                               # (B, 1, D)
+            heads, head_mask = [summary], [mask[:, :1]]
             if self.cfg.summary_images != "none":
                 roles = ("caption_image", "task_image") if self.cfg.summary_images == "all" else ("caption_image",)
-                summary = summary + self._role_mean(c, toks, roles)
-            c, mask = torch.cat([summary, c], 1), torch.cat([mask[:, :1], mask], 1)
+                pictures, has = self._role_mean(c, toks, roles)
+                if self.cfg.picture_token:
+                    heads, head_mask = heads + [pictures], head_mask + [has]
+                else:
+                    heads[0] = summary + pictures
+            c, mask = torch.cat([*heads, c], 1), torch.cat([*head_mask, mask], 1)
         return c, mask
 
     @staticmethod
-    def _role_mean(c: torch.Tensor, toks: Sequence[TokenizedPrompt], roles: tuple[str, ...]) -> torch.Tensor:
-        """(B, 1, D): the mean of each prompt's C tokens of ``roles`` (zero where it has none)."""
+    def _role_mean(c: torch.Tensor, toks: Sequence[TokenizedPrompt],
+                   roles: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, D): the mean of each prompt's C tokens of ``roles`` (zero where it has none); (B, 1): has any."""
         w = c.new_zeros(c.shape[0], c.shape[1], 1)
         for i, t in enumerate(toks):
             w[i, : len(t.roles), 0] = torch.tensor([r in roles for r in t.roles], dtype=c.dtype)
-        return (c * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1.0)
+        n = w.sum(1, keepdim=True)
+        return (c * w).sum(1, keepdim=True) / n.clamp(min=1.0), n[:, :, 0] > 0
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (C (B, L, out_dim), mask (B, L) bool True=valid)."""

@@ -52,6 +52,10 @@ class UNetConfig:
     groups: int = 8                               # GroupNorm groups (each level's width must divide)
     cond_pool: str = "mean"      # C's summary for FiLM: "mean" | "attention" (a learned query) | "first" token
                                  # (MLLMConfig.caption_summary puts the caption's mean there)
+    # With cond_pool "first": FiLM reads this many leading tokens of C, each through its own projection; the
+    # second (MLLMConfig.picture_token: the caption's pictures) starts at zero, as adapters do, so it adds to
+    # what a stage-1 model learned and stage 1, whose prompts hold no such picture, never moves it.
+    summary_tokens: int = 1
     # Where a frame sits in the clip, for the layers that read the caption. Per-frame convolutions and a
     # clip-wide FiLM cannot tell frame 0 from frame 7, so "moves left" has nowhere to act but the
     # self-attention. frame_embedding: each frame's FiLM input adds an embedding of its index (as the σ
@@ -83,6 +87,9 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.cond_pool not in ("mean", "attention", "first"):
             raise ValueError(f"UNetConfig.cond_pool must be 'mean', 'attention' or 'first', got {self.cond_pool!r}")
+        if self.summary_tokens < 1 or (self.summary_tokens > 1 and self.cond_pool != "first"):
+            raise ValueError(f"UNetConfig.summary_tokens must be >= 1, and 1 unless cond_pool is 'first', got "
+                             f"{self.summary_tokens} with cond_pool {self.cond_pool!r}")
         if self.frame_cond_channels < 0 or self.temporal_kernel < 1 or self.temporal_kernel % 2 == 0:
             raise ValueError("UNetConfig: frame_cond_channels must be >= 0 and temporal_kernel odd and >= 1")
         if self.velocity_attention not in ("", "embedding", "tokens"):
@@ -293,6 +300,10 @@ class UNet(nn.Module):
         # pictures (K = 4 pairs of 64 image tokens around a 10-token caption), so their plain mean says
         # little about the caption. The query starts at zero, where the weights are uniform: the mean.
         self.pool_query = nn.Parameter(torch.zeros(ch[-1])) if cfg.cond_pool == "attention" else None
+        self.summary_pools = nn.ModuleList(nn.Linear(ch[-1], cfg.emb_dim, bias=False)
+                                           for _ in range(cfg.summary_tokens - 1))
+        for lin in self.summary_pools:
+            nn.init.zeros_(lin.weight)
         self.frame_embed = nn.Linear(cfg.emb_dim, cfg.emb_dim) if cfg.frame_embedding else None
         if self.frame_embed is not None:   # zero: starts as the clip-wide FiLM
             nn.init.zeros_(self.frame_embed.weight)
@@ -357,7 +368,11 @@ class UNet(nn.Module):
         ctx = torch.cat([sigma_tok.new_zeros((B, 1, c.shape[-1])), c], dim=1)           # (B, 1+L, Ctop)
         ctx_mask = torch.cat([torch.ones((B, 1), dtype=torch.bool, device=c.device), cond_mask.to(c.device)], 1)
         pooled = self._pool(c, cond_mask.to(c.device))                                 # (B, Ctop)
-        emb = (sigma_tok[:, 0] + self.cond_pool(pooled))[:, None]                       # (B, 1, E)
+        emb = sigma_tok[:, 0] + self.cond_pool(pooled)                                  # (B, E)
+        for i, lin in enumerate(self.summary_pools, 1):
+            if c.shape[1] > i:
+                emb = emb + lin(c[:, i] * cond_mask[:, i, None].to(device=c.device, dtype=c.dtype))
+        emb = emb[:, None]                                                              # (B, 1, E)
         if self.frame_embed is not None:
             index = sincos_1d(torch.arange(T, device=emb.device), cfg.emb_dim).to(emb.dtype)
             emb = emb + self.frame_embed(index)[None]                                  # (B, T, E)
