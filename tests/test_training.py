@@ -104,9 +104,14 @@ def test_config_load_override_save_roundtrip(tmp_path):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
             "model.mllm.caption_summary=false", "model.backbone_args.cond_pool=mean",
             "model.mllm.summary_images=in_caption"])
-    with pytest.raises(ConfigError, match=r"summary_tokens: got 1.*picture_token is True"):
-        load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
-            "model.mllm.summary_images=in_caption", "model.mllm.picture_token=true"])
+    with pytest.raises(ConfigError, match=r"picture_token: got True.*summary_images"):
+        load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), ["model.mllm.picture_token=true"])
+    # the picture's token is read by a second FiLM projection, which the backbone config gets without being told
+    pixels = 'model.autoencoder=""'
+    two = load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [
+        pixels, "model.mllm.summary_images=in_caption", "model.mllm.picture_token=true"])
+    one = load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [pixels])
+    assert (two.model.backbone_config().summary_tokens, one.model.backbone_config().summary_tokens) == (2, 1)
 
 
 def test_shipped_configs_load():

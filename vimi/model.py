@@ -76,9 +76,12 @@ class VimiConfig:
         return ae.latent_channels, h // ae.factor, w // ae.factor
 
     def backbone_config(self) -> Any:
-        """The backbone config: the named size, our overrides, and the diffused channel count."""
+        """The backbone config: the named size, our overrides, the diffused channel count, and a second FiLM summary
+        token where the encoder writes one (MLLMConfig.picture_token)."""
         c = self.diffusion_grid()[0]
-        return backbone_config(self.backbone, **{"in_channels": c, "frame_cond_channels": c + 1, **self.backbone_args})
+        derived = {"in_channels": c, "frame_cond_channels": c + 1} | ({"summary_tokens": 2} if self.mllm.picture_token
+                                                                      else {})
+        return backbone_config(self.backbone, **{**derived, **self.backbone_args})
 
     def input_scale(self, frames: int) -> float:
         """Snap Video's input scale σ_in = s·√T for ``frames`` frames of the diffused grid."""

@@ -68,7 +68,7 @@ class MLLMConfig:
     summary_images: Literal["none", "in_caption", "all"] = "none"
     # ... in a token of its own (C's second, masked where a prompt has no such picture) instead of added to the
     # caption's: the backbone norms each token, so a picture added at full weight shrinks the caption's share,
-    # motion word included (docs/learning.md, "The long run"). Read by UNetConfig.summary_tokens = 2.
+    # motion word included (docs/learning.md, "The long run"). The U-Net then reads it (UNetConfig.summary_tokens).
     picture_token: bool = False
     # Beside each text token's state, a fixed random code of its id (no state at all: the generator's
     # own "word embedding"), for a frozen MLLM whose word states are hard to tell apart (docs/learning.md).

@@ -140,10 +140,6 @@ class TrainConfig:
         _need(m.mllm.summary_images == "none" or m.mllm.caption_summary, "model.mllm.summary_images",
               m.mllm.summary_images,
               "'none' unless model.mllm.caption_summary is true (it adds to the caption's summary token)")
-        want = 2 if m.mllm.picture_token else 1
-        _need(m.backbone_args.get("summary_tokens", 1) == want, "model.backbone_args.summary_tokens",
-              m.backbone_args.get("summary_tokens", 1),
-              f"{want}, as model.mllm.picture_token is {m.mllm.picture_token}")
         _need(not m.mllm.picture_token or m.mllm.summary_images != "none", "model.mllm.picture_token", True,
               "false unless model.mllm.summary_images is 'in_caption' or 'all' (the token it adds)")
         return self
