@@ -106,6 +106,8 @@ def test_config_load_override_save_roundtrip(tmp_path):
             "model.mllm.summary_images=in_caption"])
     with pytest.raises(ConfigError, match=r"picture_token: got True.*summary_images"):
         load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), ["model.mllm.summary_images=none"])
+    with pytest.raises(ConfigError, match=r"summary_tokens: got 1.*picture_token"):
+        load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), ["model.backbone_args.summary_tokens=1"])
     # the picture's token is read by a second FiLM projection, which the backbone config gets without being told
     pixels = 'model.autoencoder=""'
     two = load_train_config(str(ROOT / "configs/shapeworld/pretrain.yaml"), [pixels])

@@ -140,6 +140,8 @@ class TrainConfig:
         _need(m.mllm.summary_images == "none" or m.mllm.caption_summary, "model.mllm.summary_images",
               m.mllm.summary_images,
               "'none' unless model.mllm.caption_summary is true (it adds to the caption's summary token)")
+        _need("summary_tokens" not in m.backbone_args, "model.backbone_args.summary_tokens",
+              m.backbone_args.get("summary_tokens"), "absent: it follows model.mllm.picture_token")
         _need(not m.mllm.picture_token or m.mllm.summary_images != "none", "model.mllm.picture_token", True,
               "false unless model.mllm.summary_images is 'in_caption' or 'all' (the token it adds)")
         return self
