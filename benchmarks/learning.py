@@ -35,6 +35,10 @@ EDM2 = replace(PLAIN, P_mean=-0.4, P_std=1.0)     # ... with EDM2's training σ 
 LAT_EDM2 = LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae")   # the default recipe
 ONE = replace(LAT_EDM2, compositions=("red square",))   # ... in a world of one object (LeanConfig.compositions)
 HIGH = replace(EDM2, P_high_share=1.0, P_high_given_only=True)   # clips given frames train around σ = 10
+# The subject task (LeanConfig.subject_task; NAME+mllm only) beside t2v and prediction, FiLM reading the caption's
+# mean as in configs/shapeworld: "A <image> moves left on sand" names its subject only in its picture.
+SUBJ = replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, subject_task=1.0, backbone_args={"cond_pool": "first"},
+               mllm_args={"caption_summary": True})
 
 # name -> recipe. Every row of the closing note's table is one of these; losing rows stay listed.
 CONFIGS: dict[str, LeanConfig] = {
@@ -141,6 +145,14 @@ CONFIGS: dict[str, LeanConfig] = {
                                          mllm_args={"caption_summary": True}),
     # ... and each text token's fixed random code beside its state: the words instrument's frozen random
     # embeddings (which read colour as well as learned ones), in the caption's mean that FiLM reads.
+    # ... with the subject task: FiLM sees no picture (-subj), the picture's mean added to the caption's (-subj-add,
+    # MLLMConfig.summary_images), or in a FiLM token of its own (-subj-tok, MLLMConfig.picture_token: the
+    # ShapeWorld default, chosen on the long run's stage 2; docs/learning.md, "The long run").
+    "unet-lat-b4-edm2-high-subj": SUBJ,
+    "unet-lat-b4-edm2-high-subj-add": replace(SUBJ, mllm_args={**SUBJ.mllm_args, "summary_images": "in_caption"}),
+    "unet-lat-b4-edm2-high-subj-tok": replace(SUBJ, backbone_args={"cond_pool": "first", "summary_tokens": 2},
+                                              mllm_args={**SUBJ.mllm_args, "summary_images": "in_caption",
+                                                         "picture_token": True}),
     "unet-lat-b4-edm2-high-codes-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5,
                                                backbone_args={"cond_pool": "first"},
                                                mllm_args={"caption_summary": True, "token_codes": True}),
@@ -290,7 +302,9 @@ def read_results(path: Path) -> list[dict]:
 # denoiser's error on fixed held-out clips at σ = 1, gn1 / gn3 / gn10 the null / caption ratio of it at σ = 1,
 # 3 and 10 (LeanTrainer.heldout_loss); wgt2 / wgp2 / wgp10 the wrong / right motion word ratio of the denoiser's
 # error as t2v at σ = 2 and as prediction at σ = 2 and 10 (LeanTrainer.motion_word_gain); sg1 / sg2 the same ratio
-# for the shape word as t2v at σ = 1 and 2, on the object's latent cells (LeanTrainer.shape_word_gain).
+# for the shape word as t2v at σ = 1 and 2, on the object's latent cells (LeanTrainer.shape_word_gain). With the
+# subject task: sub its all_correct, sbS / sbN the subject drawn over seen / novel subjects, pgS / pgN the wrong /
+# right reference picture ratio on the object's cells at σ = 1 over them (LeanTrainer.picture_gain).
 COLUMNS = [("t2v-seen", "object", "obj"), ("t2v-seen", "shape_iou", "iou"), ("t2v-seen", "all_correct", "seen"),
            ("t2v-seen", "color", "col"), ("t2v-seen", "shape", "shp"), ("t2v-seen", "motion", "mot"),
            ("t2v-seen", "scene", "scn"), ("t2v-seen", "subject", "subj"),
@@ -301,7 +315,9 @@ COLUMNS = [("t2v-seen", "object", "obj"), ("t2v-seen", "shape_iou", "iou"), ("t2
            ("word_gain", "t2v@2", "wgt2"), ("word_gain", "prediction@2", "wgp2"),
            ("word_gain", "prediction@10", "wgp10"), ("shape_gain", "t2v@1", "sg1"), ("shape_gain", "t2v@2", "sg2"),
            ("denoising", "object@0.1", "dO.1"), ("denoising", "object@0.3", "dO.3"),
-           ("denoising", "background@0.1", "dB.1")]
+           ("denoising", "background@0.1", "dB.1"), ("subject", "all_correct", "sub"),
+           ("subject", "seen_subject", "sbS"), ("subject", "novel_subject", "sbN"), ("picture_gain", "seen@1", "pgS"),
+           ("picture_gain", "novel@1", "pgN")]
 
 
 def format_row(r: dict) -> str:
@@ -370,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown configuration(s) {unknown}; known: {list(CONFIGS)}, each optionally "
               "+mllm or +mllm@LAYER", file=sys.stderr)
+        return 2
+    pictures = [n for n in names if CONFIGS[n.partition("+")[0]].subject_task and "+mllm" not in n]
+    if pictures:
+        print(f"error: {pictures} train the subject task, whose reference pictures only the MLLM reads: "
+              "name them NAME+mllm", file=sys.stderr)
         return 2
     budgets = sorted(int(b) for b in args.budgets.split(","))
     samplers = [v.strip() for v in args.samplers.split(";") if v.strip()] or None

@@ -180,3 +180,39 @@ def test_factorized_t2v_keeps_the_plain_draws_first_frame_and_redraws_the_rest()
     torch.testing.assert_close(two[:, :, :1], plain[:, :, :1])           # t2v's frame 0 is the plain draw's
     assert not torch.allclose(two[0, :, 1:], plain[0, :, 1:])            # ... and the rest is drawn again
     torch.testing.assert_close(two[1], plain[1])                         # prediction rows are drawn once
+
+
+def test_the_subject_task_reads_its_reference_picture_and_is_scored_on_seen_and_novel_subjects():
+    """LeanConfig.subject_task: a seen subject's clip is prompted "A <image> ..." with one of its reference
+    pictures, the subject eval split covers seen and novel subjects, and the paired picture reading moves
+    off 1 once trained (a conditioner that dropped the picture would leave it at exactly 1)."""
+    import torch
+
+    cfg = replace(TINY, conditioning="mllm", subject_task=1.0, pred_fraction=0.0, backbone="unet-xs",
+                  sampler=SamplerConfig(num_steps=2, guidance_scale=2.0))
+    trainer = LeanTrainer(cfg)
+    captions, refs = [], []
+    for trainer.clips in range(0, 40, 4):               # ten batches: a quarter of the clips are subjects'
+        _, cap, _, ref = trainer.batch()
+        captions, refs = captions + cap, refs + ref
+    trainer.clips = 0
+    subject = [i for i, r in enumerate(refs) if r is not None]
+    assert subject and all(captions[i].startswith("A <image> ") and refs[i].shape == (32, 32, 3) for i in subject)
+    assert all(refs[i] is None for i, c in enumerate(captions) if "<image>" not in c)
+    assert trainer.eval_splits()[-1] == "subject"
+    before = trainer.picture_gain(rows=12)
+    assert before == {key: pytest.approx(1.0) for key in ("seen@1", "seen@2", "novel@1", "novel@2")}   # F = 0
+    trainer.train_to(16)
+    gain = trainer.picture_gain(rows=12)                 # a picture left out: the same C both ways, exactly 1
+    assert gain["seen@1"] != 1.0 and gain["novel@1"] != 1.0, gain
+    report = trainer.evaluate(splits=("subject",), rows=12, batch=12)["subject"]
+    assert {"seen_subject", "novel_subject", "subject_colors", "all_correct"} <= set(report)
+    # subject rows are drawn once, as the pipeline does: the factorised sampler redraws t2v rows only
+    p, caption, ref = trainer.subject_row(0)
+    given = torch.zeros(1, 3, 4, 32, 32)
+    args = ([caption], given, torch.tensor([0]), [3])
+    plain = trainer.sample(*args, references=[ref])
+    two = trainer.sample(*args, sampler=replace(cfg.sampler, factorized=True), references=[ref])
+    torch.testing.assert_close(two, plain)
+    with pytest.raises(ValueError, match="needs conditioning 'mllm'"):
+        LeanTrainer(replace(TINY, subject_task=0.5))

@@ -9,7 +9,7 @@ compares named recipes with it, and a CI test uses it to guard that the default 
 
 Conditioning is either ``words`` (each caption word → a learned embedding: isolates the diffusion
 recipe from the MLLM) or ``mllm`` (the project's MLLM encoder, frozen, over the task's
-interleaved prompt; needs subject references and retrieved pictures, see ``MLLMConditioner``).
+interleaved prompt; subject references with ``subject_task``, no retrieved pictures: ``MLLMConditioner``).
 With ``autoencoder`` set (latent mode, vimi.models.autoencoder) the diffusion runs on the latents of
 the clips and samples are decoded before scoring.
 """
@@ -29,9 +29,16 @@ from torch import Tensor, nn
 from base.io import atomic_path
 from base.pixels import to_model_video, to_uint8_video
 from data_pipelines.shapeworld import sampling, spec
-from data_pipelines.shapeworld.captions import video_caption
-from data_pipelines.shapeworld.render import ClipParams, render_clip
-from data_pipelines.shapeworld.world import WorldConfig, eval_params, train_video_params
+from data_pipelines.shapeworld.captions import subject_prompt, video_caption
+from data_pipelines.shapeworld.render import ClipParams, render_clip, render_image
+from data_pipelines.shapeworld.world import (
+    SUBJECT_NAMES,
+    WorldConfig,
+    eval_params,
+    is_novel,
+    reference_params,
+    train_video_params,
+)
 from vimi.diffusion import EDMConfig, EDMLoss, EDMPrecond, GuidedDenoiser, SamplerConfig, edm_sampler
 from vimi.diffusion.loss import foreground_mask, off_median_mask
 from vimi.diffusion.rng import share_across_frames
@@ -71,6 +78,11 @@ class LeanConfig:
     # one pair, only the motion word (and size, scene) is left to learn: "cannot learn motion" or "learns it
     # last"? (docs/learning.md, "Motion words").
     compositions: tuple[str, ...] = ()
+    # VIMI's subject-driven task (sec. 3.2): this share of the training clips of a seen subject that are not given
+    # frames are prompted "A <image> moves left on sand" with one of the subject's reference pictures, and
+    # the eval adds the "subject" split (every subject, seen and novel, from its reference). The picture is
+    # read by the MLLM only: it needs conditioning "mllm".
+    subject_task: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,8 +107,12 @@ class WordConditioner(nn.Module):
         self.max_words = max_words
         nn.init.normal_(self.embed.weight, std=1.0)
 
-    def forward(self, captions: list[str | None], first_frames: list | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, captions: list[str | None], first_frames: list | None = None,
+                references: list | None = None) -> tuple[Tensor, Tensor]:
         """None = the null condition (classifier-free guidance); words only, so given frames are ignored."""
+        if references and any(r is not None for r in references):
+            raise ValueError("caption words cannot read a subject's reference picture: the subject task needs "
+                             "conditioning 'mllm'")
         ids = [[self.vocab.get(w, self.vocab["<unk>"]) for w in (c or "<null>").lower().split()][: self.max_words]
                for c in captions]
         L = max(len(i) for i in ids)
@@ -112,7 +128,8 @@ class MLLMConditioner(nn.Module):
     """The project's MLLM encoder (frozen; states cached per distinct prompt) over the task's instruction.
 
     t2v reads "Generate a video with the retrieved text-image pairs." + caption with no retrieved
-    pairs (K = 0: the lean trainer has no memory); prediction reads its caption and first frame.
+    pairs (K = 0: the lean trainer has no memory); prediction reads its caption and first frame; the
+    subject task its caption with the reference picture in place of ``<image>``.
     """
 
     def __init__(self, path: str, dim: int, **overrides):
@@ -121,12 +138,20 @@ class MLLMConditioner(nn.Module):
 
         self.encoder = MLLMEncoder(MLLMConfig(path=path, **overrides), out_dim=dim)
 
-    def forward(self, captions: list[str | None], first_frames: list | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, captions: list[str | None], first_frames: list | None = None,
+                references: list | None = None) -> tuple[Tensor, Tensor]:
         from vimi.mllm import task_prompt
 
+        def prompt(c: str | None, first, reference):
+            if reference is not None and c is not None:
+                return task_prompt("subject", c, images=[reference])
+            if first is not None:
+                return task_prompt("prediction", c or "a", images=[first])
+            return task_prompt("t2v", c or "a")   # a null row's prompt is replaced by the null condition below
+
         firsts = first_frames or [None] * len(captions)
-        prompts = [task_prompt("t2v", c or "a") if f is None else task_prompt("prediction", c or "a", images=[f])
-                   for c, f in zip(captions, firsts)]
+        refs = references or [None] * len(captions)
+        prompts = [prompt(c, f, r) for c, f, r in zip(captions, firsts, refs)]
         c, mask = self.encoder.encode(prompts)
         return self.encoder.drop_condition(c, mask, torch.tensor([cap is None for cap in captions]))
 
@@ -166,6 +191,9 @@ class LeanTrainer:
         bb = backbone_config(cfg.backbone, **{**cfg.backbone_args, **latent})
         if conditioner is None and cfg.conditioning not in ("words", "mllm"):
             raise ValueError(f"LeanConfig.conditioning must be 'words' or 'mllm', got {cfg.conditioning!r}")
+        if cfg.subject_task and (cfg.conditioning != "mllm" or not 0 < cfg.subject_task <= 1):
+            raise ValueError(f"LeanConfig.subject_task must be in [0, 1] and needs conditioning 'mllm' (only the MLLM "
+                             f"reads a reference picture), got {cfg.subject_task} with {cfg.conditioning!r}")
         self.cond = conditioner or (WordConditioner(bb.cond_dim) if cfg.conditioning == "words"
                                     else MLLMConditioner(cfg.mllm, bb.cond_dim, **cfg.mllm_args))
         self.net = EDMPrecond.from_config(build_backbone(cfg.backbone, bb), cfg.edm,
@@ -182,6 +210,7 @@ class LeanTrainer:
             if len(pair) != 2 or pair[0] not in spec.COLORS or pair[1] not in spec.SHAPES:
                 raise ValueError(f"LeanConfig.compositions: {' '.join(pair)!r} is not 'colour shape' "
                                  f"(colours {sorted(spec.COLORS)}, shapes {sorted(spec.SHAPES)})")
+        self._references: dict[tuple[str, int], np.ndarray] = {}
         self.clips = 0            # clips seen
         self.cpu_seconds = 0.0    # process CPU time spent training (not scoring)
         self.losses: list[tuple[int, float]] = []
@@ -194,12 +223,24 @@ class LeanTrainer:
             return sampling.sample_object_clip(rng, self.compositions, self.cfg.frames, self.cfg.size)
         return train_video_params(self.world, i) if stream == "videos" else eval_params(self.world, stream, i)
 
-    def batch(self) -> tuple[Tensor, list[str], Tensor]:
+    def reference(self, name: str, j: int) -> np.ndarray:
+        """Reference picture j of a subject (uint8 (H, W, 3)), as the world writes it for the subject task."""
+        if (name, j) not in self._references:
+            self._references[name, j] = render_image(reference_params(self.world, name, j))
+        return self._references[name, j]
+
+    def batch(self) -> tuple[Tensor, list[str], Tensor, list[np.ndarray | None]]:
+        """Clips, their captions, frames given, and per clip the subject task's reference picture (or None)."""
         cfg = self.cfg
         params = [self.clip_params("videos", self.clips + i) for i in range(cfg.batch)]
         video = to_model_video(np.stack([render_clip(p) for p in params]))                # (B, 3, T, H, W)
         k = torch.from_numpy((self.rng.random(cfg.batch) < cfg.pred_fraction) * cfg.given_frames)
-        return video, [video_caption(p) for p in params], k
+        captions, refs = [video_caption(p) for p in params], [None] * cfg.batch
+        for i, p in enumerate(params):   # subject_task first: recipes without it keep their random stream
+            if cfg.subject_task and p.subject and int(k[i]) == 0 and self.rng.random() < cfg.subject_task:
+                j = int(self.rng.integers(self.world.references_per_subject))
+                captions[i], refs[i] = subject_prompt(p), self.reference(p.subject, j)
+        return video, captions, k, refs
 
     @torch.no_grad()
     def to_latent(self, video: Tensor) -> Tensor:
@@ -208,9 +249,9 @@ class LeanTrainer:
 
     def step(self) -> float:
         cfg = self.cfg
-        video, captions, k = self.batch()
+        video, captions, k, refs = self.batch()
         drop = self.rng.random(len(captions)) < cfg.edm.cond_drop_prob
-        c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k))
+        c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k), refs)
         x = self.to_latent(video)
         frame_cond = frame_condition(x, k, cfg.hold_given_frame)
         lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
@@ -267,21 +308,23 @@ class LeanTrainer:
     # ------------------------------------------------------------------------------ scoring
     @torch.no_grad()
     def sample(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int],
-               sampler: SamplerConfig | None = None) -> Tensor:
-        """Pixel clips (B, 3, T, H, W): the first k[i] frames of ``given`` kept, the rest drawn."""
+               sampler: SamplerConfig | None = None, references: list | None = None) -> Tensor:
+        """Pixel clips (B, 3, T, H, W): the first k[i] frames of ``given`` kept, the rest drawn; rows with a
+        reference picture are the subject task."""
         sampler = sampler or self.cfg.sampler
-        out = self._draw(captions, given, k, seeds, sampler)
-        t2v = (k == 0).nonzero()[:, 0]
+        out = self._draw(captions, given, k, seeds, sampler, references)
+        refs = references or [None] * len(captions)
+        t2v = torch.tensor([i for i in range(len(captions)) if int(k[i]) == 0 and refs[i] is None], dtype=torch.long)
         if sampler.factorized and len(t2v):   # Emu Video: the t2v clips again, predicted from their frame 0
             out[t2v] = self._draw([captions[i] for i in t2v], out[t2v], torch.ones(len(t2v), dtype=k.dtype),
                                   [seeds[i] for i in t2v], sampler)
         return out
 
-    def _draw(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int], sampler: SamplerConfig
-              ) -> Tensor:
+    def _draw(self, captions: list[str], given: Tensor, k: Tensor, seeds: list[int], sampler: SamplerConfig,
+              references: list | None = None) -> Tensor:
         cfg = self.cfg
         net, cond = self.ema
-        c, mask = cond(captions, first_frames(given, k))
+        c, mask = cond(captions, first_frames(given, k), references)
         null_c, null_mask = cond([None] * len(captions), first_frames(given, k))
         x_given = self.to_latent(given)
         frame_cond = frame_condition(x_given, k, cfg.hold_given_frame)
@@ -297,31 +340,51 @@ class LeanTrainer:
         known = (torch.arange(given.shape[2])[None] < k[:, None])[:, None, :, None, None]
         return torch.where(known, given, out)
 
-    def evaluate(self, splits: tuple[str, ...] = ("t2v-seen", "t2v-novel-composition", "prediction"),
+    def eval_splits(self) -> tuple[str, ...]:
+        return ("t2v-seen", "t2v-novel-composition", "prediction") + (("subject",) if self.cfg.subject_task else ())
+
+    def subject_row(self, i: int) -> tuple[ClipParams, str, np.ndarray]:
+        """Row i of the "subject" eval split: its clip, prompt and reference picture, the references rotating as in
+        the world's eval file (every subject, seen and novel, in turn)."""
+        p = self.clip_params("subject", i)
+        j = (i // len(SUBJECT_NAMES)) % self.world.references_per_subject
+        return p, subject_prompt(p), self.reference(p.subject, j)
+
+    def evaluate(self, splits: tuple[str, ...] | None = None,
                  rows: int = 20, batch: int = 10, sampler: SamplerConfig | None = None,
                  readings: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
-        """Per split: mean of every scorer attribute (+ PSNR for prediction) over ``rows`` fresh eval clips,
-        drawn with ``sampler`` (default: the recipe's), and the denoiser's readings (:meth:`readings`; pass
-        them when scoring the same weights with another sampler: they do not depend on it)."""
+        """Per split (default :meth:`eval_splits`): mean of every scorer attribute (+ PSNR for prediction) over
+        ``rows`` fresh eval clips, drawn with ``sampler`` (default: the recipe's), and the denoiser's readings
+        (:meth:`readings`; pass them when scoring the same weights with another sampler: they do not depend on
+        it). The subject split adds ``seen_subject`` / ``novel_subject``: the subject drawn, over each part."""
         cfg = self.cfg
         report: dict[str, dict[str, float]] = {}
         self.last_videos: dict[str, list[np.ndarray]] = {}   # split -> generated (T, H, W, 3) uint8 clips
-        for split in splits:
+        for split in splits or self.eval_splits():
             results = []
             self.last_videos[split] = []
+            task = {"prediction": "prediction", "subject": "subject"}.get(split, "t2v")
+            k = cfg.given_frames if task == "prediction" else 0
             for start in range(0, rows, batch):
-                params = [self.clip_params(split, i) for i in range(start, min(start + batch, rows))]
+                index = range(start, min(start + batch, rows))
+                if task == "subject":
+                    params, captions, refs = (list(x) for x in zip(*(self.subject_row(i) for i in index)))
+                else:
+                    params = [self.clip_params(split, i) for i in index]
+                    captions, refs = [video_caption(p) for p in params], None
                 gts = [render_clip(p) for p in params]
-                k = cfg.given_frames if split == "prediction" else 0
                 given = to_model_video(np.stack(gts))
-                ks = torch.full((len(params),), k)
-                videos = self.sample([video_caption(p) for p in params], given, ks,
-                                     seeds=[10_000 + start + i for i in range(len(params))], sampler=sampler)
-                task = "prediction" if split == "prediction" else "t2v"
+                videos = self.sample(captions, given, torch.full((len(params),), k),
+                                     seeds=[10_000 + i for i in index], sampler=sampler, references=refs)
                 clips = list(to_uint8_video(videos))
                 self.last_videos[split] += clips
-                results += [score(v, record_of(p, split, task, k), gt) | object_reading(v)
-                            for v, p, gt in zip(clips, params, gts)]
+                for v, p, gt in zip(clips, params, gts):
+                    result = score(v, record_of(p, split, task, k), gt) | object_reading(v)
+                    if task == "subject":
+                        novel = is_novel(p)
+                        result |= {"seen_subject": None if novel else result["subject"],
+                                   "novel_subject": result["subject"] if novel else None}
+                    results.append(result)
             keys = sorted({key for r in results for key in r})
             report[split] = {key: float(np.mean([r[key] for r in results if r.get(key) is not None]))
                              for key in keys if any(r.get(key) is not None for r in results)}
@@ -336,6 +399,8 @@ class LeanTrainer:
                "shape_gain": self.shape_word_gain()}
         if self.ae is None:
             out["denoising"] = self.denoising_gain(rows=rows)
+        if self.cfg.subject_task:
+            out["picture_gain"] = self.picture_gain()
         return out
 
     def _fixed_t2v_clips(self, rows: int) -> tuple[list[str], Tensor, Tensor]:
@@ -400,19 +465,45 @@ class LeanTrainer:
         wrong = [replace(p, shape=shapes[(shapes.index(p.shape) + 1 + i % 5) % 6]) for i, p in enumerate(params)]
         return {f"t2v@{sigma:g}": gain for sigma, gain in self._word_gain(params, wrong, 0, sigmas, True).items()}
 
+    @torch.no_grad()
+    def picture_gain(self, sigmas: tuple[float, ...] = (1.0, 2.0), rows: int = 24) -> dict[str, float]:
+        """The same paired reading for the subject task's reference picture, on the object's cells: the error under
+        another subject's first reference picture (same prompt) / under its own, over the subject split's
+        rows of seen and of novel subjects apart. A novel subject's ratio above 1 is a look copied from its
+        picture, which no name could carry; a seen one's may be the name recalled from its picture."""
+        out = {}
+        rows_of = [self.subject_row(i) for i in range(rows)]
+        for part in ("seen", "novel"):
+            chosen = [r for r in rows_of if is_novel(r[0]) == (part == "novel")]
+            params, captions, refs = (list(x) for x in zip(*chosen))
+            others = [(i + 1 + n % (len(SUBJECT_NAMES) - 1)) % len(SUBJECT_NAMES)
+                      for n, i in enumerate(SUBJECT_NAMES.index(p.subject) for p in params)]
+            wrong = [self.reference(SUBJECT_NAMES[o], 0) for o in others]
+            video = to_model_video(np.stack([render_clip(p) for p in params]))
+            gains = self._gain(video, [(captions, None, refs), (captions, None, wrong)], 0, sigmas, True)
+            out |= {f"{part}@{sigma:g}": g for sigma, g in gains.items()}
+        return out
+
     def _word_gain(self, params: list[ClipParams], wrong: list[ClipParams], k: int, sigmas: tuple[float, ...],
                    on_object: bool = False) -> dict[float, float]:
         """σ -> the EMA denoiser's error under the ``wrong`` captions / under the right ones, on ``params``' clips
-        noised to σ (fixed noise), over the frames not given (the first ``k`` are) and, ``on_object``, only where
-        the object is (in latent mode: the latent cells it touches)."""
-        net, cond = self.ema
+        (see :meth:`_gain`)."""
         video = to_model_video(np.stack([render_clip(p) for p in params]))
-        x, n = self.to_latent(video), len(params)
+        firsts = first_frames(video, torch.full((len(params),), k))
+        return self._gain(video, [([video_caption(p) for p in ps], firsts, None) for ps in (params, wrong)], k, sigmas,
+                          on_object)
+
+    def _gain(self, video: Tensor, prompts: list[tuple], k: int, sigmas: tuple[float, ...],
+              on_object: bool) -> dict[float, float]:
+        """σ -> the EMA denoiser's error under the second of two (captions, first frames, references) conditions
+        / under the first, on ``video`` noised to σ (fixed noise), over the frames not given (the first ``k`` are)
+        and, ``on_object``, only where the object is (in latent mode: the latent cells it touches)."""
+        net, cond = self.ema
+        x, n = self.to_latent(video), len(video)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7_000))
         where = (foreground_mask(x, video) if on_object else torch.ones_like(x[:, :1]))[:, :, k:]
-        ks = torch.full((n,), k)
-        frame_cond = frame_condition(x, ks, self.cfg.hold_given_frame)
-        conds = [cond([video_caption(p) for p in ps], first_frames(video, ks)) for ps in (params, wrong)]
+        frame_cond = frame_condition(x, torch.full((n,), k), self.cfg.hold_given_frame)
+        conds = [cond(*prompt) for prompt in prompts]
         out = {}
         for sigma in sigmas:
             right, bad = (float(((net(x / net.sigma_in + sigma * noise, torch.full((n,), sigma), cond=c,
