@@ -143,8 +143,6 @@ CONFIGS: dict[str, LeanConfig] = {
     # given frame's 64 picture tokens, so the prompt's plain mean carries the motion word at 1/80 of its weight.
     "unet-lat-b4-edm2-high-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, backbone_args={"cond_pool": "first"},
                                          mllm_args={"caption_summary": True}),
-    # ... and each text token's fixed random code beside its state: the words instrument's frozen random
-    # embeddings (which read colour as well as learned ones), in the caption's mean that FiLM reads.
     # ... with the subject task: FiLM sees no picture (-subj), the picture's mean added to the caption's (-subj-add,
     # MLLMConfig.summary_images), or in a FiLM token of its own (-subj-tok, MLLMConfig.picture_token: the
     # ShapeWorld default, chosen on the long run's stage 2; docs/learning.md, "The long run").
@@ -153,6 +151,8 @@ CONFIGS: dict[str, LeanConfig] = {
     "unet-lat-b4-edm2-high-subj-tok": replace(SUBJ, backbone_args={"cond_pool": "first", "summary_tokens": 2},
                                               mllm_args={**SUBJ.mllm_args, "summary_images": "in_caption",
                                                          "picture_token": True}),
+    # -high-cap and each text token's fixed random code beside its state: the words instrument's frozen random
+    # embeddings (which read colour as well as learned ones), in the caption's mean that FiLM reads.
     "unet-lat-b4-edm2-high-codes-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5,
                                                backbone_args={"cond_pool": "first"},
                                                mllm_args={"caption_summary": True, "token_codes": True}),

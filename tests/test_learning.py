@@ -188,7 +188,7 @@ def test_the_subject_task_reads_its_reference_picture_and_is_scored_on_seen_and_
     off 1 once trained (a conditioner that dropped the picture would leave it at exactly 1)."""
     import torch
 
-    cfg = replace(TINY, conditioning="mllm", subject_task=1.0, pred_fraction=0.0, backbone="unet-xs",
+    cfg = replace(TINY, conditioning="mllm", subject_task=1.0, pred_fraction=0.0,
                   sampler=SamplerConfig(num_steps=2, guidance_scale=2.0))
     trainer = LeanTrainer(cfg)
     captions, refs = [], []
