@@ -148,9 +148,8 @@ CONFIGS: dict[str, LeanConfig] = {
     # ShapeWorld default, chosen on the long run's stage 2; docs/learning.md, "The long run").
     "unet-lat-b4-edm2-high-subj": SUBJ,
     "unet-lat-b4-edm2-high-subj-add": replace(SUBJ, mllm_args={**SUBJ.mllm_args, "summary_images": "in_caption"}),
-    "unet-lat-b4-edm2-high-subj-tok": replace(SUBJ, backbone_args={"cond_pool": "first", "summary_tokens": 2},
-                                              mllm_args={**SUBJ.mllm_args, "summary_images": "in_caption",
-                                                         "picture_token": True}),
+    "unet-lat-b4-edm2-high-subj-tok": replace(SUBJ, mllm_args={**SUBJ.mllm_args, "summary_images": "in_caption",
+                                                               "picture_token": True}),
     # -high-cap and each text token's fixed random code beside its state: the words instrument's frozen random
     # embeddings (which read colour as well as learned ones), in the caption's mean that FiLM reads.
     "unet-lat-b4-edm2-high-codes-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5,

@@ -182,13 +182,15 @@ class LeanTrainer:
         torch.manual_seed(cfg.seed)
         # Latent mode: diffusion runs on the autoencoder's latents, frame by frame (B, c, T, H/f, W/f).
         self.ae = load_autoencoder(cfg.autoencoder) if cfg.autoencoder else None
-        latent = {}
+        derived = {}
         side = cfg.size
         if self.ae is not None:
             c = self.ae.config.latent_channels
-            latent = {"in_channels": c, "frame_cond_channels": c + 1}
+            derived = {"in_channels": c, "frame_cond_channels": c + 1}
             side = cfg.size // self.ae.config.factor
-        bb = backbone_config(cfg.backbone, **{**cfg.backbone_args, **latent})
+        if cfg.conditioning == "mllm" and cfg.mllm_args.get("picture_token"):
+            derived["summary_tokens"] = 2    # the picture's own FiLM token, derived as VimiConfig.backbone_config does
+        bb = backbone_config(cfg.backbone, **{**cfg.backbone_args, **derived})
         if conditioner is None and cfg.conditioning not in ("words", "mllm"):
             raise ValueError(f"LeanConfig.conditioning must be 'words' or 'mllm', got {cfg.conditioning!r}")
         if cfg.subject_task and (cfg.conditioning != "mllm" or not 0 < cfg.subject_task <= 1):
