@@ -141,6 +141,22 @@ def test_lora_adds_trainable_lm_params_only_and_starts_equal_to_frozen(folder, e
     assert all(p.requires_grad for p in full.parameters())
 
 
+def test_each_layer_reads_the_full_forwards_state_and_runs_no_layer_after_it(folder):
+    ps = prompts()
+    n_layers = make_encoder(folder).llava.config.text_config.num_hidden_layers
+    for layer in range(-n_layers - 1, n_layers + 1):
+        full, enc = (make_encoder(folder, layer=layer, cache_prompts=0) for _ in range(2))
+        full._exit_index = n_layers + 1   # no early stop: every layer runs and hidden_states[layer] is read
+        h_full, m_full = full.hidden(ps)
+        ran = []
+        for i, block in enumerate(enc.llava.model.language_model.layers):
+            block.register_forward_hook(lambda m, a, o, i=i, ran=ran: ran.append(i))
+        h, mask = enc.hidden(ps)
+        assert torch.equal(mask, m_full)
+        torch.testing.assert_close(h, h_full)
+        assert ran == list(range(layer % (n_layers + 1)))   # reading state n runs layers 0..n-1 only
+
+
 def test_frozen_encoder_computes_each_distinct_prompt_once(folder):
     uncached, cached = make_encoder(folder, cache_prompts=0), make_encoder(folder, cache_prompts=3)
     ps = prompts()

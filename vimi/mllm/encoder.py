@@ -158,6 +158,33 @@ def _pad_hidden(rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return out, mask
 
 
+class _Stop(Exception):
+    """Raised by ``_stop_before``'s hook once the wanted state is in hand."""
+
+
+@contextlib.contextmanager
+def _stop_before(layer: nn.Module | None):
+    """Within the block, a forward that reaches ``layer`` stops there; the layer's input lands in the yielded list.
+
+    The layers after the state a generator reads change nothing it sees, so a frozen encoder need not run them."""
+    caught: list[torch.Tensor] = []
+    if layer is None:
+        yield caught
+        return
+
+    def hook(module, args, kwargs):
+        caught.append(args[0] if args else kwargs["hidden_states"])
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield caught
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+
+
 class RefinerBlock(nn.Module):
     """A pre-norm transformer layer over the projected states, trained while the MLLM stays frozen.
 
@@ -207,6 +234,9 @@ class MLLMEncoder(nn.Module):
         if not -n_states <= cfg.layer < n_states:
             raise ValueError(f"MLLMConfig.layer={cfg.layer} out of range for {n_states} hidden states")
 
+        # hidden_states[n] below the last is the input of decoder layer n, so the layers from n on are not run (the
+        # ShapeWorld default reads n = 0). Kept as an index: a module attribute would register its weights twice.
+        self._exit_index = cfg.layer % n_states
         self.hidden_size = text_cfg.hidden_size
         self.out_dim = out_dim
         self.norm = nn.LayerNorm(self.hidden_size, elementwise_affine=False) if cfg.normalize else nn.Identity()
@@ -259,6 +289,10 @@ class MLLMEncoder(nn.Module):
         pv = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         return pv.to(self.device, self.llava.dtype)  # (N, 3, S, S)
 
+    def _exit_layer(self) -> nn.Module | None:
+        layers = getattr(getattr(self.llava.model, "language_model", None), "layers", None)
+        return layers[self._exit_index] if layers is not None and self._exit_index < len(layers) else None
+
     def tokenize(self, prompts: Sequence[Prompt]) -> list[TokenizedPrompt]:
         return [self.sequencer(p) for p in prompts]
 
@@ -301,10 +335,12 @@ class MLLMEncoder(nn.Module):
         images = [im for t in toks for im in t.images]  # LLaVA scatters features in row-major token order
         pixels = self._pixels(images) if images else None
         grad = contextlib.nullcontext() if self.cfg.tuning != "frozen" else torch.no_grad()
-        with grad:
+        with grad, _stop_before(self._exit_layer()) as caught:
             out = self.llava.model(
                 input_ids=ids, pixel_values=pixels, attention_mask=mask.long(), output_hidden_states=True
             )
+        if caught:
+            return caught[0], mask
         return out.hidden_states[self.cfg.layer], mask  # (B, L, H), (B, L)
 
     def project(self, hidden: torch.Tensor, mask: torch.Tensor,
