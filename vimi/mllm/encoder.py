@@ -166,7 +166,7 @@ class _Stop(Exception):
 def _stop_before(layer: nn.Module | None):
     """Within the block, a forward that reaches ``layer`` stops there; the layer's input lands in the yielded list.
 
-    The layers after the state a generator reads change nothing it sees, so a frozen encoder need not run them."""
+    The layers after the state C is read from change nothing in C (nor its gradients), so they need not run."""
     caught: list[torch.Tensor] = []
     if layer is None:
         yield caught
