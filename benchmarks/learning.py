@@ -135,10 +135,10 @@ CONFIGS: dict[str, LeanConfig] = {
     "unet-lat-b4-edm2-high-one": replace(ONE, edm=HIGH, pred_fraction=0.5),
     "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5),
     # Optimisation for a short budget (the lever "learning rate, batch and EMA"), measured in pixel space
-    # only at 75 steps before: the rate doubled or halved, twice the clips per step (CPU-s per clip is what it saves), an EMA
-    # half-life of 500 clips (the pipeline's 0.995 per step at batch 4; the live weights are -high's to the digit),
-    # and space-time attention at the 4×4 level only (the 8×8 level's 512 tokens: most of the ~20% of a step that
-    # attention takes).
+    # only at 75 steps before: the rate doubled or halved, twice the clips per step (CPU-s per clip is what it
+    # saves), an EMA half-life of 500 clips (the pipeline's 0.995 per step at batch 4; the live weights are -high's
+    # to the digit), and space-time attention at the 4×4 level only (the 8×8 level's 512 tokens: most of the ~20%
+    # of a step that attention takes).
     "unet-lat-b4-edm2-high-lr4": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, lr=4e-3),
     "unet-lat-b4-edm2-high-lr1": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, lr=1e-3),
     "unet-lat-b8-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, batch=8),
