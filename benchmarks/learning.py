@@ -138,7 +138,9 @@ CONFIGS: dict[str, LeanConfig] = {
     # only at 75 steps before: the rate doubled or halved, twice the clips per step (CPU-s per clip is what it
     # saves), an EMA half-life of 500 clips (the pipeline's 0.995 per step at batch 4; the live weights are -high's
     # to the digit), and space-time attention at the 4×4 level only (the 8×8 level's 512 tokens: most of the ~20%
-    # of a step that attention takes).
+    # of a step that attention takes). At 4,000 and 8,000 clips (docs/learning.md, "Optimisation for a short
+    # budget"): the EMA's ramp-up sets the average at these budgets (the same rows); lr 4e-3 and attention at 4×4
+    # only lose; batch 8 is even per CPU-second; lr 1e-3 learns colour sooner and fits best.
     "unet-lat-b4-edm2-high-lr4": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, lr=4e-3),
     "unet-lat-b4-edm2-high-lr1": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, lr=1e-3),
     "unet-lat-b8-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, batch=8),

@@ -5,7 +5,7 @@ world → BM25 index → prompt shards → MLLM alignment → autoencoder → st
 
 Each step is the user's own command line, run as a subprocess, and skipped when its output is
 already complete, so an interrupted demo resumes where it stopped. ``--scale`` is the one knob for
-longer runs: it multiplies data sizes and training steps (scale 1: 24.5–26 minutes on the 2-core
+longer runs: it multiplies data sizes and training steps (scale 1: 24.5–27 minutes on the 2-core
 machine of docs/learning.md; the target is 25).
 """
 from __future__ import annotations
