@@ -35,6 +35,7 @@ EDM2 = replace(PLAIN, P_mean=-0.4, P_std=1.0)     # ... with EDM2's training σ 
 LAT_EDM2 = LeanConfig(backbone="unet-lat", edm=EDM2, lr=2e-3, batch=4, autoencoder="outputs/ae")   # the default recipe
 ONE = replace(LAT_EDM2, compositions=("red square",))   # ... in a world of one object (LeanConfig.compositions)
 HIGH = replace(EDM2, P_high_share=1.0, P_high_given_only=True)   # clips given frames train around σ = 10
+LAT_HIGH = replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5)   # ... with half the clips given a frame
 # The subject task (LeanConfig.subject_task; NAME+mllm only) beside t2v and prediction, FiLM reading the caption's
 # mean as in configs/shapeworld: "A <image> moves left on sand" names its subject only in its picture.
 SUBJ = replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, subject_task=1.0, backbone_args={"cond_pool": "first"},
@@ -133,7 +134,7 @@ CONFIGS: dict[str, LeanConfig] = {
     # P_high_given_only). Trained on prediction at σ = 10 alone the motion word cuts the error 35× by 4,000
     # clips; under EDM2's σ alone, 1.00× (docs/learning.md, "Where the word can be learned").
     "unet-lat-b4-edm2-high-one": replace(ONE, edm=HIGH, pred_fraction=0.5),
-    "unet-lat-b4-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5),
+    "unet-lat-b4-edm2-high": LAT_HIGH,
     # Optimisation for a short budget (the issue's lever "learning rate, batch and EMA"), measured in pixel space
     # only at 75 steps before: the rate doubled or halved, twice the clips per step (CPU-s per clip is what it
     # saves), an EMA half-life of 500 clips (the pipeline's 0.995 per step at batch 4; the live weights are -high's
@@ -141,12 +142,11 @@ CONFIGS: dict[str, LeanConfig] = {
     # of a step that attention takes). At 4,000 and 8,000 clips (docs/learning.md, "Optimisation for a short
     # budget"): the EMA's ramp-up sets the average at these budgets (the same rows); lr 4e-3 and attention at 4×4
     # only lose; batch 8 is even per CPU-second; lr 1e-3 learns colour sooner and fits best.
-    "unet-lat-b4-edm2-high-lr4": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, lr=4e-3),
-    "unet-lat-b4-edm2-high-lr1": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, lr=1e-3),
-    "unet-lat-b8-edm2-high": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, batch=8),
-    "unet-lat-b4-edm2-high-ema500": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, ema_halflife_clips=500),
-    "unet-lat-b4-edm2-high-att1": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5,
-                                          backbone_args={"attention_levels": [1]}),
+    "unet-lat-b4-edm2-high-lr4": replace(LAT_HIGH, lr=4e-3),
+    "unet-lat-b4-edm2-high-lr1": replace(LAT_HIGH, lr=1e-3),
+    "unet-lat-b8-edm2-high": replace(LAT_HIGH, batch=8),
+    "unet-lat-b4-edm2-high-ema500": replace(LAT_HIGH, ema_halflife_clips=500),
+    "unet-lat-b4-edm2-high-att1": replace(LAT_HIGH, backbone_args={"attention_levels": [1]}),
     # ... with the latent cells the object touches weighted up (EDMConfig.foreground_weight; mask from the pixels,
     # loss.foreground_mask): they are 17% of the cells, and the shape word, which only they carry, is read some
     # 8,000 clips after the colour word. α = 2 gives them 38% of the loss, α = 4 51%.
