@@ -38,6 +38,20 @@ def test_a_tiny_recipe_learns_to_draw_the_captions_scene():
     assert before["shape_gain"] == {k: pytest.approx(1.0) for k in ("t2v@1", "t2v@2")}
 
 
+def test_the_rate_decays_to_its_floor_at_decay_clips_and_stays_constant_without():
+    rates = {}
+    for decay in (0, 16):   # warm-up over the first batch of 4 clips, then cosine down to a tenth by clip 16
+        trainer = LeanTrainer(replace(TINY, warmup_clips=4, decay_clips=decay, min_lr_ratio=0.1))
+        rates[decay] = []
+        for _ in range(6):
+            trainer.step()
+            rates[decay].append(trainer.opt.param_groups[0]["lr"])
+    assert rates[0] == pytest.approx([TINY.lr] * 6)
+    assert rates[16][0] == pytest.approx(TINY.lr)
+    assert all(a > b for a, b in zip(rates[16][:4], rates[16][1:5])), rates[16]
+    assert rates[16][4:] == pytest.approx([0.1 * TINY.lr] * 2)
+
+
 def test_motion_word_reading_tells_a_model_that_follows_the_word_from_one_that_ignores_it():
     """LeanTrainer.motion_words on two oracles: one draws each caption's true clip, one moves every object
     right whatever the word (a model that ignores the word, as the 8,000-clip recipes did)."""

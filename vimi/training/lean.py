@@ -45,6 +45,7 @@ from vimi.diffusion.rng import share_across_frames
 from vimi.eval.shapeworld import analyze, score
 from vimi.models import backbone_config, build_backbone, frame_condition
 from vimi.models.autoencoder import load_autoencoder
+from vimi.training.optim import WarmupCosine
 from vimi.weights import load_safetensors
 
 
@@ -57,6 +58,10 @@ class LeanConfig:
     edm: EDMConfig = field(default_factory=lambda: EDMConfig(sigma_data=0.5, sigma_in=1.0))
     lr: float = 1e-3                  # Adam learning rate after warm-up
     warmup_clips: int = 1000          # linear warm-up, in clips
+    # Cosine decay to min_lr_ratio·lr at this many clips, as the pipeline's stages decay over their run
+    # (vimi.training.optim.WarmupCosine); 0 keeps the rate constant after warm-up.
+    decay_clips: int = 0
+    min_lr_ratio: float = 0.1
     batch: int = 16                   # clips per optimizer step
     ema_halflife_clips: int = 2000    # EMA half-life in clips (EDM's ema_halflife_kimg, scaled down)
     ema_rampup: float = 0.1           # ... at most this share of the clips seen so far (EDM's ema_rampup_ratio)
@@ -203,6 +208,7 @@ class LeanTrainer:
         self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
         self.params = [p for m in (self.net, self.cond) for p in m.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.99))
+        self.schedule = WarmupCosine(cfg.warmup_clips, cfg.decay_clips, cfg.min_lr_ratio, cosine=cfg.decay_clips > 0)
         self.ema = [copy.deepcopy(self.net).requires_grad_(False), copy.deepcopy(self.cond).requires_grad_(False)]
         self.world = WorldConfig(out="unused", videos=10**9, memory=0, frames=cfg.frames, size=cfg.size,
                                  seed=cfg.seed, num_cond_frames=cfg.given_frames)
@@ -256,9 +262,8 @@ class LeanTrainer:
         c, mask = self.cond([None if d else t for t, d in zip(captions, drop)], first_frames(video, k), refs)
         x = self.to_latent(video)
         frame_cond = frame_condition(x, k, cfg.hold_given_frame)
-        lr = cfg.lr * min(1.0, (self.clips + cfg.batch) / max(cfg.warmup_clips, 1))
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = cfg.lr * self.schedule(self.clips + cfg.batch - 1)
         loss = self.loss(self.net, x, given=k > 0, pixels=video, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
