@@ -263,7 +263,7 @@ class LeanTrainer:
         x = self.to_latent(video)
         frame_cond = frame_condition(x, k, cfg.hold_given_frame)
         for g in self.opt.param_groups:
-            g["lr"] = cfg.lr * self.schedule(self.clips + cfg.batch - 1)
+            g["lr"] = cfg.lr * self.schedule(self.clips + cfg.batch - 1)   # indexed by the batch's last clip
         loss = self.loss(self.net, x, given=k > 0, pixels=video, cond=c, cond_mask=mask, frame_cond=frame_cond).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
