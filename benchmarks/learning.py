@@ -38,7 +38,7 @@ HIGH = replace(EDM2, P_high_share=1.0, P_high_given_only=True)   # clips given f
 LAT_HIGH = replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5)   # ... with half the clips given a frame
 # The subject task (LeanConfig.subject_task; NAME+mllm only) beside t2v and prediction, FiLM reading the caption's
 # mean as in configs/shapeworld: "A <image> moves left on sand" names its subject only in its picture.
-SUBJ = replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, subject_task=1.0, backbone_args={"cond_pool": "first"},
+SUBJ = replace(LAT_HIGH, subject_task=1.0, backbone_args={"cond_pool": "first"},
                mllm_args={"caption_summary": True})
 
 # name -> recipe. Every row of the closing note's table is one of these; losing rows stay listed.
@@ -156,11 +156,11 @@ CONFIGS: dict[str, LeanConfig] = {
     # ... with the latent cells the object touches weighted up (EDMConfig.foreground_weight; mask from the pixels,
     # loss.foreground_mask): they are 17% of the cells, and the shape word, which only they carry, is read some
     # 8,000 clips after the colour word. α = 2 gives them 38% of the loss, α = 4 51%.
-    "unet-lat-b4-edm2-high-fg2": replace(LAT_EDM2, edm=replace(HIGH, foreground_weight=2.0), pred_fraction=0.5),
-    "unet-lat-b4-edm2-high-fg4": replace(LAT_EDM2, edm=replace(HIGH, foreground_weight=4.0), pred_fraction=0.5),
+    "unet-lat-b4-edm2-high-fg2": replace(LAT_HIGH, edm=replace(HIGH, foreground_weight=2.0)),
+    "unet-lat-b4-edm2-high-fg4": replace(LAT_HIGH, edm=replace(HIGH, foreground_weight=4.0)),
     # ... through the MLLM with FiLM reading the caption's mean (as unet-lat-b4-cap): prediction prompts hold the
     # given frame's 64 picture tokens, so the prompt's plain mean carries the motion word at 1/80 of its weight.
-    "unet-lat-b4-edm2-high-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5, backbone_args={"cond_pool": "first"},
+    "unet-lat-b4-edm2-high-cap": replace(LAT_HIGH, backbone_args={"cond_pool": "first"},
                                          mllm_args={"caption_summary": True}),
     # ... with the subject task: FiLM sees no picture (-subj), the picture's mean added to the caption's (-subj-add,
     # MLLMConfig.summary_images), or in a FiLM token of its own (-subj-tok, MLLMConfig.picture_token: the
@@ -171,20 +171,19 @@ CONFIGS: dict[str, LeanConfig] = {
                                                                "picture_token": True}),
     # -high-cap and each text token's fixed random code beside its state: the words instrument's frozen random
     # embeddings (which read colour as well as learned ones), in the caption's mean that FiLM reads.
-    "unet-lat-b4-edm2-high-codes-cap": replace(LAT_EDM2, edm=HIGH, pred_fraction=0.5,
+    "unet-lat-b4-edm2-high-codes-cap": replace(LAT_HIGH,
                                                backbone_args={"cond_pool": "first"},
                                                mllm_args={"caption_summary": True, "token_codes": True}),
     # ... with half the given clips at EDM2's σ instead: trained at σ ≈ 10 only, the prediction task never
     # sees its given frame at the low σ where the sampler's last steps draw the object's outline, and the
     # demo's prediction samples redraw the object as a blob from frame 1 on.
-    "unet-lat-b4-edm2-half": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.5), pred_fraction=0.5),
+    "unet-lat-b4-edm2-half": replace(LAT_HIGH, edm=replace(HIGH, P_high_share=0.5)),
     # ... or denoised as their difference from the given frame (EDMConfig.given_residual): the samples above
     # redraw a still object as a blob from frame 1 on, where holding the given frame reads 30+ dB.
-    "unet-lat-b4-edm2-high-res": replace(LAT_EDM2, edm=replace(HIGH, given_residual=True), pred_fraction=0.5),
+    "unet-lat-b4-edm2-high-res": replace(LAT_HIGH, edm=replace(HIGH, given_residual=True)),
     # ... and half the given clips at EDM2's σ: trained at σ ≈ 10 alone, the residual is never denoised at the
     # low σ where the sampler ends, and -high-res's samples end in speckle there.
-    "unet-lat-b4-edm2-half-res": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.5, given_residual=True),
-                                         pred_fraction=0.5),
+    "unet-lat-b4-edm2-half-res": replace(LAT_HIGH, edm=replace(HIGH, P_high_share=0.5, given_residual=True)),
     # ... with as many given clips at σ ≈ 10 as -high (half of all clips, where the motion word is learned) and a
     # sixth at EDM2's σ, taken from t2v: -half-res read the word at 1.30 against -high's 2.92 (8,000 clips).
     "unet-lat-b4-edm2-p67-res": replace(LAT_EDM2, edm=replace(HIGH, P_high_share=0.75, given_residual=True),
