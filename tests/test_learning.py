@@ -50,6 +50,8 @@ def test_the_rate_decays_to_its_floor_at_decay_clips_and_stays_constant_without(
     assert rates[16][0] == pytest.approx(TINY.lr)
     assert all(a > b for a, b in zip(rates[16][:4], rates[16][1:5])), rates[16]
     assert rates[16][4:] == pytest.approx([0.1 * TINY.lr] * 2)
+    with pytest.raises(ValueError, match="min_lr_ratio in \\[0, 1\\], got 16 and 1.5"):
+        LeanTrainer(replace(TINY, decay_clips=16, min_lr_ratio=1.5))
 
 
 def test_motion_word_reading_tells_a_model_that_follows_the_word_from_one_that_ignores_it():

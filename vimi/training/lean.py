@@ -208,6 +208,9 @@ class LeanTrainer:
         self.loss = EDMLoss.from_config(cfg.edm, self.net.sigma_in)
         self.params = [p for m in (self.net, self.cond) for p in m.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=(0.9, 0.99))
+        if cfg.decay_clips < 0 or not 0 <= cfg.min_lr_ratio <= 1:
+            raise ValueError(f"LeanConfig.decay_clips must be >= 0 and min_lr_ratio in [0, 1], got {cfg.decay_clips} "
+                             f"and {cfg.min_lr_ratio}")
         self.schedule = WarmupCosine(cfg.warmup_clips, cfg.decay_clips, cfg.min_lr_ratio, cosine=cfg.decay_clips > 0)
         self.ema = [copy.deepcopy(self.net).requires_grad_(False), copy.deepcopy(self.cond).requires_grad_(False)]
         self.world = WorldConfig(out="unused", videos=10**9, memory=0, frames=cfg.frames, size=cfg.size,
